@@ -1,0 +1,1 @@
+"""Actors: session actors, the scheduler actor and the session registry."""

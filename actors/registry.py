@@ -1,0 +1,120 @@
+"""The session registry: the only writer of the id -> session map; creates, finds and evicts sessions.
+
+Evicts idle sessions by TTL (a timer task that really runs) and by least-recent use when the
+session count or the KV budget is full. A session with queued or running work is never idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import Counter
+
+import structlog
+
+from kakeya.runtime.errors import Overloaded, SessionNotFound
+
+from .messages import Close
+from .scheduler import SchedulerActor
+from .session import SessionActor
+from .session_rules import SessionRules
+
+log = structlog.get_logger(__name__)
+
+_OUTCOMES = {"close": "closed", "shutdown": "closed", "failed": "failed"}
+
+
+class SessionRegistry:
+    def __init__(self, rules: SessionRules, scheduler: SchedulerActor) -> None:
+        self._rules = rules
+        self._scheduler = scheduler
+        self._sessions: dict[str, SessionActor] = {}
+        self._create_lock = asyncio.Lock()
+        self._reaper: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[int]] = set()
+        self.outcomes: Counter[str] = Counter()  # closed / evicted / failed
+        self.evictions: Counter[str] = Counter()  # ttl / lru / close
+        self.violations: Counter[str] = Counter()  # inv1 / inv2
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_expired(), name="session-reaper")
+
+    @property
+    def num_active(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_id: str) -> SessionActor:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(f"no session {session_id!r} (unknown, closed or evicted)")
+        return session
+
+    async def create(self, client_label: str, eos_token_ids: frozenset[int]) -> str:
+        async with self._create_lock:
+            if len(self._sessions) >= self._rules.limits.max_sessions and not await self._evict_lru(exclude=None):
+                raise Overloaded(
+                    f"all {self._rules.limits.max_sessions} sessions are busy; none is idle to evict"
+                )
+            session_id = secrets.token_hex(16)  # 128 random bits
+            session = SessionActor(session_id, client_label, eos_token_ids, self._rules, self._scheduler,
+                                   self.make_room, lambda kind, sid=session_id: self._on_violation(sid, kind))
+            session.start()
+            self._sessions[session_id] = session
+        log.info("session_created", session_id=session_id, client_label=client_label)
+        return session_id
+
+    async def close(self, session_id: str, reason: str = "close") -> int:
+        """Removes the session at once (later calls get NOT_FOUND), then frees it in order."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            raise SessionNotFound(f"no session {session_id!r} (unknown, closed or evicted)")
+        session.begin_close()
+        reply = asyncio.get_running_loop().create_future()
+        # Close must always be accepted: wait for mailbox room, which begin_close frees quickly.
+        await session.send_wait(Close(reason, reply))
+        final_length = await reply
+        await session.stop()
+        self.outcomes[_OUTCOMES.get(reason, "evicted")] += 1
+        if reason in ("ttl", "lru", "close"):
+            self.evictions[reason] += 1
+        return final_length
+
+    async def make_room(self, kv_bytes: int, exclude: str) -> None:
+        """Evicts idle sessions, least recently used first, until kv_bytes are free in the pool."""
+        while self._scheduler.pool.free_bytes < kv_bytes:
+            if not await self._evict_lru(exclude=exclude):
+                return
+
+    async def _evict_lru(self, exclude: str | None) -> bool:
+        idle = [s for s in self._sessions.values() if s.is_idle and s.session_id != exclude]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda s: s.last_active)
+        log.info("session_evicted", session_id=victim.session_id, reason="lru")
+        await self.close(victim.session_id, reason="lru")
+        return True
+
+    async def _reap_expired(self) -> None:
+        ttl = self._rules.limits.session_ttl_s
+        while True:
+            await asyncio.sleep(min(max(ttl / 4, 0.05), 5.0))
+            for session in list(self._sessions.values()):
+                if session.idle_seconds > ttl and session.session_id in self._sessions:
+                    log.info("session_evicted", session_id=session.session_id, reason="ttl")
+                    await self.close(session.session_id, reason="ttl")
+
+    def _on_violation(self, session_id: str, kind: str) -> None:
+        self.violations[kind] += 1
+        if session_id in self._sessions:
+            task = asyncio.get_running_loop().create_task(self.close(session_id, reason="failed"))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close_all(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.wait({self._reaper})
+        for session_id in list(self._sessions):
+            await self.close(session_id, reason="shutdown")
+        if self._closing:
+            await asyncio.wait(self._closing)

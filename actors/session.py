@@ -1,0 +1,201 @@
+"""The session actor: owns one session's token history and its lease on KV memory.
+
+Accepts: Append, Generate, Close. Messages run one at a time in arrival order, so a second
+Generate waits for the first and appends keep their order. Invariants, checked around every
+Generate: INV-1 the slab holds exactly the positions this session fed; INV-2 every history
+token is either fed or pending (history = fed + pending), so the next position is well defined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import structlog
+
+from kakeya.runtime.errors import InvariantViolation, KakeyaError, Overloaded, SessionNotFound
+from kakeya.runtime.kv_memory import SessionKV
+
+from .base import Actor
+from .messages import AllocateKV, Append, Close, FreeKV, Generate, Job, ReserveKV, SubmitJob
+from .scheduler import SchedulerActor
+from .session_rules import SessionRules
+from .token_stream import Done, StopReason, TokenStream, Truncated
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSnapshot:
+    """What GetSessionInfo reports; republished by the actor after every change."""
+
+    history_length: int
+    pending_tokens: int
+    kv_resident_tokens: int
+    kv_live_bytes: int
+    inv1_violations: int
+    inv2_violations: int
+
+
+class SessionActor(Actor):
+    def __init__(self, session_id: str, client_label: str, eos_token_ids: frozenset[int], rules: SessionRules,
+                 scheduler: SchedulerActor, make_room: Callable[[int, str], Awaitable[None]],
+                 on_violation: Callable[[str], None]) -> None:
+        super().__init__(rules.limits.mailbox_size)
+        self.name = f"session-{session_id[:8]}"
+        self.session_id = session_id
+        self.client_label = client_label
+        self.eos_token_ids = eos_token_ids
+        self._rules = rules
+        self._scheduler = scheduler
+        self._make_room = make_room
+        self._on_violation = on_violation
+        self._history: list[int] = []
+        self._pending: list[int] = []  # the unfed tail of the history
+        self._num_fed = 0
+        self._kv: SessionKV | None = None
+        self._reported_dropped = 0
+        self._violations = {"inv1": 0, "inv2": 0}
+        self._active_stream: TokenStream | None = None
+        self.is_closing = False
+        self.last_active = time.monotonic()
+        self.snapshot = self._snapshot()
+
+    def closed_error(self) -> Exception:
+        return SessionNotFound(f"session {self.session_id} is closed")
+
+    @property
+    def idle_seconds(self) -> float:
+        return 0.0 if not self.is_idle else time.monotonic() - self.last_active
+
+    def begin_close(self) -> None:
+        """Stops accepting work and cancels a running Generate within one scheduler step."""
+        self.is_closing = True
+        if self._active_stream is not None:
+            self._active_stream.cancel()
+
+    async def handle(self, message: object) -> None:
+        try:
+            match message:
+                case Append():
+                    self._append(message)
+                case Generate():
+                    await self._generate(message)
+                case Close():
+                    await self._close(message)
+        except Exception as exc:  # one request fails, the session lives on
+            log.exception("session_request_failed", session_id=self.session_id)
+            message.reject(exc)
+        finally:
+            self.last_active = time.monotonic()
+            self.snapshot = self._snapshot()
+
+    def _append(self, message: Append) -> None:
+        if self.is_closing:
+            return message.reject(self.closed_error())
+        try:
+            self._rules.check_append(len(self._history), message.token_ids)
+        except KakeyaError as exc:
+            return message.reject(exc)
+        self._history.extend(message.token_ids)
+        self._pending.extend(message.token_ids)
+        message.reply.set_result(len(self._history))
+
+    async def _generate(self, message: Generate) -> None:
+        stream, params = message.stream, message.params
+        if self.is_closing:
+            return stream.fail(self.closed_error())
+        if stream.is_cancelled:
+            return stream.push(Done(StopReason.CANCELLED, 0, 0, 0.0, 0.0))
+        started = time.monotonic()
+        try:
+            self._rules.check_generate(len(self._history), params.max_tokens)
+            self._check_invariants()
+            await self._reserve(len(self._history) + params.max_tokens)
+        except KakeyaError as exc:
+            return stream.fail(exc)
+        dropped = self._rules.dropped_after_prefill(len(self._history)) - self._reported_dropped
+        if dropped > 0:
+            self._reported_dropped += dropped
+            stream.push(Truncated(dropped))
+        prefill_tokens = len(self._pending)
+        loop = asyncio.get_running_loop()
+        job = Job(kv=self._kv, inputs=list(self._pending), max_tokens=params.max_tokens,
+                  eos_token_ids=self.eos_token_ids, sampling=params.sampling, stream=stream,
+                  done=loop.create_future())
+        self._active_stream = stream
+        try:
+            self._scheduler.send(SubmitJob(job))
+            result = await job.done
+        except KakeyaError as exc:  # EngineDead or a full scheduler mailbox
+            return stream.fail(exc)
+        finally:
+            self._active_stream = None
+        self._history.extend(result.generated)
+        self._pending = job.inputs[result.num_fed:]
+        self._num_fed += result.num_fed
+        try:
+            self._check_invariants()
+        except InvariantViolation as exc:
+            return stream.fail(exc)
+        stream.push(Done(result.stop_reason, len(result.generated), prefill_tokens,
+                         result.prefill_duration_s, time.monotonic() - started))
+
+    async def _reserve(self, total_positions: int) -> None:
+        """Makes sure the slab can hold total_positions, evicting idle sessions if the budget is short."""
+        loop = asyncio.get_running_loop()
+        if self._kv is None:
+            reply = loop.create_future()
+            self._scheduler.send(AllocateKV(reply))
+            self._kv = await reply
+        for attempt in (1, 2):
+            reply = loop.create_future()
+            self._scheduler.send(ReserveKV(self._kv, total_positions, reply))
+            try:
+                return await reply
+            except Overloaded:
+                if attempt == 2:
+                    raise
+                needed = self._scheduler.pool.bytes_needed(self._kv, total_positions)
+                await self._make_room(needed, self.session_id)
+
+    def _check_invariants(self) -> None:
+        kv_positions = self._kv.num_positions if self._kv is not None else 0
+        if kv_positions != self._num_fed:
+            self._violate("inv1", f"slab holds {kv_positions} positions, session fed {self._num_fed}")
+        if self._num_fed + len(self._pending) != len(self._history):
+            self._violate("inv2", f"fed {self._num_fed} + pending {len(self._pending)} != history {len(self._history)}")
+
+    def _violate(self, kind: str, detail: str) -> None:
+        self._violations[kind] += 1
+        self._on_violation(kind)
+        log.error("cache_invariant_violated", session_id=self.session_id, kind=kind, detail=detail)
+        self.begin_close()
+        raise InvariantViolation(kind, detail)
+
+    async def _close(self, message: Close) -> None:
+        self.is_closing = True
+        if self._kv is not None:
+            reply = asyncio.get_running_loop().create_future()
+            try:
+                self._scheduler.send(FreeKV(self._kv, reply))
+                await reply
+            except KakeyaError:
+                pass  # the scheduler is gone and its memory with it
+            self._kv = None
+        log.info("session_closed", session_id=self.session_id, reason=message.reason,
+                 history_tokens=len(self._history))
+        message.reply.set_result(len(self._history))
+
+    def _snapshot(self) -> SessionSnapshot:
+        kv = self._kv
+        return SessionSnapshot(
+            history_length=len(self._history),
+            pending_tokens=len(self._pending),
+            kv_resident_tokens=kv.num_resident if kv is not None else 0,
+            kv_live_bytes=kv.nbytes if kv is not None else 0,
+            inv1_violations=self._violations["inv1"],
+            inv2_violations=self._violations["inv2"],
+        )

@@ -1,0 +1,186 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateSessionRequest(_message.Message):
+    __slots__ = ("client_label", "eos_token_ids")
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    client_label: str
+    eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, client_label: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CreateSessionResponse(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class AppendTokensRequest(_message.Message):
+    __slots__ = ("session_id", "token_ids")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class AppendTokensResponse(_message.Message):
+    __slots__ = ("history_length",)
+    HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    history_length: int
+    def __init__(self, history_length: _Optional[int] = ...) -> None: ...
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("session_id", "max_tokens", "seed", "temperature", "top_p", "top_k")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    max_tokens: int
+    seed: int
+    temperature: float
+    top_p: float
+    top_k: int
+    def __init__(self, session_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class GenerateResponse(_message.Message):
+    __slots__ = ("token_id", "done", "truncated")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    token_id: int
+    done: GenerateDone
+    truncated: HistoryTruncated
+    def __init__(self, token_id: _Optional[int] = ..., done: _Optional[_Union[GenerateDone, _Mapping]] = ..., truncated: _Optional[_Union[HistoryTruncated, _Mapping]] = ...) -> None: ...
+
+class GenerateDone(_message.Message):
+    __slots__ = ("stop_reason", "generated_token_count", "prefill_duration_seconds", "total_duration_seconds", "prefill_token_count")
+    class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STOP_REASON_UNSPECIFIED: _ClassVar[GenerateDone.StopReason]
+        STOP_REASON_MAX_TOKENS: _ClassVar[GenerateDone.StopReason]
+        STOP_REASON_EOS: _ClassVar[GenerateDone.StopReason]
+        STOP_REASON_CANCELLED: _ClassVar[GenerateDone.StopReason]
+        STOP_REASON_TRUNCATED: _ClassVar[GenerateDone.StopReason]
+    STOP_REASON_UNSPECIFIED: GenerateDone.StopReason
+    STOP_REASON_MAX_TOKENS: GenerateDone.StopReason
+    STOP_REASON_EOS: GenerateDone.StopReason
+    STOP_REASON_CANCELLED: GenerateDone.StopReason
+    STOP_REASON_TRUNCATED: GenerateDone.StopReason
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    stop_reason: GenerateDone.StopReason
+    generated_token_count: int
+    prefill_duration_seconds: float
+    total_duration_seconds: float
+    prefill_token_count: int
+    def __init__(self, stop_reason: _Optional[_Union[GenerateDone.StopReason, str]] = ..., generated_token_count: _Optional[int] = ..., prefill_duration_seconds: _Optional[float] = ..., total_duration_seconds: _Optional[float] = ..., prefill_token_count: _Optional[int] = ...) -> None: ...
+
+class HistoryTruncated(_message.Message):
+    __slots__ = ("dropped_token_count",)
+    DROPPED_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    dropped_token_count: int
+    def __init__(self, dropped_token_count: _Optional[int] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CloseSessionResponse(_message.Message):
+    __slots__ = ("final_history_length",)
+    FINAL_HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    final_history_length: int
+    def __init__(self, final_history_length: _Optional[int] = ...) -> None: ...
+
+class GetSessionInfoRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class GetSessionInfoResponse(_message.Message):
+    __slots__ = ("history_length", "kv_live_bytes", "cache_invariant_inv1_violations", "cache_invariant_inv2_violations", "idle_seconds", "kv_resident_tokens", "pending_tokens", "client_label", "eos_token_ids")
+    HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    KV_LIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_INVARIANT_INV1_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_INVARIANT_INV2_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KV_RESIDENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    history_length: int
+    kv_live_bytes: int
+    cache_invariant_inv1_violations: int
+    cache_invariant_inv2_violations: int
+    idle_seconds: float
+    kv_resident_tokens: int
+    pending_tokens: int
+    client_label: str
+    eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, history_length: _Optional[int] = ..., kv_live_bytes: _Optional[int] = ..., cache_invariant_inv1_violations: _Optional[int] = ..., cache_invariant_inv2_violations: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., kv_resident_tokens: _Optional[int] = ..., pending_tokens: _Optional[int] = ..., client_label: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetRuntimeInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetRuntimeInfoResponse(_message.Message):
+    __slots__ = ("model_id", "vocab_size", "default_eos_token_ids", "device", "dtype", "version", "max_context_tokens", "max_sessions", "kv_budget_bytes", "kv_used_bytes", "active_sessions", "max_append_tokens", "max_generate_tokens", "sink_tokens", "window_tokens", "deterministic", "forward_count", "max_sessions_per_forward", "mean_sessions_per_forward", "kv_bytes_per_token", "cache_invariant_inv1_violations", "cache_invariant_inv2_violations")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    KV_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_APPEND_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_GENERATE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SINK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_PER_FORWARD_FIELD_NUMBER: _ClassVar[int]
+    MEAN_SESSIONS_PER_FORWARD_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CACHE_INVARIANT_INV1_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_INVARIANT_INV2_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    vocab_size: int
+    default_eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    device: str
+    dtype: str
+    version: str
+    max_context_tokens: int
+    max_sessions: int
+    kv_budget_bytes: int
+    kv_used_bytes: int
+    active_sessions: int
+    max_append_tokens: int
+    max_generate_tokens: int
+    sink_tokens: int
+    window_tokens: int
+    deterministic: bool
+    forward_count: int
+    max_sessions_per_forward: int
+    mean_sessions_per_forward: float
+    kv_bytes_per_token: int
+    cache_invariant_inv1_violations: int
+    cache_invariant_inv2_violations: int
+    def __init__(self, model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., default_eos_token_ids: _Optional[_Iterable[int]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., version: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., max_sessions: _Optional[int] = ..., kv_budget_bytes: _Optional[int] = ..., kv_used_bytes: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_append_tokens: _Optional[int] = ..., max_generate_tokens: _Optional[int] = ..., sink_tokens: _Optional[int] = ..., window_tokens: _Optional[int] = ..., deterministic: _Optional[bool] = ..., forward_count: _Optional[int] = ..., max_sessions_per_forward: _Optional[int] = ..., mean_sessions_per_forward: _Optional[float] = ..., kv_bytes_per_token: _Optional[int] = ..., cache_invariant_inv1_violations: _Optional[int] = ..., cache_invariant_inv2_violations: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""Kakeya server: config, model loading, the batched engine, gRPC service, CLI."""

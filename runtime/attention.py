@@ -1,0 +1,106 @@
+"""The registered attention function: writes each session's new K/V into its slab and attends.
+
+transformers calls it once per layer with the packed queries of every row in the step
+([1, heads, T, head_dim], RoPE already applied). The step layout travels as a forward kwarg,
+so no transformers Cache object is involved and nothing is copied per step but the new rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+from .kv_memory import SessionKV
+
+ATTENTION_NAME = "kakeya"
+
+
+@dataclass(frozen=True, slots=True)
+class RowGroup:
+    """Consecutive rows [row_start, row_start + num_rows) of one session, at positions from first_position."""
+
+    kv: SessionKV
+    row_start: int
+    num_rows: int
+    first_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepLayout:
+    groups: tuple[RowGroup, ...]
+    num_rows: int  # including padding rows, which attend to nothing and write nothing
+    deterministic: bool
+
+
+def kakeya_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                     kakeya_layout: StepLayout | None = None, **_):
+    if kakeya_layout is None:
+        raise RuntimeError("the kakeya attention function needs a step layout")
+    layer = module.layer_idx
+    out = query.new_zeros(1, query.shape[2], query.shape[1], query.shape[3])
+    for group in kakeya_layout.groups:
+        _write(group, layer, key, value)
+        if kakeya_layout.deterministic or group.num_rows == 1:
+            for row in range(group.num_rows):
+                _attend_row(group, layer, row, query, out, scaling)
+        else:
+            _attend_group(group, layer, query, out, scaling)
+    return out, None
+
+
+def _write(group: RowGroup, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
+    kv = group.kv
+    lo = kv.storage_index(group.first_position)
+    rows = slice(group.row_start, group.row_start + group.num_rows)
+    kv.slab[layer, 0, :, lo:lo + group.num_rows] = key[0, :, rows]
+    kv.slab[layer, 1, :, lo:lo + group.num_rows] = value[0, :, rows]
+
+
+def _visible(kv: SessionKV, layer: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly the keys/values a query at `position` sees, as views where they are contiguous."""
+    end = kv.storage_index(position) + 1
+    first = kv.first_visible(position)
+    keys, values = kv.slab[layer, 0], kv.slab[layer, 1]
+    if first == kv.sink_tokens:
+        return keys[:, :end], values[:, :end]
+    # Past the window, sinks and window are gathered, whether or not compaction already made
+    # them adjacent: the same call for a given position keeps results independent of its timing.
+    lo = kv.storage_index(first)
+    sinks = slice(0, kv.sink_tokens)
+    return torch.cat((keys[:, sinks], keys[:, lo:end]), 1), torch.cat((values[:, sinks], values[:, lo:end]), 1)
+
+
+def _attend_row(group: RowGroup, layer: int, row: int, query, out, scaling) -> None:
+    keys, values = _visible(group.kv, layer, group.first_position + row)
+    r = group.row_start + row
+    attended = F.scaled_dot_product_attention(
+        query[:, :, r:r + 1], keys[None], values[None], scale=scaling, enable_gqa=True
+    )
+    out[0, r] = attended[0, :, 0]
+
+
+def _attend_group(group: RowGroup, layer: int, query, out, scaling) -> None:
+    """All rows of a session in one call, masked by position (bottom-right causal, window)."""
+    kv = group.kv
+    last = group.first_position + group.num_rows - 1
+    end = kv.storage_index(last) + 1
+    keys, values = kv.slab[layer, 0, :, :end], kv.slab[layer, 1, :, :end]
+    device = query.device
+    key_pos = torch.arange(end, device=device)
+    if kv.window_start > kv.sink_tokens:
+        key_pos = torch.where(key_pos < kv.sink_tokens, key_pos, key_pos - kv.sink_tokens + kv.window_start)
+    query_pos = torch.arange(group.first_position, last + 1, device=device)[:, None]
+    mask = key_pos[None] <= query_pos
+    if kv.window_tokens:
+        mask &= (key_pos[None] < kv.sink_tokens) | (key_pos[None] > query_pos - kv.window_tokens)
+    rows = slice(group.row_start, group.row_start + group.num_rows)
+    attended = F.scaled_dot_product_attention(
+        query[:, :, rows], keys[None], values[None], attn_mask=mask[None, None], scale=scaling, enable_gqa=True
+    )
+    out[0, rows] = attended[0].transpose(0, 1)
+
+
+AttentionInterface.register(ATTENTION_NAME, kakeya_attention)

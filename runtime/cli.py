@@ -1,0 +1,84 @@
+"""The `kakeya` command: `kakeya serve` starts the runtime. Flags fall back to KAKEYA_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import torch
+
+from .config import (EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits, cpu_threads,
+                     env_default)
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, kind=str, default=None, help: str = "", **kw) -> None:
+    env = env_default(name)
+    value = kind(env) if env is not None and kind is not bool else default
+    parser.add_argument(f"--{name}", type=kind, default=value,
+                        help=f"{help} [env KAKEYA_{name.upper().replace('-', '_')}; default {default}]", **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kakeya", description="Kakeya session-bound LLM inference runtime")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the gRPC runtime")
+    _flag(serve, "host", default="127.0.0.1", help="address to bind")
+    _flag(serve, "port", int, 50051, help="TCP port (0: pick a free one)")
+    _flag(serve, "unix-socket", help="serve on this unix socket (mode 0600) instead of TCP")
+    _flag(serve, "model", help="a .gguf file, a local model directory or a cached hub id; default: embedded SmolLM2-135M-Instruct")
+    _flag(serve, "device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    _flag(serve, "dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    _flag(serve, "max-sessions", int, 64, help="sessions held at once (LRU-evicts idle ones beyond)")
+    _flag(serve, "kv-budget-bytes", int, 4 * 1024**3, help="bytes of KV memory shared by all sessions")
+    _flag(serve, "session-ttl-s", float, 3600.0, help="evict sessions idle this long")
+    _flag(serve, "sink", int, 0, help="bounded mode: tokens kept at the start of every history")
+    _flag(serve, "window", int, 0, help="bounded mode: most recent tokens attended (0: full attention)")
+    _flag(serve, "prefill-chunk", int, 256, help="prefill tokens per session per step")
+    _flag(serve, "max-append-tokens", int, 65536, help="largest single append")
+    _flag(serve, "max-generate-tokens", int, 8192, help="largest max_tokens of a Generate")
+    _flag(serve, "log-format", default="console", help="json or console", choices=("json", "console"))
+    _flag(serve, "log-level", default="info", help="debug, info, warning or error")
+    _flag(serve, "grace-s", float, 5.0, help="seconds in-flight calls get on shutdown")
+    det = serve.add_mutually_exclusive_group()
+    det.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
+                     help="bitwise-stable streams whatever the append pattern or batch (default on CPU)")
+    det.add_argument("--no-deterministic", dest="deterministic", action="store_false")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
+    return RuntimeConfig(
+        model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
+        engine=EngineConfig(kv_budget_bytes=args.kv_budget_bytes, prefill_chunk_tokens=args.prefill_chunk,
+                            max_step_tokens=max(1024, args.prefill_chunk), deterministic=args.deterministic,
+                            sink_tokens=args.sink, window_tokens=args.window),
+        limits=SessionLimits(max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,
+                             max_append_tokens=args.max_append_tokens, max_generate_tokens=args.max_generate_tokens),
+        server=ServerConfig(host=args.host, port=args.port, unix_socket=args.unix_socket,
+                            log_format=args.log_format, log_level=args.log_level, grace_s=args.grace_s),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    from .logging_setup import configure_logging
+    from .server import serve
+
+    configure_logging(config.server.log_format, config.server.log_level)
+    threads = cpu_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

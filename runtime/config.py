@@ -1,0 +1,114 @@
+"""Runtime configuration: frozen, validated dataclasses; the only module that reads the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+ENV_PREFIX = "KAKEYA_"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Which model to load and where. None means: the embedded default / auto."""
+
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, not {self.device!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """What the scheduler and model thread need: batching, KV memory, bounded mode."""
+
+    kv_budget_bytes: int = 4 * 1024**3
+    kv_block_tokens: int = 256
+    prefill_chunk_tokens: int = 256
+    max_step_tokens: int = 1024
+    deterministic: bool | None = None  # None: on for CPU, off elsewhere
+    sink_tokens: int = 0
+    window_tokens: int = 0
+    mailbox_size: int = 1024
+
+    def __post_init__(self) -> None:
+        _positive(kv_budget_bytes=self.kv_budget_bytes, kv_block_tokens=self.kv_block_tokens,
+                  prefill_chunk_tokens=self.prefill_chunk_tokens, max_step_tokens=self.max_step_tokens,
+                  mailbox_size=self.mailbox_size)
+        if self.sink_tokens < 0 or self.window_tokens < 0:
+            raise ValueError("sink and window must be >= 0")
+        if self.sink_tokens and not self.window_tokens:
+            raise ValueError("--sink needs --window")
+        if self.max_step_tokens < self.prefill_chunk_tokens:
+            raise ValueError("max_step_tokens must be >= prefill_chunk_tokens")
+
+    @property
+    def is_bounded(self) -> bool:
+        return self.window_tokens > 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Per-session limits, checked before any state changes."""
+
+    max_sessions: int = 64
+    session_ttl_s: float = 3600.0
+    max_append_tokens: int = 65536
+    max_generate_tokens: int = 8192
+    max_history_tokens: int = 1 << 20
+    mailbox_size: int = 64
+
+    def __post_init__(self) -> None:
+        _positive(max_sessions=self.max_sessions, session_ttl_s=self.session_ttl_s,
+                  max_append_tokens=self.max_append_tokens, max_generate_tokens=self.max_generate_tokens,
+                  max_history_tokens=self.max_history_tokens, mailbox_size=self.mailbox_size)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Where the gRPC server listens and how it logs."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    unix_socket: str | None = None
+    log_format: str = "console"
+    log_level: str = "info"
+    grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.log_format not in ("json", "console"):
+            raise ValueError("log_format must be json or console")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be in 0..65535")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+
+def _positive(**values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def env_default(name: str, default: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The KAKEYA_<NAME> environment variable, the fallback for a command-line flag."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def cpu_threads() -> int | None:
+    """Torch intra-op threads from KAKEYA_THREADS, if set."""
+    value = env_default("threads")
+    return int(value) if value else None

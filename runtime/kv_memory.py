@@ -1,0 +1,163 @@
+"""KV memory: one growable slab per session, and the pool that budgets their bytes.
+
+Physical layout of a slab: [layers, 2 (k|v), kv_heads, capacity, head_dim]. A session's keys are
+written once at their storage index and never restacked; capacity grows in whole blocks, so
+memory is proportional to what a session holds. In bounded mode (sink S + window W) the slab
+holds the S sink tokens followed by the window; tokens that no query can see any more are
+compacted away only when the slab is full, so the copy is amortised over many steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from .errors import Overloaded
+
+
+@dataclass(frozen=True, slots=True)
+class KVShape:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def bytes_per_token(self) -> int:
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return self.num_layers * 2 * self.num_kv_heads * self.head_dim * itemsize
+
+
+class SessionKV:
+    """One session's keys and values. Written by the model thread, resized by the pool."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, shape: KVShape, sink_tokens: int, window_tokens: int) -> None:
+        self.kv_id = next(self._ids)
+        self.shape = shape
+        self.sink_tokens = sink_tokens
+        self.window_tokens = window_tokens  # 0: full attention
+        self.slab: torch.Tensor | None = None
+        self.num_positions = 0  # positions fed so far == the next token's position
+        # Position stored at storage index `sink_tokens`; grows as compaction drops old tokens.
+        self.window_start = sink_tokens
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.slab is None else self.slab.shape[3]
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.slab is None else self.slab.numel() * self.slab.element_size()
+
+    @property
+    def num_resident(self) -> int:
+        """Tokens whose K/V are held in the slab."""
+        if self.num_positions <= self.window_start:
+            return self.num_positions
+        return self.sink_tokens + self.num_positions - self.window_start
+
+    @property
+    def num_evicted(self) -> int:
+        return self.num_positions - self.num_resident
+
+    def storage_index(self, position: int) -> int:
+        if position < self.sink_tokens:
+            return position
+        return self.sink_tokens + position - self.window_start
+
+    def first_visible(self, position: int) -> int:
+        """Oldest non-sink position a query at `position` attends to."""
+        if not self.window_tokens:
+            return self.sink_tokens
+        return max(self.sink_tokens, position - self.window_tokens + 1)
+
+    def make_room(self, num_new: int) -> None:
+        """Ensures num_new more positions fit, dropping tokens no future query can see."""
+        if self.num_resident + num_new <= self.capacity:
+            return
+        keep_from = self.first_visible(self.num_positions)
+        if keep_from <= self.window_start or self.slab is None:
+            raise Overloaded(f"KV slab {self.kv_id} is full ({self.capacity} tokens)")
+        src = self.storage_index(keep_from)
+        end = self.storage_index(self.num_positions)
+        moved = self.slab[:, :, :, src:end].clone()
+        self.slab[:, :, :, self.sink_tokens:self.sink_tokens + (end - src)] = moved
+        self.window_start = keep_from
+        if self.num_resident + num_new > self.capacity:
+            raise Overloaded(f"KV slab {self.kv_id} cannot hold {num_new} more tokens")
+
+    def resize(self, capacity: int) -> None:
+        shape = self.shape
+        new = torch.empty(shape.num_layers, 2, shape.num_kv_heads, capacity, shape.head_dim,
+                          dtype=shape.dtype, device=shape.device)
+        if self.slab is not None and self.num_resident:
+            new[:, :, :, : self.num_resident] = self.slab[:, :, :, : self.num_resident]
+        self.slab = new
+
+
+class KVPool:
+    """Hands out session slabs under one byte budget. Owned by the scheduler actor."""
+
+    def __init__(self, shape: KVShape, budget_bytes: int, block_tokens: int,
+                 sink_tokens: int, window_tokens: int, max_chunk_tokens: int) -> None:
+        self.shape = shape
+        self.budget_bytes = budget_bytes
+        self.block_tokens = block_tokens
+        self.sink_tokens = sink_tokens
+        self.window_tokens = window_tokens
+        # Bounded slabs never need more than sinks + window + one step's rows.
+        self.bounded_capacity = (
+            self._round_up(sink_tokens + window_tokens + max_chunk_tokens) if window_tokens else None
+        )
+        self._slabs: dict[int, SessionKV] = {}
+        self.used_bytes = 0
+
+    def _round_up(self, tokens: int) -> int:
+        return -(-tokens // self.block_tokens) * self.block_tokens
+
+    def allocate(self) -> SessionKV:
+        kv = SessionKV(self.shape, self.sink_tokens, self.window_tokens)
+        self._slabs[kv.kv_id] = kv
+        return kv
+
+    def bytes_needed(self, kv: SessionKV, total_positions: int) -> int:
+        """Extra bytes that reserving room for total_positions would take."""
+        return max(0, self._target_capacity(total_positions) - kv.capacity) * self.shape.bytes_per_token
+
+    def _target_capacity(self, total_positions: int) -> int:
+        target = self._round_up(max(total_positions, 1))
+        if self.bounded_capacity is not None:
+            target = min(target, self.bounded_capacity)
+        return target
+
+    def reserve(self, kv: SessionKV, total_positions: int) -> None:
+        """Grows kv so that total_positions fit, or raises Overloaded without changing anything."""
+        extra = self.bytes_needed(kv, total_positions)
+        if not extra:
+            return
+        if self.used_bytes + extra > self.budget_bytes:
+            raise Overloaded(
+                f"KV budget exhausted: need {extra} more bytes, {self.budget_bytes - self.used_bytes} free"
+            )
+        before = kv.nbytes
+        kv.resize(self._target_capacity(total_positions))
+        self.used_bytes += kv.nbytes - before
+
+    def free(self, kv: SessionKV) -> None:
+        if self._slabs.pop(kv.kv_id, None) is None:
+            return
+        self.used_bytes -= kv.nbytes
+        kv.slab = None
+
+    @property
+    def num_slabs(self) -> int:
+        return len(self._slabs)
+
+    @property
+    def free_bytes(self) -> int:
+        return self.budget_bytes - self.used_bytes

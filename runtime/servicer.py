@@ -1,0 +1,178 @@
+"""The gRPC servicer: validates and translates proto messages, forwards them to actors, owns nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import AsyncIterator, Callable
+
+import grpc
+import structlog
+
+from kakeya.actors.messages import Append, Generate, GenerateParams
+from kakeya.actors.token_stream import Done, TokenStream, Truncated
+from kakeya.proto.v1 import runtime_pb2 as pb
+from kakeya.proto.v1 import runtime_pb2_grpc
+
+from .errors import (FailedPrecondition, InvalidRequest, KakeyaError, Overloaded, SessionNotFound,
+                     Unauthenticated, Unavailable)
+from .runtime import Runtime
+from .sampler import SamplingParams
+
+log = structlog.get_logger(__name__)
+
+# The one table from error type to status code; the first matching base class wins.
+STATUS_OF: tuple[tuple[type[KakeyaError], grpc.StatusCode], ...] = (
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (SessionNotFound, grpc.StatusCode.NOT_FOUND),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_of(error: BaseException) -> grpc.StatusCode:
+    for kind, code in STATUS_OF:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException, rpc: str) -> None:
+    code = status_of(error)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("rpc_internal_error", rpc=rpc, error=repr(error), exc_info=error)
+        await context.abort(code, f"internal error: {type(error).__name__}")
+    await context.abort(code, str(error))
+
+
+def unary(method: Callable) -> Callable:
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - every error leaves through the table
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(context, exc, method.__name__)
+    return wrapper
+
+
+class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None  # set once the model is loaded
+
+    def _ready(self) -> Runtime:
+        if self.runtime is None:
+            raise Unavailable("the model is still loading")
+        return self.runtime
+
+    @unary
+    async def CreateSession(self, request: pb.CreateSessionRequest, context) -> pb.CreateSessionResponse:
+        runtime = self._ready()
+        _check_ids(request.eos_token_ids, runtime.loaded.vocab_size, "eos_token_ids")
+        session_id = await runtime.registry.create(request.client_label, frozenset(request.eos_token_ids))
+        return pb.CreateSessionResponse(session_id=session_id)
+
+    @unary
+    async def AppendTokens(self, request: pb.AppendTokensRequest, context) -> pb.AppendTokensResponse:
+        session = self._ready().registry.get(request.session_id)
+        reply = _future()
+        session.send(Append(tuple(request.token_ids), reply))
+        return pb.AppendTokensResponse(history_length=await reply)
+
+    async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
+        try:
+            params = GenerateParams(request.max_tokens, _sampling(request))
+            if params.max_tokens == 0:
+                raise InvalidRequest("max_tokens must be > 0")
+            session = self._ready().registry.get(request.session_id)
+            stream = TokenStream()
+            session.send(Generate(params, stream))
+        except Exception as exc:  # noqa: BLE001
+            await _abort(context, exc, "Generate")
+            return
+        try:
+            async for event in stream:
+                yield _event_to_proto(event)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await _abort(context, exc, "Generate")
+        finally:
+            # Client gone, deadline hit or stream done: the scheduler drops the job next step.
+            stream.cancel()
+
+    @unary
+    async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
+        final_length = await self._ready().registry.close(request.session_id)
+        return pb.CloseSessionResponse(final_history_length=final_length)
+
+    @unary
+    async def GetSessionInfo(self, request: pb.GetSessionInfoRequest, context) -> pb.GetSessionInfoResponse:
+        session = self._ready().registry.get(request.session_id)
+        snap = session.snapshot
+        return pb.GetSessionInfoResponse(
+            history_length=snap.history_length,
+            kv_live_bytes=snap.kv_live_bytes,
+            cache_invariant_inv1_violations=snap.inv1_violations,
+            cache_invariant_inv2_violations=snap.inv2_violations,
+            idle_seconds=session.idle_seconds,
+            kv_resident_tokens=snap.kv_resident_tokens,
+            pending_tokens=snap.pending_tokens,
+            client_label=session.client_label,
+            eos_token_ids=sorted(session.eos_token_ids),
+        )
+
+    @unary
+    async def GetRuntimeInfo(self, request: pb.GetRuntimeInfoRequest, context) -> pb.GetRuntimeInfoResponse:
+        info = self._ready().info()
+        return pb.GetRuntimeInfoResponse(
+            model_id=info.model_id, vocab_size=info.vocab_size, default_eos_token_ids=info.default_eos_token_ids,
+            device=info.device, dtype=info.dtype, version=info.version,
+            max_context_tokens=info.max_context_tokens, max_sessions=info.max_sessions,
+            kv_budget_bytes=info.kv_budget_bytes, kv_used_bytes=info.kv_used_bytes,
+            kv_bytes_per_token=info.kv_bytes_per_token, active_sessions=info.active_sessions,
+            max_append_tokens=info.max_append_tokens, max_generate_tokens=info.max_generate_tokens,
+            sink_tokens=info.sink_tokens, window_tokens=info.window_tokens, deterministic=info.deterministic,
+            forward_count=info.forward_count, max_sessions_per_forward=info.max_sessions_per_forward,
+            mean_sessions_per_forward=info.mean_sessions_per_forward,
+            cache_invariant_inv1_violations=info.inv1_violations,
+            cache_invariant_inv2_violations=info.inv2_violations,
+        )
+
+
+def _future() -> asyncio.Future:
+    return asyncio.get_running_loop().create_future()
+
+
+def _check_ids(ids, vocab_size: int, field: str) -> None:
+    for token in ids:
+        if token >= vocab_size:
+            raise InvalidRequest(f"{field}: token id {token} is outside the vocabulary [0, {vocab_size})")
+
+
+def _sampling(request: pb.GenerateRequest) -> SamplingParams:
+    return SamplingParams(
+        temperature=request.temperature if request.HasField("temperature") else 0.0,
+        top_p=request.top_p if request.HasField("top_p") else 1.0,
+        top_k=request.top_k if request.HasField("top_k") else 0,
+        seed=request.seed if request.HasField("seed") else None,
+    )
+
+
+def _event_to_proto(event) -> pb.GenerateResponse:
+    if isinstance(event, int):
+        return pb.GenerateResponse(token_id=event)
+    if isinstance(event, Truncated):
+        return pb.GenerateResponse(truncated=pb.HistoryTruncated(dropped_token_count=event.dropped_token_count))
+    if isinstance(event, Done):
+        return pb.GenerateResponse(done=pb.GenerateDone(
+            stop_reason=event.stop_reason.value,
+            generated_token_count=event.generated_token_count,
+            prefill_duration_seconds=event.prefill_duration_s,
+            total_duration_seconds=event.total_duration_s,
+            prefill_token_count=event.prefill_token_count,
+        ))
+    raise TypeError(f"unknown stream event {event!r}")

@@ -1,0 +1,1 @@
+"""Kakeya Python SDK."""
