@@ -45,6 +45,8 @@ class Actor:
 
     async def send_wait(self, message: Any) -> None:
         """Like send, but waits for mailbox room instead of failing (for messages that must land)."""
+        if self._task is None or self._task.done():
+            raise self.closed_error()
         await self._mailbox.put(message)
 
     def closed_error(self) -> Exception:

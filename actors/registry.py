@@ -70,9 +70,12 @@ class SessionRegistry:
             raise SessionNotFound(f"no session {session_id!r} (unknown, closed or evicted)")
         session.begin_close()
         reply = asyncio.get_running_loop().create_future()
-        # Close must always be accepted: wait for mailbox room, which begin_close frees quickly.
-        await session.send_wait(Close(reason, reply))
-        final_length = await reply
+        try:
+            # Close must always land: wait for mailbox room, which begin_close frees quickly.
+            await session.send_wait(Close(reason, reply))
+            final_length = await reply
+        except SessionNotFound:  # the actor already ended (it crashed): nothing left to free
+            final_length = session.snapshot.history_length
         await session.stop()
         self.outcomes[_OUTCOMES.get(reason, "evicted")] += 1
         if reason in ("ttl", "lru", "close"):

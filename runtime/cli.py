@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "log-level", default="info", help="debug, info, warning or error")
     _flag(serve, "grace-s", float, 5.0, help="seconds in-flight calls get on shutdown")
     det = serve.add_mutually_exclusive_group()
-    det.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
+    env_det = env_default("deterministic")
+    det.add_argument("--deterministic", dest="deterministic", action="store_true",
+                     default=None if env_det is None else env_det.lower() in ("1", "true", "yes", "on"),
                      help="bitwise-stable streams whatever the append pattern or batch (default on CPU)")
     det.add_argument("--no-deterministic", dest="deterministic", action="store_false")
     return parser

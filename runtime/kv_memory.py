@@ -57,7 +57,7 @@ class SessionKV:
     @property
     def num_resident(self) -> int:
         """Tokens whose K/V are held in the slab."""
-        if self.num_positions <= self.window_start:
+        if self.num_positions <= self.sink_tokens:
             return self.num_positions
         return self.sink_tokens + self.num_positions - self.window_start
 

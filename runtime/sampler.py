@@ -49,7 +49,9 @@ class Sampler:
         p = self.params
         if p.is_greedy:
             return int(torch.argmax(logits))
-        scores = logits / p.temperature
+        # Shift so the best score is 0 before dividing: a tiny temperature then gives -inf
+        # for the rest (greedy in the limit) instead of inf - inf = NaN.
+        scores = (logits - logits.max()) / p.temperature
         if p.top_k and p.top_k < scores.shape[-1]:
             kth = torch.topk(scores, p.top_k).values[-1]
             scores = scores.masked_fill(scores < kth, float("-inf"))

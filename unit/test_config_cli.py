@@ -1,0 +1,127 @@
+"""Configuration validation and the `kakeya serve` command line, with its KAKEYA_* fallbacks.
+
+A bad setting must fail at startup with a clear ValueError (a usage error from the CLI), never
+later inside the engine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kakeya.runtime import cli
+from kakeya.runtime.config import (EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
+                                   cpu_threads, env_default)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """No KAKEYA_* variable from the outer environment leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("KAKEYA_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("cls, kwargs", [
+    (ModelConfig, dict(device="tpu")),
+    (ModelConfig, dict(device="cudax")),
+    (ModelConfig, dict(dtype="int8")),
+    (EngineConfig, dict(kv_budget_bytes=0)),
+    (EngineConfig, dict(kv_block_tokens=-1)),
+    (EngineConfig, dict(prefill_chunk_tokens=0)),
+    (EngineConfig, dict(mailbox_size=0)),
+    (EngineConfig, dict(sink_tokens=-1, window_tokens=8)),
+    (EngineConfig, dict(window_tokens=-8)),
+    (EngineConfig, dict(sink_tokens=4)),  # a sink needs a window
+    (EngineConfig, dict(prefill_chunk_tokens=512, max_step_tokens=256)),
+    (SessionLimits, dict(max_sessions=0)),
+    (SessionLimits, dict(session_ttl_s=0.0)),
+    (SessionLimits, dict(max_generate_tokens=-5)),
+    (ServerConfig, dict(port=65536)),
+    (ServerConfig, dict(port=-1)),
+    (ServerConfig, dict(log_format="xml")),
+], ids=lambda value: value.__name__ if isinstance(value, type) else repr(value))
+def test_invalid_config_raises_value_error(cls, kwargs):
+    with pytest.raises(ValueError):
+        cls(**kwargs)
+
+
+def test_valid_configs():
+    assert ModelConfig(device="cuda:1", dtype="bfloat16").device == "cuda:1"
+    engine = EngineConfig(sink_tokens=0, window_tokens=64, prefill_chunk_tokens=1024, max_step_tokens=1024)
+    assert engine.is_bounded and not EngineConfig().is_bounded
+    assert ServerConfig(port=0).port == 0 and ServerConfig(port=65535).port == 65535
+
+
+def test_env_default_reads_the_prefixed_variable(monkeypatch):
+    assert env_default("unix-socket", "x", environ={"KAKEYA_UNIX_SOCKET": "/s"}) == "/s"
+    assert env_default("port", "1", environ={}) == "1"
+    monkeypatch.setenv("KAKEYA_THREADS", "3")
+    assert cpu_threads() == 3
+    monkeypatch.setenv("KAKEYA_THREADS", "")
+    assert cpu_threads() is None
+
+
+def test_parse_serve_flags():
+    args = cli.build_parser().parse_args(["serve", "--port", "0", "--sink", "4", "--window", "64"])
+    assert args.command == "serve"
+    assert (args.port, args.sink, args.window) == (0, 4, 64)
+    assert args.deterministic is None  # decided from the device later
+    config = cli.config_from_args(args)
+    assert config == RuntimeConfig(
+        model=ModelConfig(),
+        engine=EngineConfig(kv_budget_bytes=4 * 1024**3, prefill_chunk_tokens=256, max_step_tokens=1024,
+                            sink_tokens=4, window_tokens=64),
+        limits=SessionLimits(),
+        server=ServerConfig(port=0),
+    )
+    assert config.engine.is_bounded
+
+
+def test_parse_every_flag():
+    args = cli.build_parser().parse_args([
+        "serve", "--host", "0.0.0.0", "--unix-socket", "/tmp/k.sock", "--model", "m.gguf", "--device", "cpu",
+        "--dtype", "float32", "--max-sessions", "3", "--kv-budget-bytes", "1000000", "--session-ttl-s", "9.5",
+        "--prefill-chunk", "2048", "--max-append-tokens", "10", "--max-generate-tokens", "20",
+        "--log-format", "json", "--log-level", "debug", "--grace-s", "1", "--no-deterministic"])
+    config = cli.config_from_args(args)
+    assert config.model == ModelConfig(model="m.gguf", device="cpu", dtype="float32")
+    assert config.engine.prefill_chunk_tokens == 2048 and config.engine.max_step_tokens == 2048
+    assert config.engine.kv_budget_bytes == 1000000 and config.engine.deterministic is False
+    assert config.limits == SessionLimits(max_sessions=3, session_ttl_s=9.5, max_append_tokens=10,
+                                          max_generate_tokens=20)
+    assert config.server == ServerConfig(host="0.0.0.0", unix_socket="/tmp/k.sock", log_format="json",
+                                         log_level="debug", grace_s=1.0)
+    assert cli.build_parser().parse_args(["serve", "--deterministic"]).deterministic is True
+
+
+def test_env_fallback_and_flag_precedence(monkeypatch):
+    monkeypatch.setenv("KAKEYA_PORT", "6000")
+    monkeypatch.setenv("KAKEYA_WINDOW", "32")
+    monkeypatch.setenv("KAKEYA_LOG_FORMAT", "json")
+    parser = cli.build_parser()
+    args = parser.parse_args(["serve"])
+    assert (args.port, args.window, args.log_format) == (6000, 32, "json")
+    assert cli.build_parser().parse_args(["serve", "--port", "7"]).port == 7  # the flag wins
+    assert cli.config_from_args(args).server.port == 6000
+
+
+def test_command_is_required_and_bad_values_are_usage_errors(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args([])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["serve", "--port", "eighty"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["serve", "--log-format", "xml"])
+    assert info.value.code == 2
+
+
+def test_main_turns_config_errors_into_usage_errors(capsys):
+    """--sink without --window passes argparse but fails validation: exit 2 before anything loads."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", "--sink", "4"])
+    assert info.value.code == 2
+    assert "--sink needs --window" in capsys.readouterr().err
