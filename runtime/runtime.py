@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,7 +18,7 @@ from .attention import ATTENTION_NAME
 from .config import RuntimeConfig
 from .kv_memory import KVPool, KVShape
 from .model_loader import LoadedModel, load_model
-from .model_runner import ModelRunner
+from .model_runner import ModelRunner, model_thread
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +58,8 @@ class RuntimeInfo:
 
 class Runtime:
     def __init__(self, config: RuntimeConfig, loaded: LoadedModel,
-                 on_engine_death: Callable[[BaseException], None] | None = None) -> None:
+                 on_engine_death: Callable[[BaseException], None] | None = None,
+                 executor: ThreadPoolExecutor | None = None) -> None:
         engine = config.engine
         self.config = config
         self.loaded = loaded
@@ -65,7 +67,7 @@ class Runtime:
         shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, loaded.dtype, loaded.device)
         self.pool = KVPool(shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
                            engine.window_tokens, engine.prefill_chunk_tokens)
-        self.runner = ModelRunner(loaded, self.deterministic)
+        self.runner = ModelRunner(loaded, self.deterministic, executor)
         self.scheduler = SchedulerActor(self.runner, self.pool, engine.prefill_chunk_tokens, engine.max_step_tokens,
                                         engine.mailbox_size, on_crash=on_engine_death or _exit_on_engine_death)
         self.rules = SessionRules(config.limits, loaded.vocab_size, loaded.max_context_tokens,
@@ -74,8 +76,10 @@ class Runtime:
 
     @classmethod
     def load(cls, config: RuntimeConfig, **kwargs) -> "Runtime":
-        """Loads the model (blocking: call it off the event loop) and builds the runtime."""
-        return cls(config, load_model(config.model, ATTENTION_NAME), **kwargs)
+        """Loads the model on the model thread (blocking: call it off the event loop) and builds the runtime."""
+        executor = model_thread()
+        loaded = executor.submit(load_model, config.model, ATTENTION_NAME).result()
+        return cls(config, loaded, executor=executor, **kwargs)
 
     def start(self) -> None:
         self.scheduler.start()

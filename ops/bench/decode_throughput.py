@@ -1,7 +1,8 @@
 """Aggregate decode throughput of N concurrent sessions over gRPC vs plain transformers `generate`.
 
-Baseline, in the same run: the same N sessions served one after another with `generate`
-(transformers' own sdpa attention and dynamic cache). Prints one JSON document.
+The runtime is a `kakeya serve` process of its own; the baseline, in the same run, is the same N
+sessions served one after another with `generate` (transformers' own sdpa attention and dynamic
+cache) in this process. Prints one JSON document.
 
     python ops/bench/decode_throughput.py --sessions 1 4 8 --prompt 128 --new 64
 """
@@ -10,10 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
-import dataclasses
 import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
 import grpc
@@ -22,10 +27,9 @@ import torch
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
 from kakeya.runtime.attention import ATTENTION_NAME
-from kakeya.runtime.config import EngineConfig, ModelConfig, RuntimeConfig, ServerConfig
+from kakeya.runtime.config import ModelConfig
+from kakeya.runtime.logging_setup import configure_logging
 from kakeya.runtime.model_loader import load_model
-from kakeya.runtime.runtime import Runtime
-from kakeya.runtime.server import RuntimeServer
 
 
 def prompts(count: int, length: int, vocab: int) -> list[list[int]]:
@@ -33,36 +37,84 @@ def prompts(count: int, length: int, vocab: int) -> list[list[int]]:
     return [torch.randint(100, vocab - 100, (length,), generator=generator).tolist() for _ in range(count)]
 
 
-def baseline(model, batch: list[list[int]], new_tokens: int) -> float:
-    """Seconds to serve the sessions one after another with `generate`."""
-    started = time.perf_counter()
-    with torch.inference_mode():
-        for prompt in batch:
-            model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    return time.perf_counter() - started
+def baseline(model, batch: list[list[int]], new_tokens: int) -> tuple[float, float]:
+    """Seconds to serve the sessions one after another with `generate`: (total, decode only).
+
+    Decode time is the total less a max_new_tokens=1 run of the same prompts (prefill + first token).
+    """
+    def serve(count: int) -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for prompt in batch:
+                model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                               max_new_tokens=count, min_new_tokens=count, do_sample=False, pad_token_id=0)
+        return time.perf_counter() - started
+
+    total = serve(new_tokens)
+    return total, total - serve(1)
 
 
-async def runtime_run(stub, batch: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
-    """Seconds for all sessions to finish concurrently, and each session's time to first token."""
-    ttfts: list[float] = []
+async def runtime_run(stub, batch: list[list[int]], new_tokens: int) -> dict[str, float]:
+    """Serves all sessions concurrently. The decode phase starts when the last session has its
+    first token (every session is decoding from then on) and ends with the last token."""
+    stamps: list[list[float]] = []
+    starts: list[float] = []
 
     async def one(prompt: list[int]) -> None:
         sid = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
         await stub.AppendTokens(pb.AppendTokensRequest(session_id=sid, token_ids=prompt))
-        began = time.perf_counter()
-        count = 0
+        times: list[float] = []
+        stamps.append(times)
+        starts.append(time.perf_counter())
         async for response in stub.Generate(pb.GenerateRequest(session_id=sid, max_tokens=new_tokens)):
             if response.WhichOneof("payload") == "token_id":
-                count += 1
-                if count == 1:
-                    ttfts.append(time.perf_counter() - began)
-        assert count == new_tokens, f"expected {new_tokens} tokens, got {count}"
+                times.append(time.perf_counter())
+        assert len(times) == new_tokens, f"expected {new_tokens} tokens, got {len(times)}"
         await stub.CloseSession(pb.CloseSessionRequest(session_id=sid))
 
     started = time.perf_counter()
     await asyncio.gather(*(one(p) for p in batch))
-    return time.perf_counter() - started, ttfts
+    ended = max(t[-1] for t in stamps)
+    decode_from = max(t[0] for t in stamps)
+    decode_tokens = sum(1 for times in stamps for t in times if t > decode_from)
+    ttfts = sorted(times[0] - began for times, began in zip(stamps, starts))
+    return {"wall_s": ended - started, "decode_tok_s": decode_tokens / max(ended - decode_from, 1e-9),
+            "ttft_p50_s": ttfts[len(ttfts) // 2]}
+
+
+@contextlib.contextmanager
+def served(deterministic: bool):
+    """A `kakeya serve` process of its own (as users run it), on a unix socket; yields its address."""
+    with tempfile.TemporaryDirectory() as tmp:
+        socket_path = os.path.join(tmp, "kakeya.sock")
+        flag = "--deterministic" if deterministic else "--no-deterministic"
+        process = subprocess.Popen([sys.executable, "-m", "kakeya.runtime.cli", "serve", "--unix-socket", socket_path,
+                                    flag, "--log-level", "warning"])
+        address = f"unix:{socket_path}"
+        try:
+            wait_serving(address, process)
+            yield address
+        finally:
+            process.terminate()
+            process.wait(60)
+
+
+def wait_serving(address: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"kakeya serve exited with {process.returncode}")
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.5)
+    raise TimeoutError("kakeya serve did not become ready")
 
 
 async def main() -> None:
@@ -75,6 +127,7 @@ async def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    configure_logging("console", "warning")
     loaded = load_model(ModelConfig(), ATTENTION_NAME)
     reference = copy.deepcopy(loaded.model)
     reference.set_attn_implementation("sdpa")
@@ -82,30 +135,31 @@ async def main() -> None:
     results = []
     for n in args.sessions:
         batch = prompts(n, args.prompt, loaded.vocab_size)
-        base_s = baseline(reference, batch, args.new)
-        row = {"sessions": n, "baseline_generate_sequential_tok_s": round(n * args.new / base_s, 2)}
+        base_s, base_decode_s = baseline(reference, batch, args.new)
+        row = {"sessions": n,
+               "baseline_generate_sequential_tok_s": round(n * args.new / base_s, 2),
+               "baseline_generate_sequential_decode_tok_s": round(n * (args.new - 1) / base_decode_s, 2)}
         for deterministic in modes:
-            config = RuntimeConfig(model=ModelConfig(), server=ServerConfig(port=0),
-                                   engine=dataclasses.replace(EngineConfig(), deterministic=deterministic))
-            server = RuntimeServer(config)
-            address = await server.start()
-            await server.attach(Runtime(config, loaded))
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = runtime_pb2_grpc.RuntimeServiceStub(channel)
-                await runtime_run(stub, batch[:1], 4)  # warm-up
-                wall_s, ttfts = await runtime_run(stub, batch, args.new)
-            await server.stop(0)
+            with served(deterministic) as address:
+                async with grpc.aio.insecure_channel(address) as channel:
+                    stub = runtime_pb2_grpc.RuntimeServiceStub(channel)
+                    await runtime_run(stub, batch[:1], 4)  # warm-up
+                    measured = await runtime_run(stub, batch, args.new)
             key = "deterministic" if deterministic else "fast"
-            row[f"kakeya_{key}_tok_s"] = round(n * args.new / wall_s, 2)
-            row[f"kakeya_{key}_ratio_vs_baseline"] = round(base_s / wall_s, 2)
-            row[f"kakeya_{key}_ttft_p50_s"] = round(sorted(ttfts)[len(ttfts) // 2], 3)
+            row[f"kakeya_{key}_tok_s"] = round(n * args.new / measured["wall_s"], 2)
+            row[f"kakeya_{key}_ratio_vs_baseline"] = round(base_s / measured["wall_s"], 2)
+            row[f"kakeya_{key}_decode_tok_s"] = round(measured["decode_tok_s"], 2)
+            row[f"kakeya_{key}_decode_ratio_vs_baseline"] = round(
+                measured["decode_tok_s"] / row["baseline_generate_sequential_decode_tok_s"], 2)
+            row[f"kakeya_{key}_ttft_p50_s"] = round(measured["ttft_p50_s"], 3)
         results.append(row)
     print(json.dumps({
         "benchmark": "decode_throughput",
         "model": loaded.model_id, "device": str(loaded.device), "dtype": str(loaded.dtype),
         "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
         "prompt_tokens": args.prompt, "new_tokens": args.new,
-        "note": "tok/s counts generated tokens over wall time including prefill, for both sides",
+        "note": ("tok_s: generated tokens over wall time including prefill, both sides; decode_tok_s: "
+                 "tokens while every session decodes (kakeya) vs generate's time less its prefill+first token"),
         "results": results,
     }, indent=2))
 
