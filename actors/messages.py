@@ -111,9 +111,12 @@ class Job:
     stream: TokenStream
     done: asyncio.Future[JobResult]
     num_fed: int = 0
+    num_prompt: int = 0  # the pending tokens it started with; later inputs are generated
     generated: list[int] = field(default_factory=list)
     submitted_at: float = 0.0
+    scheduled_at: float | None = None
     first_token_at: float | None = None
+    last_token_at: float | None = None
 
     def reject(self, error: BaseException) -> None:
         _reject(self.done, error)

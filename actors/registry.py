@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections import Counter
 
 import structlog
 
 from kakeya.runtime.errors import Overloaded, SessionNotFound
+from kakeya.runtime.metrics import Metrics
 
 from .messages import Close
 from .scheduler import SchedulerActor
@@ -25,16 +25,14 @@ _OUTCOMES = {"close": "closed", "shutdown": "closed", "failed": "failed"}
 
 
 class SessionRegistry:
-    def __init__(self, rules: SessionRules, scheduler: SchedulerActor) -> None:
+    def __init__(self, rules: SessionRules, scheduler: SchedulerActor, metrics: Metrics) -> None:
         self._rules = rules
         self._scheduler = scheduler
+        self._metrics = metrics
         self._sessions: dict[str, SessionActor] = {}
         self._create_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[int]] = set()
-        self.outcomes: Counter[str] = Counter()  # closed / evicted / failed
-        self.evictions: Counter[str] = Counter()  # ttl / lru / close
-        self.violations: Counter[str] = Counter()  # inv1 / inv2
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_expired(), name="session-reaper")
@@ -57,9 +55,11 @@ class SessionRegistry:
                 )
             session_id = secrets.token_hex(16)  # 128 random bits
             session = SessionActor(session_id, client_label, eos_token_ids, self._rules, self._scheduler,
-                                   self.make_room, lambda kind, sid=session_id: self._on_violation(sid, kind))
+                                   self._metrics, self.make_room,
+                                   lambda kind, sid=session_id: self._on_violation(sid, kind))
             session.start()
             self._sessions[session_id] = session
+            self._metrics.session_active.set(len(self._sessions))
         log.info("session_created", session_id=session_id, client_label=client_label)
         return session_id
 
@@ -68,6 +68,7 @@ class SessionRegistry:
         session = self._sessions.pop(session_id, None)
         if session is None:
             raise SessionNotFound(f"no session {session_id!r} (unknown, closed or evicted)")
+        self._metrics.session_active.set(len(self._sessions))
         session.begin_close()
         reply = asyncio.get_running_loop().create_future()
         try:
@@ -77,9 +78,10 @@ class SessionRegistry:
         except SessionNotFound:  # the actor already ended (it crashed): nothing left to free
             final_length = session.snapshot.history_length
         await session.stop()
-        self.outcomes[_OUTCOMES.get(reason, "evicted")] += 1
+        self._metrics.session_total.labels(_OUTCOMES.get(reason, "evicted")).inc()
         if reason in ("ttl", "lru", "close"):
-            self.evictions[reason] += 1
+            self._metrics.session_evicted.labels(reason).inc()
+        self._metrics.session_history_tokens.observe(final_length)
         return final_length
 
     async def make_room(self, kv_bytes: int, exclude: str) -> None:
@@ -107,7 +109,7 @@ class SessionRegistry:
                     await self.close(session.session_id, reason="ttl")
 
     def _on_violation(self, session_id: str, kind: str) -> None:
-        self.violations[kind] += 1
+        self._metrics.invariant_violations.labels(kind).inc()
         if session_id in self._sessions:
             task = asyncio.get_running_loop().create_task(self.close(session_id, reason="failed"))
             self._closing.add(task)

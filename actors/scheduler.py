@@ -9,43 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import structlog
 
 from kakeya.runtime.errors import EngineDead, Overloaded
 from kakeya.runtime.kv_memory import KVPool
+from kakeya.runtime.metrics import Metrics
 from kakeya.runtime.model_runner import ModelRunner, WorkItem
 from kakeya.runtime.sampler import Sampler
 
 from .base import Actor
 from .batch_policy import Slice, plan_step
 from .messages import AllocateKV, FreeKV, Job, JobResult, ReserveKV, SubmitJob
+from .step_stats import StepRecorder
 from .token_stream import StopReason
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(slots=True)
-class BatchStats:
-    """Written by the scheduler only; read by GetRuntimeInfo."""
-
-    num_forwards: int = 0
-    max_sessions_per_forward: int = 0
-    total_sessions: int = 0
-    total_rows: int = 0
-
-    @property
-    def mean_sessions_per_forward(self) -> float:
-        return self.total_sessions / self.num_forwards if self.num_forwards else 0.0
-
-
 class SchedulerActor(Actor):
     name = "scheduler"
 
-    def __init__(self, runner: ModelRunner, pool: KVPool, chunk_tokens: int, max_step_tokens: int,
-                 mailbox_size: int, on_crash: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(self, runner: ModelRunner, pool: KVPool, metrics: Metrics, chunk_tokens: int,
+                 max_step_tokens: int, mailbox_size: int,
+                 on_crash: Callable[[BaseException], None] | None = None) -> None:
         super().__init__(mailbox_size, on_crash)
         self._runner = runner
         self.pool = pool
@@ -53,7 +41,9 @@ class SchedulerActor(Actor):
         self._max_step_tokens = max_step_tokens
         self._running: list[Job] = []
         self._samplers: dict[int, Sampler] = {}
-        self.stats = BatchStats()
+        self._recorder = StepRecorder(metrics, pool)
+        self.stats = self._recorder.stats
+        self.last_tick = time.monotonic()
 
     def closed_error(self) -> Exception:
         return EngineDead("the scheduler has stopped")
@@ -62,11 +52,20 @@ class SchedulerActor(Actor):
     def num_running(self) -> int:
         return len(self._running)
 
+    def is_stalled(self, stall_s: float) -> bool:
+        """True when work is waiting and the loop has not finished a step for stall_s."""
+        has_work = bool(self._running) or not self._mailbox.empty()
+        return has_work and time.monotonic() - self.last_tick > stall_s
+
     async def run_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             # 1. Take input: block only when nothing is running.
+            self.last_tick = time.monotonic()
+            if not self._running:
+                self._recorder.idle()
             message = await self.next_message(block=not self._running)
+            self.last_tick = time.monotonic()  # an idle wait is not a stall
             while message is not None:
                 self._accept(message)
                 message = await self.next_message(block=False)
@@ -81,12 +80,13 @@ class SchedulerActor(Actor):
             items = [WorkItem(s.job.kv, tuple(s.job.inputs[s.start:s.stop]),
                               self._samplers[id(s.job)] if s.samples else None) for s in slices]
             # 4. Run the forward on the model thread; the event loop stays free meanwhile.
+            started = time.monotonic()
             try:
                 sampled = await loop.run_in_executor(self._runner.executor, self._runner.step, items)
             except Exception as exc:
                 self._fail_all(EngineDead(f"the model thread failed: {exc!r}"))
                 raise
-            self._record(slices)
+            self._recorder.step(slices, self._running, time.monotonic() - started)
             # 5. Publish: commit fed rows and sampled tokens, finish jobs that hit a stop.
             for piece, token in zip(slices, sampled):
                 self._commit(piece, token)
@@ -101,11 +101,14 @@ class SchedulerActor(Actor):
                     reply.set_result(None)
                 except Overloaded as exc:
                     reply.set_exception(exc)
+                self._recorder.memory()
             case FreeKV(kv=kv, reply=reply):
                 self.pool.free(kv)
                 reply.set_result(None)
+                self._recorder.memory()
             case SubmitJob(job=job):
                 job.submitted_at = time.monotonic()
+                job.num_prompt = len(job.inputs)
                 self._samplers[id(job)] = Sampler(job.sampling)
                 self._running.append(job)
             case _:
@@ -116,8 +119,7 @@ class SchedulerActor(Actor):
         job.num_fed = piece.stop
         if token is None:
             return
-        if job.first_token_at is None:
-            job.first_token_at = time.monotonic()
+        self._recorder.token(job, time.monotonic())
         job.generated.append(token)
         job.inputs.append(token)
         job.stream.push(token)
@@ -142,10 +144,3 @@ class SchedulerActor(Actor):
             job.reject(error)
         self._running.clear()
         self._samplers.clear()
-
-    def _record(self, slices: list[Slice]) -> None:
-        stats = self.stats
-        stats.num_forwards += 1
-        stats.max_sessions_per_forward = max(stats.max_sessions_per_forward, len(slices))
-        stats.total_sessions += len(slices)
-        stats.total_rows += sum(s.stop - s.start for s in slices)

@@ -17,6 +17,7 @@ import structlog
 
 from kakeya.runtime.errors import InvariantViolation, KakeyaError, Overloaded, SessionNotFound
 from kakeya.runtime.kv_memory import SessionKV
+from kakeya.runtime.metrics import Metrics
 
 from .base import Actor
 from .messages import AllocateKV, Append, Close, FreeKV, Generate, Job, ReserveKV, SubmitJob
@@ -41,7 +42,7 @@ class SessionSnapshot:
 
 class SessionActor(Actor):
     def __init__(self, session_id: str, client_label: str, eos_token_ids: frozenset[int], rules: SessionRules,
-                 scheduler: SchedulerActor, make_room: Callable[[int, str], Awaitable[None]],
+                 scheduler: SchedulerActor, metrics: Metrics, make_room: Callable[[int, str], Awaitable[None]],
                  on_violation: Callable[[str], None]) -> None:
         super().__init__(rules.limits.mailbox_size)
         self.name = f"session-{session_id[:8]}"
@@ -50,6 +51,7 @@ class SessionActor(Actor):
         self.eos_token_ids = eos_token_ids
         self._rules = rules
         self._scheduler = scheduler
+        self._metrics = metrics
         self._make_room = make_room
         self._on_violation = on_violation
         self._history: list[int] = []
@@ -136,6 +138,9 @@ class SessionActor(Actor):
         self._history.extend(result.generated)
         self._pending = job.inputs[result.num_fed:]
         self._num_fed += result.num_fed
+        if result.generated:
+            self._metrics.generate_prefill_tokens.observe(prefill_tokens)
+            self._metrics.generate_prefill_duration.observe(result.prefill_duration_s)
         try:
             self._check_invariants()
         except InvariantViolation as exc:

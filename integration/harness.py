@@ -33,16 +33,17 @@ class ServerHandle:
         await asyncio.wait_for(self.server.stop(0), TIMEOUT_S)
 
 
-def runtime_config(engine: dict | None = None, limits: dict | None = None) -> RuntimeConfig:
+def runtime_config(engine: dict | None = None, limits: dict | None = None, server: dict | None = None) -> RuntimeConfig:
     return RuntimeConfig(
         engine=dataclasses.replace(EngineConfig(kv_budget_bytes=2 * 1024**3), **(engine or {})),
         limits=dataclasses.replace(SessionLimits(), **(limits or {})),
-        server=ServerConfig(host="127.0.0.1", port=0),
+        server=dataclasses.replace(ServerConfig(host="127.0.0.1", port=0), **(server or {})),
     )
 
 
-async def start_server(loaded: LoadedModel, engine: dict | None = None, limits: dict | None = None) -> ServerHandle:
-    config = runtime_config(engine, limits)
+async def start_server(loaded: LoadedModel, engine: dict | None = None, limits: dict | None = None,
+                       server: dict | None = None) -> ServerHandle:
+    config = runtime_config(engine, limits, server)
     server = RuntimeServer(config)
     address = await server.start()
     runtime = Runtime(config, loaded, on_engine_death=lambda exc: None)

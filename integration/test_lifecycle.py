@@ -69,7 +69,7 @@ async def test_ttl_eviction_really_runs(loaded_model):
         await append(handle.stub, session_id, PROMPT)
         await eventually(lambda: handle.runtime.registry.num_active == 0, 10.0, "TTL eviction")
         assert await status_of(info(handle.stub, session_id)) == grpc.StatusCode.NOT_FOUND
-        assert handle.runtime.registry.evictions["ttl"] == 1
+        assert handle.runtime.counter("kakeya_session_evicted_total", reason="ttl") == 1
     finally:
         await handle.stop()
 
@@ -82,7 +82,7 @@ async def test_lru_eviction_and_capacity(loaded_model):
         await append(stub, newer, PROMPT)  # touched last: `oldest` is least recently used
         third = await create(stub)
         assert await status_of(info(stub, oldest)) == grpc.StatusCode.NOT_FOUND
-        assert handle.runtime.registry.evictions["lru"] == 1
+        assert handle.runtime.counter("kakeya_session_evicted_total", reason="lru") == 1
         # With every session busy generating, nothing is idle: RESOURCE_EXHAUSTED.
         await append(stub, third, PROMPT)
         calls = [(await _first_tokens(stub, sid, 1, max_tokens=1000))[0] for sid in (newer, third)]
@@ -130,4 +130,4 @@ async def test_invariant_violation_closes_session_and_counts(stub, server):
     assert await status_of(info(stub, session_id)) == grpc.StatusCode.NOT_FOUND
     reply = await stub.GetRuntimeInfo(pb.GetRuntimeInfoRequest(), timeout=TIMEOUT_S)
     assert reply.cache_invariant_inv1_violations == 1
-    assert server.runtime.registry.outcomes["failed"] == 1
+    assert server.runtime.counter("kakeya_session_total", outcome="failed") == 1

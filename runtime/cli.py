@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "log-format", default="console", help="json or console", choices=("json", "console"))
     _flag(serve, "log-level", default="info", help="debug, info, warning or error")
     _flag(serve, "grace-s", float, 5.0, help="seconds in-flight calls get on shutdown")
+    _flag(serve, "metrics-host", default="127.0.0.1", help="address of the Prometheus /metrics endpoint")
+    _flag(serve, "metrics-port", int, 9400, help="port of the /metrics endpoint (-1: none)")
+    _flag(serve, "stall-timeout-s", float, 30.0, help="health reports NOT_SERVING when pending work waits this long for a step")
     det = serve.add_mutually_exclusive_group()
     env_det = env_default("deterministic")
     det.add_argument("--deterministic", dest="deterministic", action="store_true",
@@ -58,7 +61,10 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         limits=SessionLimits(max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,
                              max_append_tokens=args.max_append_tokens, max_generate_tokens=args.max_generate_tokens),
         server=ServerConfig(host=args.host, port=args.port, unix_socket=args.unix_socket,
-                            log_format=args.log_format, log_level=args.log_level, grace_s=args.grace_s),
+                            log_format=args.log_format, log_level=args.log_level, grace_s=args.grace_s,
+                            metrics_host=args.metrics_host,
+                            metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+                            stall_timeout_s=args.stall_timeout_s),
     )
 
 

@@ -80,12 +80,20 @@ class ServerConfig:
     log_format: str = "console"
     log_level: str = "info"
     grace_s: float = 5.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # None: no /metrics endpoint; 0: any free port
+    # Health turns NOT_SERVING when work is pending and no step finished for this long.
+    stall_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.log_format not in ("json", "console"):
             raise ValueError("log_format must be json or console")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be in 0..65535")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError("metrics_port must be in 0..65535")
+        if self.stall_timeout_s <= 0:
+            raise ValueError("stall_timeout_s must be > 0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ Only this module touches the device. It is called on one dedicated thread and ho
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -41,9 +42,13 @@ class ModelRunner:
         self.loaded = loaded
         self.deterministic = deterministic
         self.executor = executor or model_thread()
+        # Fault injection for tests only: while set to an unset Event, every step blocks on it.
+        self.fault_gate: threading.Event | None = None
 
     def step(self, items: list[WorkItem]) -> list[int | None]:
         """One forward over every item's rows; returns each item's sampled token or None."""
+        if self.fault_gate is not None:
+            self.fault_gate.wait()
         ids: list[int] = []
         positions: list[int] = []
         groups: list[RowGroup] = []

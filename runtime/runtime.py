@@ -17,6 +17,7 @@ from kakeya.actors.session_rules import SessionRules
 from .attention import ATTENTION_NAME
 from .config import RuntimeConfig
 from .kv_memory import KVPool, KVShape
+from .metrics import Metrics
 from .model_loader import LoadedModel, load_model
 from .model_runner import ModelRunner, model_thread
 
@@ -68,11 +69,13 @@ class Runtime:
         self.pool = KVPool(shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
                            engine.window_tokens, engine.prefill_chunk_tokens)
         self.runner = ModelRunner(loaded, self.deterministic, executor)
-        self.scheduler = SchedulerActor(self.runner, self.pool, engine.prefill_chunk_tokens, engine.max_step_tokens,
-                                        engine.mailbox_size, on_crash=on_engine_death or _exit_on_engine_death)
+        self.metrics = Metrics()
+        self.scheduler = SchedulerActor(self.runner, self.pool, self.metrics, engine.prefill_chunk_tokens,
+                                        engine.max_step_tokens, engine.mailbox_size,
+                                        on_crash=on_engine_death or _exit_on_engine_death)
         self.rules = SessionRules(config.limits, loaded.vocab_size, loaded.max_context_tokens,
                                   engine.sink_tokens, engine.window_tokens)
-        self.registry = SessionRegistry(self.rules, self.scheduler)
+        self.registry = SessionRegistry(self.rules, self.scheduler, self.metrics)
 
     @classmethod
     def load(cls, config: RuntimeConfig, **kwargs) -> "Runtime":
@@ -114,9 +117,14 @@ class Runtime:
             forward_count=stats.num_forwards,
             max_sessions_per_forward=stats.max_sessions_per_forward,
             mean_sessions_per_forward=stats.mean_sessions_per_forward,
-            inv1_violations=self.registry.violations["inv1"],
-            inv2_violations=self.registry.violations["inv2"],
+            inv1_violations=self.counter("kakeya_cache_invariant_violations_total", kind="inv1"),
+            inv2_violations=self.counter("kakeya_cache_invariant_violations_total", kind="inv2"),
         )
+
+
+    def counter(self, name: str, **labels: str) -> int:
+        """The current value of one exported series (0 before its first increment)."""
+        return int(self.metrics.registry.get_sample_value(name, labels) or 0)
 
 
 def _exit_on_engine_death(exc: BaseException) -> None:

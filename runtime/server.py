@@ -42,6 +42,9 @@ class RuntimeServer:
             self._server,
         )
         self.address = ""
+        self.metrics_port: int | None = None
+        self.is_serving = False
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         server = self.config.server
@@ -62,18 +65,38 @@ class RuntimeServer:
 
     async def attach(self, runtime: Runtime) -> None:
         runtime.start()
+        server = self.config.server
+        if server.metrics_port is not None:
+            self.metrics_port = runtime.metrics.serve(server.metrics_host, server.metrics_port)
+            log.info("metrics_listening", address=f"{server.metrics_host}:{self.metrics_port}")
         self.servicer.runtime = runtime
         await self._set_serving(True)
+        self._watchdog = asyncio.create_task(self._watch_scheduler(runtime), name="health-watchdog")
+
+    async def _watch_scheduler(self, runtime: Runtime) -> None:
+        """Readiness follows the scheduler: NOT_SERVING while pending work sees no step finish."""
+        stall_s = self.config.server.stall_timeout_s
+        while True:
+            await asyncio.sleep(min(stall_s / 4, 1.0))
+            serving = not runtime.scheduler.is_stalled(stall_s)
+            if serving != self.is_serving:
+                log.warning("scheduler_stalled" if not serving else "scheduler_recovered", stall_s=stall_s)
+                await self._set_serving(serving)
 
     async def _set_serving(self, serving: bool) -> None:
+        self.is_serving = serving
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
     async def stop(self, grace_s: float | None = None) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.wait({self._watchdog})
         await self.health.enter_graceful_shutdown()
         runtime, self.servicer.runtime = self.servicer.runtime, None
         if runtime is not None:
+            runtime.metrics.stop()
             await runtime.stop()
         await self._server.stop(self.config.server.grace_s if grace_s is None else grace_s)
 

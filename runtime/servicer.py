@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from typing import AsyncIterator, Callable
 
 import grpc
@@ -47,15 +48,25 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException, rpc: s
     await context.abort(code, str(error))
 
 
+def _log_outcome(rpc: str, request, started: float, code: grpc.StatusCode, **facts) -> None:
+    """One line per RPC: what, on which session, how long, and how it ended."""
+    log.info("rpc_finished", rpc=rpc, session_id=getattr(request, "session_id", None) or None,
+             status=code.name, duration_s=round(time.monotonic() - started, 4), **facts)
+
+
 def unary(method: Callable) -> Callable:
     @functools.wraps(method)
     async def wrapper(self, request, context):
+        started, code = time.monotonic(), grpc.StatusCode.OK
         try:
             return await method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every error leaves through the table
             if isinstance(exc, grpc.aio.AbortError):
                 raise
+            code = status_of(exc)
             await _abort(context, exc, method.__name__)
+        finally:
+            _log_outcome(method.__name__, request, started, code)
     return wrapper
 
 
@@ -83,6 +94,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
         return pb.AppendTokensResponse(history_length=await reply)
 
     async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
+        started, code, tokens = time.monotonic(), grpc.StatusCode.CANCELLED, 0
         try:
             params = GenerateParams(request.max_tokens, _sampling(request))
             if params.max_tokens == 0:
@@ -91,18 +103,23 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
             stream = TokenStream()
             session.send(Generate(params, stream))
         except Exception as exc:  # noqa: BLE001
+            _log_outcome("Generate", request, started, status_of(exc))
             await _abort(context, exc, "Generate")
             return
         try:
             async for event in stream:
+                tokens += isinstance(event, int)
                 yield _event_to_proto(event)
+            code = grpc.StatusCode.OK
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001
+            code = status_of(exc)
             await _abort(context, exc, "Generate")
         finally:
             # Client gone, deadline hit or stream done: the scheduler drops the job next step.
             stream.cancel()
+            _log_outcome("Generate", request, started, code, tokens=tokens)
 
     @unary
     async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
