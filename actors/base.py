@@ -53,6 +53,10 @@ class Actor:
         return SessionNotFound(f"{self.name} is closed")
 
     @property
+    def is_alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
     def is_idle(self) -> bool:
         return not self._is_handling and self._mailbox.empty()
 

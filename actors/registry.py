@@ -41,13 +41,17 @@ class SessionRegistry:
     def num_active(self) -> int:
         return len(self._sessions)
 
-    def get(self, session_id: str) -> SessionActor:
+    def get(self, session_id: str, owner: str | None = None) -> SessionActor:
+        """The session, if it exists and (when owner is given) belongs to that owner.
+
+        Another owner's session answers exactly like a missing one, so ids cannot be probed.
+        """
         session = self._sessions.get(session_id)
-        if session is None:
+        if session is None or (owner is not None and session.owner != owner):
             raise SessionNotFound(f"no session {session_id!r} (unknown, closed or evicted)")
         return session
 
-    async def create(self, client_label: str, eos_token_ids: frozenset[int]) -> str:
+    async def create(self, client_label: str, eos_token_ids: frozenset[int], owner: str = "") -> str:
         async with self._create_lock:
             if len(self._sessions) >= self._rules.limits.max_sessions and not await self._evict_lru(exclude=None):
                 raise Overloaded(
@@ -57,17 +61,17 @@ class SessionRegistry:
             session = SessionActor(session_id, client_label, eos_token_ids, self._rules, self._scheduler,
                                    self._metrics, self.make_room,
                                    lambda kind, sid=session_id: self._on_violation(sid, kind))
+            session.owner = owner
             session.start()
             self._sessions[session_id] = session
             self._metrics.session_active.set(len(self._sessions))
         log.info("session_created", session_id=session_id, client_label=client_label)
         return session_id
 
-    async def close(self, session_id: str, reason: str = "close") -> int:
+    async def close(self, session_id: str, reason: str = "close", owner: str | None = None) -> int:
         """Removes the session at once (later calls get NOT_FOUND), then frees it in order."""
-        session = self._sessions.pop(session_id, None)
-        if session is None:
-            raise SessionNotFound(f"no session {session_id!r} (unknown, closed or evicted)")
+        self.get(session_id, owner)
+        session = self._sessions.pop(session_id)
         self._metrics.session_active.set(len(self._sessions))
         session.begin_close()
         reply = asyncio.get_running_loop().create_future()
@@ -114,6 +118,15 @@ class SessionRegistry:
             task = asyncio.get_running_loop().create_task(self.close(session_id, reason="failed"))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Waits (bounded) until no session has queued or running work; True if they all did."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(not s.is_idle for s in self._sessions.values()):
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)  # shutdown path only: a short poll beats wiring an event per session
+        return True
 
     async def close_all(self) -> None:
         if self._reaper is not None:

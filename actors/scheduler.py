@@ -32,9 +32,11 @@ class SchedulerActor(Actor):
     name = "scheduler"
 
     def __init__(self, runner: ModelRunner, pool: KVPool, metrics: Metrics, chunk_tokens: int,
-                 max_step_tokens: int, mailbox_size: int,
+                 max_step_tokens: int, mailbox_size: int, consumer_stall_s: float = 60.0,
                  on_crash: Callable[[BaseException], None] | None = None) -> None:
         super().__init__(mailbox_size, on_crash)
+        self._consumer_stall_s = consumer_stall_s
+        self._metrics = metrics
         self._runner = runner
         self.pool = pool
         self._chunk_tokens = chunk_tokens
@@ -71,7 +73,7 @@ class SchedulerActor(Actor):
                 message = await self.next_message(block=False)
             if self.is_stopping and not self._running:
                 return
-            # 2. Drop jobs whose consumer went away, before spending a forward on them.
+            # 2. Drop jobs whose consumer went away or stopped reading, before spending a forward on them.
             self._finish_cancelled()
             if not self._running:
                 continue
@@ -129,8 +131,13 @@ class SchedulerActor(Actor):
             self._finish(job, StopReason.MAX_TOKENS)
 
     def _finish_cancelled(self) -> None:
-        for job in [j for j in self._running if j.stream.is_cancelled]:
-            self._finish(job, StopReason.CANCELLED)
+        for job in list(self._running):
+            if job.stream.is_stalled(self._consumer_stall_s):
+                log.warning("consumer_stalled", kv_id=job.kv.kv_id, unread_s=self._consumer_stall_s)
+                self._metrics.stalled_consumers.inc()
+                job.stream.cancel()
+            if job.stream.is_cancelled:
+                self._finish(job, StopReason.CANCELLED)
 
     def _finish(self, job: Job, reason: StopReason) -> None:
         self._running.remove(job)

@@ -62,6 +62,7 @@ class SessionActor(Actor):
         self._violations = {"inv1": 0, "inv2": 0}
         self._active_stream: TokenStream | None = None
         self.is_closing = False
+        self.owner = ""  # the API-key identity that created it; set once by the registry
         self.last_active = time.monotonic()
         self.snapshot = self._snapshot()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Union
 
@@ -46,6 +47,11 @@ class TokenStream:
         self._queue: asyncio.Queue[Event | _Failed] = asyncio.Queue()
         self.is_cancelled = False
         self.is_finished = False
+        self._last_read_at = time.monotonic()
+
+    def is_stalled(self, stall_s: float) -> bool:
+        """Events wait unread and the consumer has taken none for stall_s."""
+        return not self._queue.empty() and time.monotonic() - self._last_read_at > stall_s
 
     def push(self, event: Event) -> None:
         if not self.is_finished:
@@ -63,6 +69,7 @@ class TokenStream:
     async def __aiter__(self) -> AsyncIterator[Event]:
         while True:
             event = await self._queue.get()
+            self._last_read_at = time.monotonic()
             if isinstance(event, _Failed):
                 raise event.error
             yield event

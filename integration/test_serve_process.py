@@ -37,7 +37,7 @@ def test_serve_on_unix_socket_then_drain_on_sigterm(tmp_path):
     socket_path = tmp_path / "kakeya.sock"
     process = subprocess.Popen(
         [sys.executable, "-m", "kakeya.runtime.cli", "serve", "--unix-socket", str(socket_path),
-         "--log-format", "json", "--max-sessions", "4"],
+         "--log-format", "json", "--max-sessions", "4", "--grace-s", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:

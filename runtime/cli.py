@@ -6,10 +6,8 @@ import argparse
 import asyncio
 import sys
 
-import torch
-
 from .config import (EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits, cpu_threads,
-                     env_default)
+                     env_default, read_api_keys)
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, kind=str, default=None, help: str = "", **kw) -> None:
@@ -42,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "grace-s", float, 5.0, help="seconds in-flight calls get on shutdown")
     _flag(serve, "metrics-host", default="127.0.0.1", help="address of the Prometheus /metrics endpoint")
     _flag(serve, "metrics-port", int, 9400, help="port of the /metrics endpoint (-1: none)")
+    serve.add_argument("--api-key", action="append", default=[], help="accept this API key (repeatable) [env KAKEYA_API_KEYS, comma-separated]")
+    serve.add_argument("--api-key-file", action="append", default=[], help="accept the keys in this file, one per line")
+    serve.add_argument("--allow-insecure-bind", action="store_true", help="serve a non-loopback address without API keys")
+    _flag(serve, "tls-cert", help="PEM certificate: serve TLS (needs --tls-key)")
+    _flag(serve, "tls-key", help="PEM private key of --tls-cert")
+    _flag(serve, "consumer-stall-timeout-s", float, 60.0, help="stop a Generate whose client leaves tokens unread this long")
     _flag(serve, "stall-timeout-s", float, 30.0, help="health reports NOT_SERVING when pending work waits this long for a step")
     det = serve.add_mutually_exclusive_group()
     env_det = env_default("deterministic")
@@ -57,14 +61,18 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
         engine=EngineConfig(kv_budget_bytes=args.kv_budget_bytes, prefill_chunk_tokens=args.prefill_chunk,
                             max_step_tokens=max(1024, args.prefill_chunk), deterministic=args.deterministic,
-                            sink_tokens=args.sink, window_tokens=args.window),
+                            sink_tokens=args.sink, window_tokens=args.window,
+                            consumer_stall_timeout_s=args.consumer_stall_timeout_s),
         limits=SessionLimits(max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,
                              max_append_tokens=args.max_append_tokens, max_generate_tokens=args.max_generate_tokens),
         server=ServerConfig(host=args.host, port=args.port, unix_socket=args.unix_socket,
                             log_format=args.log_format, log_level=args.log_level, grace_s=args.grace_s,
                             metrics_host=args.metrics_host,
                             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-                            stall_timeout_s=args.stall_timeout_s),
+                            stall_timeout_s=args.stall_timeout_s,
+                            api_keys=read_api_keys(args.api_key, args.api_key_file),
+                            allow_insecure_bind=args.allow_insecure_bind,
+                            tls_cert=args.tls_cert, tls_key=args.tls_key),
     )
 
 
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         parser.error(str(exc))
     from .logging_setup import configure_logging
     from .server import serve
@@ -81,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.server.log_format, config.server.log_level)
     threads = cpu_threads()
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
     try:
         return asyncio.run(serve(config))

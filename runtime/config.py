@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 ENV_PREFIX = "KAKEYA_"
 
@@ -36,11 +37,13 @@ class EngineConfig:
     sink_tokens: int = 0
     window_tokens: int = 0
     mailbox_size: int = 1024
+    # A Generate whose consumer leaves tokens unread this long is stopped (the session stays usable).
+    consumer_stall_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         _positive(kv_budget_bytes=self.kv_budget_bytes, kv_block_tokens=self.kv_block_tokens,
                   prefill_chunk_tokens=self.prefill_chunk_tokens, max_step_tokens=self.max_step_tokens,
-                  mailbox_size=self.mailbox_size)
+                  mailbox_size=self.mailbox_size, consumer_stall_timeout_s=self.consumer_stall_timeout_s)
         if self.sink_tokens < 0 or self.window_tokens < 0:
             raise ValueError("sink and window must be >= 0")
         if self.sink_tokens and not self.window_tokens:
@@ -84,6 +87,11 @@ class ServerConfig:
     metrics_port: int | None = None  # None: no /metrics endpoint; 0: any free port
     # Health turns NOT_SERVING when work is pending and no step finished for this long.
     stall_timeout_s: float = 30.0
+    api_keys: tuple[str, ...] = ()
+    # Binding beyond loopback without API keys exposes every session: only on explicit request.
+    allow_insecure_bind: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.log_format not in ("json", "console"):
@@ -94,6 +102,15 @@ class ServerConfig:
             raise ValueError("metrics_port must be in 0..65535")
         if self.stall_timeout_s <= 0:
             raise ValueError("stall_timeout_s must be > 0")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both a certificate and a key")
+        if any(not key or key != key.strip() for key in self.api_keys):
+            raise ValueError("API keys must be non-empty and have no surrounding whitespace")
+        if not self.unix_socket and not self.api_keys and not self.allow_insecure_bind and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to serve on {self.host} without API keys: set --api-key or --api-key-file, "
+                "or pass --allow-insecure-bind"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +119,25 @@ class RuntimeConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: SessionLimits = field(default_factory=SessionLimits)
     server: ServerConfig = field(default_factory=ServerConfig)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_api_keys(inline: Sequence[str], files: Sequence[str]) -> tuple[str, ...]:
+    """Keys from flags, key files (one per line, # comments) and KAKEYA_API_KEYS (comma-separated)."""
+    keys = [k for k in inline]
+    for path in files:
+        with open(path, encoding="utf-8") as handle:
+            keys += [line.strip() for line in handle if line.strip() and not line.lstrip().startswith("#")]
+    keys += [k.strip() for k in (env_default("api_keys") or "").split(",") if k.strip()]
+    return tuple(dict.fromkeys(keys))
 
 
 def _positive(**values: float) -> None:

@@ -65,6 +65,9 @@ class Metrics:
         self.prompt_tokens = Counter("kakeya_prompt_tokens", "Prefilled tokens (history fed to the model).",
                                      registry=r)
         self.generation_tokens = Counter("kakeya_generation_tokens", "Generated tokens.", registry=r)
+        self.stalled_consumers = Counter("kakeya_stream_stalled",
+                                         "Generates stopped because their consumer left tokens unread too long.",
+                                         registry=r)
         self.kv_usage_ratio = Gauge("kakeya_kv_usage_ratio", "KV bytes in use over the KV budget.", registry=r)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None

@@ -42,13 +42,17 @@ class ModelRunner:
         self.loaded = loaded
         self.deterministic = deterministic
         self.executor = executor or model_thread()
-        # Fault injection for tests only: while set to an unset Event, every step blocks on it.
+        # Fault injection for tests only: while set to an unset Event, every step blocks on it;
+        # a set fault_error is raised by the next step, as a failing device would.
         self.fault_gate: threading.Event | None = None
+        self.fault_error: BaseException | None = None
 
     def step(self, items: list[WorkItem]) -> list[int | None]:
         """One forward over every item's rows; returns each item's sampled token or None."""
         if self.fault_gate is not None:
             self.fault_gate.wait()
+        if self.fault_error is not None:
+            raise self.fault_error
         ids: list[int] = []
         positions: list[int] = []
         groups: list[RowGroup] = []

@@ -72,6 +72,7 @@ class Runtime:
         self.metrics = Metrics()
         self.scheduler = SchedulerActor(self.runner, self.pool, self.metrics, engine.prefill_chunk_tokens,
                                         engine.max_step_tokens, engine.mailbox_size,
+                                        engine.consumer_stall_timeout_s,
                                         on_crash=on_engine_death or _exit_on_engine_death)
         self.rules = SessionRules(config.limits, loaded.vocab_size, loaded.max_context_tokens,
                                   engine.sink_tokens, engine.window_tokens)

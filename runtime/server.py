@@ -13,7 +13,9 @@ from grpc_reflection.v1alpha import reflection
 
 from kakeya.proto.v1 import runtime_pb2, runtime_pb2_grpc
 
+from .auth import ApiKeys
 from .config import RuntimeConfig
+from .errors import FailedPrecondition
 from .runtime import Runtime
 from .servicer import RuntimeServicer
 
@@ -28,7 +30,7 @@ class RuntimeServer:
 
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config
-        self.servicer = RuntimeServicer()
+        self.servicer = RuntimeServicer(ApiKeys(config.server.api_keys))
         self.health = health.aio.HealthServicer()
         self._server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 0),  # a second server must not silently share the port
@@ -51,10 +53,16 @@ class RuntimeServer:
         if server.unix_socket:
             if os.path.exists(server.unix_socket):
                 os.unlink(server.unix_socket)
-            self._server.add_insecure_port(f"unix:{server.unix_socket}")
+            self._bind(lambda: self._server.add_insecure_port(f"unix:{server.unix_socket}"), server.unix_socket)
             self.address = f"unix:{server.unix_socket}"
         else:
-            port = self._server.add_insecure_port(f"{server.host}:{server.port}")
+            address = f"{server.host}:{server.port}"
+            if server.tls_cert:
+                with open(server.tls_key, "rb") as key, open(server.tls_cert, "rb") as cert:
+                    credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+                port = self._bind(lambda: self._server.add_secure_port(address, credentials), address)
+            else:
+                port = self._bind(lambda: self._server.add_insecure_port(address), address)
             self.address = f"{server.host}:{port}"
         await self._server.start()
         if server.unix_socket:
@@ -62,6 +70,13 @@ class RuntimeServer:
         await self._set_serving(False)
         log.info("server_listening", address=self.address)
         return self.address
+
+    @staticmethod
+    def _bind(add_port, address: str) -> int:
+        try:
+            return add_port()
+        except RuntimeError as exc:  # grpc's only word for it; usually the address is taken
+            raise FailedPrecondition(f"cannot listen on {address} (in use, or not an address here)") from exc
 
     async def attach(self, runtime: Runtime) -> None:
         runtime.start()
@@ -78,7 +93,7 @@ class RuntimeServer:
         stall_s = self.config.server.stall_timeout_s
         while True:
             await asyncio.sleep(min(stall_s / 4, 1.0))
-            serving = not runtime.scheduler.is_stalled(stall_s)
+            serving = runtime.scheduler.is_alive and not runtime.scheduler.is_stalled(stall_s)
             if serving != self.is_serving:
                 log.warning("scheduler_stalled" if not serving else "scheduler_recovered", stall_s=stall_s)
                 await self._set_serving(serving)
@@ -90,15 +105,20 @@ class RuntimeServer:
             await self.health.set(name, status)
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Drains: readiness off and new calls UNAVAILABLE at once; running Generates get up to
+        grace_s to finish, then are cancelled; then every session is closed."""
+        grace_s = self.config.server.grace_s if grace_s is None else grace_s
         if self._watchdog is not None:
             self._watchdog.cancel()
             await asyncio.wait({self._watchdog})
+        self.servicer.is_draining = True
         await self.health.enter_graceful_shutdown()
         runtime, self.servicer.runtime = self.servicer.runtime, None
         if runtime is not None:
+            await runtime.registry.wait_idle(grace_s)
             runtime.metrics.stop()
             await runtime.stop()
-        await self._server.stop(self.config.server.grace_s if grace_s is None else grace_s)
+        await self._server.stop(grace_s)
 
 
 async def serve(config: RuntimeConfig) -> int:
@@ -116,7 +136,11 @@ async def serve(config: RuntimeConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     server = RuntimeServer(config)
-    await server.start()
+    try:
+        await server.start()
+    except FailedPrecondition as exc:
+        log.error("server_start_failed", error=str(exc))
+        return 1
     loader = asyncio.ensure_future(asyncio.to_thread(Runtime.load, config, on_engine_death=on_engine_death))
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait({loader, waiter}, return_when=asyncio.FIRST_COMPLETED)

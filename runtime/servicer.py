@@ -15,6 +15,7 @@ from kakeya.actors.token_stream import Done, TokenStream, Truncated
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
 
+from .auth import ApiKeys
 from .errors import (FailedPrecondition, InvalidRequest, KakeyaError, Overloaded, SessionNotFound,
                      Unauthenticated, Unavailable)
 from .runtime import Runtime
@@ -71,24 +72,31 @@ def unary(method: Callable) -> Callable:
 
 
 class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
-    def __init__(self) -> None:
-        self.runtime: Runtime | None = None  # set once the model is loaded
+    def __init__(self, api_keys: ApiKeys) -> None:
+        self.runtime: Runtime | None = None  # set once the model is loaded, cleared when draining
+        self.is_draining = False
+        self._api_keys = api_keys
 
-    def _ready(self) -> Runtime:
+    def _ready(self, context) -> tuple[Runtime, str]:
+        """The runtime and the caller's owner id; checks the API key before anything else."""
+        owner = self._api_keys.identify(context.invocation_metadata())
+        if self.is_draining:
+            raise Unavailable("the runtime is shutting down")
         if self.runtime is None:
             raise Unavailable("the model is still loading")
-        return self.runtime
+        return self.runtime, owner
 
     @unary
     async def CreateSession(self, request: pb.CreateSessionRequest, context) -> pb.CreateSessionResponse:
-        runtime = self._ready()
+        runtime, owner = self._ready(context)
         _check_ids(request.eos_token_ids, runtime.loaded.vocab_size, "eos_token_ids")
-        session_id = await runtime.registry.create(request.client_label, frozenset(request.eos_token_ids))
+        session_id = await runtime.registry.create(request.client_label, frozenset(request.eos_token_ids), owner)
         return pb.CreateSessionResponse(session_id=session_id)
 
     @unary
     async def AppendTokens(self, request: pb.AppendTokensRequest, context) -> pb.AppendTokensResponse:
-        session = self._ready().registry.get(request.session_id)
+        runtime, owner = self._ready(context)
+        session = runtime.registry.get(request.session_id, owner)
         reply = _future()
         session.send(Append(tuple(request.token_ids), reply))
         return pb.AppendTokensResponse(history_length=await reply)
@@ -96,10 +104,11 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
     async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
         started, code, tokens = time.monotonic(), grpc.StatusCode.CANCELLED, 0
         try:
+            runtime, owner = self._ready(context)
             params = GenerateParams(request.max_tokens, _sampling(request))
             if params.max_tokens == 0:
                 raise InvalidRequest("max_tokens must be > 0")
-            session = self._ready().registry.get(request.session_id)
+            session = runtime.registry.get(request.session_id, owner)
             stream = TokenStream()
             session.send(Generate(params, stream))
         except Exception as exc:  # noqa: BLE001
@@ -123,12 +132,14 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
 
     @unary
     async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
-        final_length = await self._ready().registry.close(request.session_id)
+        runtime, owner = self._ready(context)
+        final_length = await runtime.registry.close(request.session_id, owner=owner)
         return pb.CloseSessionResponse(final_history_length=final_length)
 
     @unary
     async def GetSessionInfo(self, request: pb.GetSessionInfoRequest, context) -> pb.GetSessionInfoResponse:
-        session = self._ready().registry.get(request.session_id)
+        runtime, owner = self._ready(context)
+        session = runtime.registry.get(request.session_id, owner)
         snap = session.snapshot
         return pb.GetSessionInfoResponse(
             history_length=snap.history_length,
@@ -144,7 +155,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
 
     @unary
     async def GetRuntimeInfo(self, request: pb.GetRuntimeInfoRequest, context) -> pb.GetRuntimeInfoResponse:
-        info = self._ready().info()
+        info = self._ready(context)[0].info()
         return pb.GetRuntimeInfoResponse(
             model_id=info.model_id, vocab_size=info.vocab_size, default_eos_token_ids=info.default_eos_token_ids,
             device=info.device, dtype=info.dtype, version=info.version,

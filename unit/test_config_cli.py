@@ -74,7 +74,7 @@ def test_parse_serve_flags():
         engine=EngineConfig(kv_budget_bytes=4 * 1024**3, prefill_chunk_tokens=256, max_step_tokens=1024,
                             sink_tokens=4, window_tokens=64),
         limits=SessionLimits(),
-        server=ServerConfig(port=0),
+        server=ServerConfig(port=0, metrics_port=9400),
     )
     assert config.engine.is_bounded
 
@@ -92,7 +92,7 @@ def test_parse_every_flag():
     assert config.limits == SessionLimits(max_sessions=3, session_ttl_s=9.5, max_append_tokens=10,
                                           max_generate_tokens=20)
     assert config.server == ServerConfig(host="0.0.0.0", unix_socket="/tmp/k.sock", log_format="json",
-                                         log_level="debug", grace_s=1.0)
+                                         log_level="debug", grace_s=1.0, metrics_port=9400)
     assert cli.build_parser().parse_args(["serve", "--deterministic"]).deterministic is True
 
 
