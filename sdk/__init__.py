@@ -1,1 +1,22 @@
-"""Kakeya Python SDK."""
+"""Kakeya Python SDK: sessions of raw token ids on a Kakeya runtime, over gRPC.
+
+`Client` is the asyncio API; `SyncClient` is the same surface for blocking code. Importing the
+SDK needs only grpcio and protobuf.
+"""
+
+from .client import Client
+from .errors import (ClientClosedError, DeadlineExceededError, FailedPreconditionError, InternalError,
+                     InvalidArgumentError, KakeyaError, ResourceExhaustedError, RuntimeUnavailableError,
+                     SessionClosedError, SessionNotFoundError, UnauthenticatedError)
+from .session import Session
+from .stream import GenerationStream
+from .sync import SyncClient, SyncGenerationStream, SyncSession
+from .types import RuntimeInfo, SessionInfo, StopReason
+
+__all__ = [
+    "Client", "Session", "GenerationStream", "SyncClient", "SyncSession", "SyncGenerationStream",
+    "StopReason", "SessionInfo", "RuntimeInfo",
+    "KakeyaError", "SessionNotFoundError", "InvalidArgumentError", "FailedPreconditionError",
+    "ResourceExhaustedError", "UnauthenticatedError", "RuntimeUnavailableError", "DeadlineExceededError",
+    "InternalError", "SessionClosedError", "ClientClosedError",
+]

@@ -1,0 +1,89 @@
+"""The asyncio client: one connection to a runtime, and the factory of sessions on it."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator, Iterable
+
+from kakeya.proto.v1 import runtime_pb2 as pb
+
+from .session import Session, close_after
+from .transport import Transport, build_request
+from .types import RuntimeInfo
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class Client:
+    """A connection to one runtime at `address` ("host:port" or "unix:/path").
+
+    `api_key`, when given, is sent as `authorization: Bearer <key>` on every call. Unary calls
+    carry a deadline of `timeout_s` (None: none). Closing the client does not close its
+    sessions: they live in the runtime until closed or evicted.
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, api_key: str | None = None,
+                 timeout_s: float | None = DEFAULT_TIMEOUT_S) -> None:
+        self._transport = Transport(address, api_key, timeout_s)
+
+    @property
+    def address(self) -> str:
+        return self._transport.address
+
+    @property
+    def timeout_s(self) -> float | None:
+        return self._transport.timeout_s
+
+    @property
+    def is_closed(self) -> bool:
+        return self._transport.is_closed
+
+    async def create_session(self, *, eos_token_ids: Iterable[int] = (), initial_tokens: Iterable[int] = (),
+                             label: str = "") -> Session:
+        """Opens a session; generation stops after any of `eos_token_ids`. `initial_tokens` are appended."""
+        request = build_request(pb.CreateSessionRequest, client_label=label, eos_token_ids=list(eos_token_ids))
+        reply = await self._transport.unary("CreateSession", request)
+        session = Session(self._transport, reply.session_id)
+        initial_tokens = list(initial_tokens)
+        if initial_tokens:
+            # A session whose first append failed is of no use to the caller: don't leak it.
+            try:
+                await session.append(initial_tokens)
+            except BaseException as exc:
+                await close_after(session, exc)
+                raise
+        return session
+
+    @contextlib.asynccontextmanager
+    async def session(self, *, eos_token_ids: Iterable[int] = (), initial_tokens: Iterable[int] = (),
+                      label: str = "") -> AsyncIterator[Session]:
+        """`async with client.session(...) as s:` closes the session when the block leaves."""
+        session = await self.create_session(eos_token_ids=eos_token_ids, initial_tokens=initial_tokens,
+                                            label=label)
+        try:
+            yield session
+        except BaseException as exc:
+            await close_after(session, exc)
+            raise
+        await session.close()
+
+    def attach_session(self, session_id: str) -> Session:
+        """A handle on an existing session, e.g. one created by an earlier connection. No RPC is made."""
+        return Session(self._transport, session_id)
+
+    async def runtime_info(self) -> RuntimeInfo:
+        return RuntimeInfo.from_proto(await self._transport.unary("GetRuntimeInfo", pb.GetRuntimeInfoRequest()))
+
+    async def close(self) -> None:
+        """Closes the connection; calls in flight are cancelled. Closing twice is harmless."""
+        await self._transport.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.address}{' closed' if self.is_closed else ''}>"

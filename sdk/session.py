@@ -1,0 +1,96 @@
+"""A handle on one server-side session: append token ids, generate, inspect, close.
+
+The session itself lives in the runtime and outlives this object and its connection; closing
+is what frees its KV memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Iterable
+
+from kakeya.proto.v1 import runtime_pb2 as pb
+
+from .errors import KakeyaError, SessionClosedError
+from .stream import GenerationStream
+from .transport import Transport, build_request
+from .types import SessionInfo
+
+
+class Session:
+    def __init__(self, transport: Transport, session_id: str) -> None:
+        self._transport = transport
+        self._session_id = session_id
+        self._final_length: int | None = None
+        self._close_lock = asyncio.Lock()
+
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    @property
+    def is_closed(self) -> bool:
+        """True once close() succeeded through this object (the runtime may also drop a session)."""
+        return self._final_length is not None
+
+    async def append(self, token_ids: Iterable[int]) -> int:
+        """Appends raw token ids and returns the history length. An empty append is a no-op."""
+        self._check_open()
+        request = build_request(pb.AppendTokensRequest, session_id=self._session_id, token_ids=list(token_ids))
+        reply = await self._transport.unary("AppendTokens", request)
+        return reply.history_length
+
+    def generate(self, max_tokens: int, *, temperature: float | None = None, top_p: float | None = None,
+                 top_k: int | None = None, seed: int | None = None,
+                 timeout_s: float | None = None) -> GenerationStream:
+        """Starts a generation from the history; its tokens join the history as they are sampled.
+
+        Greedy unless temperature > 0; with a seed, sampling is reproducible. Errors the runtime
+        finds in the request surface when the stream is read. `timeout_s` bounds the whole call.
+        """
+        self._check_open()
+        sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed}
+        request = build_request(pb.GenerateRequest, session_id=self._session_id, max_tokens=max_tokens,
+                                # Unset fields mean the runtime's defaults, so None is never sent as 0.
+                                **{name: value for name, value in sampling.items() if value is not None})
+        return GenerationStream(self._transport, request, timeout_s)
+
+    async def info(self) -> SessionInfo:
+        self._check_open()
+        reply = await self._transport.unary("GetSessionInfo", pb.GetSessionInfoRequest(session_id=self._session_id))
+        return SessionInfo.from_proto(reply)
+
+    async def close(self) -> int:
+        """Closes the session and returns its final history length; a second close makes no RPC."""
+        async with self._close_lock:
+            if self._final_length is None:
+                reply = await self._transport.unary("CloseSession",
+                                                    pb.CloseSessionRequest(session_id=self._session_id))
+                self._final_length = reply.final_history_length
+            return self._final_length
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        traceback: object) -> None:
+        await close_after(self, exc)
+
+    def _check_open(self) -> None:
+        if self._final_length is not None:
+            raise SessionClosedError(f"session {self._session_id} was closed")
+
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed else "open"
+        return f"<Session {self._session_id} {state}>"
+
+
+async def close_after(session: Session, exc: BaseException | None) -> None:
+    """Closes a session when a block leaves; an error from the block wins over one from the close."""
+    if exc is None:
+        await session.close()
+        return
+    try:
+        await session.close()
+    except KakeyaError:
+        pass  # the block's own error is the one worth seeing
