@@ -71,6 +71,9 @@ class Actor:
         await asyncio.wait({self._task})
 
     async def _run(self) -> None:
+        # The task inherited its creator's context: drop request-scoped log fields (a session
+        # created by one RPC must not log that RPC's request id for the rest of its life).
+        structlog.contextvars.clear_contextvars()
         try:
             await self.run_loop()
         except asyncio.CancelledError:

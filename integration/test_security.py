@@ -124,3 +124,28 @@ async def test_draining_answers_unavailable_and_lets_running_work_finish(loaded_
     assert len(finished.tokens) == 12 and finished.done.stop_reason == pb.GenerateDone.STOP_REASON_MAX_TOKENS
     await asyncio.wait_for(stopping, TIMEOUT_S)
     await handle.channel.close()
+
+
+async def test_tls_serves_only_encrypted_clients(loaded_model, tmp_path):
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    handle = await start_server(loaded_model, server={"host": "localhost", "tls_cert": str(cert),
+                                                      "tls_key": str(key)})
+    port = handle.server.address.rsplit(":", 1)[1]
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
+            from kakeya.proto.v1 import runtime_pb2_grpc
+
+            stub = runtime_pb2_grpc.RuntimeServiceStub(channel)
+            session_id = await create(stub)
+            assert await append(stub, session_id, PROMPT) == len(PROMPT)
+            await close(stub, session_id)
+        # A plaintext client cannot talk to it.
+        assert await status_of(create(handle.stub)) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await handle.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import secrets
 import time
 from typing import AsyncIterator, Callable
 
@@ -49,16 +50,22 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException, rpc: s
     await context.abort(code, str(error))
 
 
-def _log_outcome(rpc: str, request, started: float, code: grpc.StatusCode, **facts) -> None:
+def _begin(rpc: str, request) -> float:
+    """Binds the request's log fields (for every line logged while handling it); returns its start."""
+    structlog.contextvars.bind_contextvars(
+        request_id=secrets.token_hex(6), rpc=rpc, session_id=getattr(request, "session_id", None) or None)
+    return time.monotonic()
+
+
+def _log_outcome(started: float, code: grpc.StatusCode, **facts) -> None:
     """One line per RPC: what, on which session, how long, and how it ended."""
-    log.info("rpc_finished", rpc=rpc, session_id=getattr(request, "session_id", None) or None,
-             status=code.name, duration_s=round(time.monotonic() - started, 4), **facts)
+    log.info("rpc_finished", status=code.name, duration_s=round(time.monotonic() - started, 4), **facts)
 
 
 def unary(method: Callable) -> Callable:
     @functools.wraps(method)
     async def wrapper(self, request, context):
-        started, code = time.monotonic(), grpc.StatusCode.OK
+        started, code = _begin(method.__name__, request), grpc.StatusCode.OK
         try:
             return await method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every error leaves through the table
@@ -67,7 +74,7 @@ def unary(method: Callable) -> Callable:
             code = status_of(exc)
             await _abort(context, exc, method.__name__)
         finally:
-            _log_outcome(method.__name__, request, started, code)
+            _log_outcome(started, code)
     return wrapper
 
 
@@ -102,7 +109,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
         return pb.AppendTokensResponse(history_length=await reply)
 
     async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
-        started, code, tokens = time.monotonic(), grpc.StatusCode.CANCELLED, 0
+        started, code, tokens = _begin("Generate", request), grpc.StatusCode.CANCELLED, 0
         try:
             runtime, owner = self._ready(context)
             params = GenerateParams(request.max_tokens, _sampling(request))
@@ -112,7 +119,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
             stream = TokenStream()
             session.send(Generate(params, stream))
         except Exception as exc:  # noqa: BLE001
-            _log_outcome("Generate", request, started, status_of(exc))
+            _log_outcome(started, status_of(exc))
             await _abort(context, exc, "Generate")
             return
         try:
@@ -128,7 +135,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
         finally:
             # Client gone, deadline hit or stream done: the scheduler drops the job next step.
             stream.cancel()
-            _log_outcome("Generate", request, started, code, tokens=tokens)
+            _log_outcome(started, code, tokens=tokens)
 
     @unary
     async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
