@@ -33,6 +33,8 @@ def package_version() -> str:
 
 @dataclass(frozen=True, slots=True)
 class RuntimeInfo:
+    """What GetRuntimeInfo reports; field names are the wire names."""
+
     model_id: str
     vocab_size: int
     default_eos_token_ids: tuple[int, ...]
@@ -53,8 +55,8 @@ class RuntimeInfo:
     forward_count: int
     max_sessions_per_forward: int
     mean_sessions_per_forward: float
-    inv1_violations: int
-    inv2_violations: int
+    cache_invariant_inv1_violations: int
+    cache_invariant_inv2_violations: int
 
 
 class Runtime:
@@ -118,8 +120,8 @@ class Runtime:
             forward_count=stats.num_forwards,
             max_sessions_per_forward=stats.max_sessions_per_forward,
             mean_sessions_per_forward=stats.mean_sessions_per_forward,
-            inv1_violations=self.counter("kakeya_cache_invariant_violations_total", kind="inv1"),
-            inv2_violations=self.counter("kakeya_cache_invariant_violations_total", kind="inv2"),
+            cache_invariant_inv1_violations=self.counter("kakeya_cache_invariant_violations_total", kind="inv1"),
+            cache_invariant_inv2_violations=self.counter("kakeya_cache_invariant_violations_total", kind="inv2"),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import secrets
 import time
@@ -162,20 +163,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
 
     @unary
     async def GetRuntimeInfo(self, request: pb.GetRuntimeInfoRequest, context) -> pb.GetRuntimeInfoResponse:
-        info = self._ready(context)[0].info()
-        return pb.GetRuntimeInfoResponse(
-            model_id=info.model_id, vocab_size=info.vocab_size, default_eos_token_ids=info.default_eos_token_ids,
-            device=info.device, dtype=info.dtype, version=info.version,
-            max_context_tokens=info.max_context_tokens, max_sessions=info.max_sessions,
-            kv_budget_bytes=info.kv_budget_bytes, kv_used_bytes=info.kv_used_bytes,
-            kv_bytes_per_token=info.kv_bytes_per_token, active_sessions=info.active_sessions,
-            max_append_tokens=info.max_append_tokens, max_generate_tokens=info.max_generate_tokens,
-            sink_tokens=info.sink_tokens, window_tokens=info.window_tokens, deterministic=info.deterministic,
-            forward_count=info.forward_count, max_sessions_per_forward=info.max_sessions_per_forward,
-            mean_sessions_per_forward=info.mean_sessions_per_forward,
-            cache_invariant_inv1_violations=info.inv1_violations,
-            cache_invariant_inv2_violations=info.inv2_violations,
-        )
+        return pb.GetRuntimeInfoResponse(**dataclasses.asdict(self._ready(context)[0].info()))
 
 
 def _future() -> asyncio.Future:
