@@ -1,4 +1,5 @@
-"""The `kakeya` command: `kakeya serve` starts the runtime. Flags fall back to KAKEYA_* variables."""
+"""The `kakeya` command: `kakeya serve` starts the runtime (flags fall back to KAKEYA_* variables);
+`kakeya chat` chats with a running one."""
 
 from __future__ import annotations
 
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                      default=None if env_det is None else env_det.lower() in ("1", "true", "yes", "on"),
                      help="bitwise-stable streams whatever the append pattern or batch (default on CPU)")
     det.add_argument("--no-deterministic", dest="deterministic", action="store_false")
+    # The client side lives in the SDK, which imports neither torch nor the server.
+    from kakeya import repl
+
+    repl.add_arguments(commands.add_parser("chat", help="chat with a running runtime (needs the [chat] extra)"))
     return parser
 
 
@@ -79,6 +84,10 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "chat":
+        from kakeya import repl
+
+        return repl.run(args)
     try:
         config = config_from_args(args)
     except (ValueError, OSError) as exc:

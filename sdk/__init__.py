@@ -1,9 +1,11 @@
 """Kakeya Python SDK: sessions of raw token ids on a Kakeya runtime, over gRPC.
 
 `Client` is the asyncio API; `SyncClient` is the same surface for blocking code. Importing the
-SDK needs only grpcio and protobuf.
+SDK needs only grpcio and protobuf; the chat helpers load transformers (the `[chat]` extra) only
+when a tokenizer is loaded.
 """
 
+from .chat import ChatSession, ChatStateError, Turn
 from .client import Client
 from .errors import (ClientClosedError, DeadlineExceededError, FailedPreconditionError, InternalError,
                      InvalidArgumentError, KakeyaError, ResourceExhaustedError, RuntimeUnavailableError,
@@ -11,6 +13,8 @@ from .errors import (ClientClosedError, DeadlineExceededError, FailedPreconditio
 from .session import Session
 from .stream import GenerationStream
 from .sync import SyncClient, SyncGenerationStream, SyncSession
+from .text import IncrementalDecoder, stream_text
+from .tokenizer import load_tokenizer
 from .types import RuntimeInfo, SessionInfo, StopReason
 
 __all__ = [
@@ -19,4 +23,5 @@ __all__ = [
     "KakeyaError", "SessionNotFoundError", "InvalidArgumentError", "FailedPreconditionError",
     "ResourceExhaustedError", "UnauthenticatedError", "RuntimeUnavailableError", "DeadlineExceededError",
     "InternalError", "SessionClosedError", "ClientClosedError",
+    "ChatSession", "ChatStateError", "Turn", "load_tokenizer", "IncrementalDecoder", "stream_text",
 ]
