@@ -174,3 +174,17 @@ async def test_health_not_serving_until_model_attached(loaded_model):
         stub = runtime_pb2_grpc.RuntimeServiceStub(channel)
         assert await status_of(create(stub)) == grpc.StatusCode.UNAVAILABLE
     await server.stop(0)
+
+
+@pytest.mark.parametrize("method", ["CreateSession", "AppendTokens", "GetSessionInfo", "CloseSession",
+                                    "GetRuntimeInfo", "Generate"])
+async def test_bytes_that_do_not_parse_are_invalid_argument(server, method):
+    """Garbage on the wire gets a typed answer, never UNKNOWN."""
+    path = f"/kakeya.v1.RuntimeService/{method}"
+    garbage = b"\xff\xff\xff\xff\x0f\x12"
+    if method == "Generate":
+        call = server.channel.unary_stream(path)(garbage, timeout=TIMEOUT_S)
+        assert await status_of(call.read()) == grpc.StatusCode.INVALID_ARGUMENT
+    else:
+        assert await status_of(server.channel.unary_unary(path)(garbage, timeout=TIMEOUT_S)) == \
+            grpc.StatusCode.INVALID_ARGUMENT

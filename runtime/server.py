@@ -11,8 +11,9 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kakeya.proto.v1 import runtime_pb2, runtime_pb2_grpc
+from kakeya.proto.v1 import runtime_pb2
 
+from . import service_handlers
 from .auth import ApiKeys
 from .config import RuntimeConfig
 from .errors import FailedPrecondition
@@ -37,7 +38,7 @@ class RuntimeServer:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ])
-        runtime_pb2_grpc.add_RuntimeServiceServicer_to_server(self.servicer, self._server)
+        service_handlers.add_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -18,6 +18,7 @@ from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
 
 from .auth import ApiKeys
+from .service_handlers import MalformedRequest
 from .errors import (FailedPrecondition, InvalidRequest, KakeyaError, Overloaded, SessionNotFound,
                      Unauthenticated, Unavailable)
 from .runtime import Runtime
@@ -53,6 +54,9 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException, rpc: s
 
 def _begin(rpc: str, request) -> float:
     """Binds the request's log fields (for every line logged while handling it); returns its start."""
+    if isinstance(request, MalformedRequest):
+        structlog.contextvars.bind_contextvars(request_id=secrets.token_hex(6), rpc=rpc, session_id=None)
+        return time.monotonic()
     structlog.contextvars.bind_contextvars(
         request_id=secrets.token_hex(6), rpc=rpc, session_id=getattr(request, "session_id", None) or None)
     return time.monotonic()
@@ -68,6 +72,7 @@ def unary(method: Callable) -> Callable:
     async def wrapper(self, request, context):
         started, code = _begin(method.__name__, request), grpc.StatusCode.OK
         try:
+            _check_parsed(request)
             return await method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every error leaves through the table
             if isinstance(exc, grpc.aio.AbortError):
@@ -112,6 +117,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
     async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
         started, code, tokens = _begin("Generate", request), grpc.StatusCode.CANCELLED, 0
         try:
+            _check_parsed(request)
             runtime, owner = self._ready(context)
             params = GenerateParams(request.max_tokens, _sampling(request))
             if params.max_tokens == 0:
@@ -164,6 +170,11 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
     @unary
     async def GetRuntimeInfo(self, request: pb.GetRuntimeInfoRequest, context) -> pb.GetRuntimeInfoResponse:
         return pb.GetRuntimeInfoResponse(**dataclasses.asdict(self._ready(context)[0].info()))
+
+
+def _check_parsed(request) -> None:
+    if isinstance(request, MalformedRequest):
+        raise InvalidRequest(f"malformed {request.type_name}: {request.reason}")
 
 
 def _future() -> asyncio.Future:
