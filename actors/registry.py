@@ -48,7 +48,9 @@ class SessionRegistry:
         """
         session = self._sessions.get(session_id)
         if session is None or (owner is not None and session.owner != owner):
-            raise SessionNotFound(f"no session {session_id!r} (unknown, closed or evicted)")
+            # Echo at most a prefix: the message travels in metadata, which has a size limit.
+            shown = session_id if len(session_id) <= 64 else session_id[:32] + "..."
+            raise SessionNotFound(f"no session {shown!r} (unknown, closed or evicted)")
         return session
 
     async def create(self, client_label: str, eos_token_ids: frozenset[int], owner: str = "") -> str:
