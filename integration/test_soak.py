@@ -26,9 +26,9 @@ SOAK_MINUTES = float(os.environ.get("KAKEYA_SOAK_MINUTES") or 0)
 SECONDS = SOAK_MINUTES * 60 if SOAK_MINUTES > 0 else 30.0
 SESSIONS = 8
 RSS_SLOPE_LIMIT_MB = 20.0  # per 1,000 requests, after the warm-up
-# RSS climbs for the first ~700 requests (allocator and kernel caches), then saw-tooths within
-# ~40 MB (glibc returning freed KV slabs in bursts): a 10-minute run measured 2.4 MB/1,000 requests
-# past its first quarter. A 30 s run sees only ~1,600 requests, so it skips the first half.
+# Measured: RSS climbs ~50 MB over the first ~700 requests, then saw-tooths within ~40 MB (freed
+# memory goes back to the OS in bursts); a 10-minute run (5,877 requests) gave 2.4 MB/1,000 requests
+# past its first quarter. A 30 s run sees only ~1,500 requests, so it skips the first half.
 WARMUP_FRACTION = 0.5 if SOAK_MINUTES <= 0 else 0.25
 MIN_REQUESTS = 1000  # on a slow machine the run goes past SECONDS until there are enough samples
 RUNNER = Path(__file__).resolve().parents[1] / "ops" / "soak" / "soak.py"
