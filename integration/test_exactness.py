@@ -61,4 +61,4 @@ async def test_batched_sessions_get_their_solo_tokens(stub, server, prompts):
     together = await asyncio.gather(*(_run(stub, prompt, 32) for prompt in prompts[:8]))
     assert together == solo
     mean = (stats.total_sessions - sessions) / (stats.num_forwards - forwards)
-    assert mean > 4 and stats.max_sessions_per_forward == 8 or stats.max_sessions_per_forward > 8
+    assert mean > 4 and stats.max_sessions_per_forward >= 8
