@@ -8,7 +8,8 @@ unchanged, NOT_FOUND for closed and unknown ids, FAILED_PRECONDITION for Generat
 history), and UNKNOWN or INTERNAL never appear.
 
 The shared server runs on the test's event loop, so the machine runs in a worker thread
-(asyncio.to_thread) while the loop keeps serving. KAKEYA_SOAK_MINUTES=N runs ~N minutes of examples.
+(asyncio.to_thread) while the loop keeps serving. CI runs 15 reproducible examples (derandomized);
+KAKEYA_SOAK_MINUTES=N runs 30 x N examples with a fresh random seed.
 """
 
 from __future__ import annotations
@@ -105,9 +106,9 @@ def make_machine(rpc: Rpc, vocab_size: int):
 
         # --- helpers ---------------------------------------------------------------------
 
-        def _pick(self, data, non_empty: bool = False) -> str:
-            ids = [s for s, n in self.history.items() if n > 0 or not non_empty]  # creation order: reproducible
-            return data.draw(st.sampled_from(ids), label="session")
+        def _pick(self, data) -> str:
+            # Creation order, not the random ids' order: the draws stay reproducible.
+            return data.draw(st.sampled_from(list(self.history)), label="session")
 
         def _length(self, session_id: str) -> int:
             code, reply = rpc.unary("GetSessionInfo", pb.GetSessionInfoRequest(session_id=session_id))
@@ -121,15 +122,18 @@ def make_machine(rpc: Rpc, vocab_size: int):
         # --- rules -----------------------------------------------------------------------
 
         @initialize(tokens=st.lists(token, min_size=1, max_size=8))
-        def open_a_session_with_history(self, tokens):
-            """Every run starts with one session that can generate, so cancels come early too."""
-            code, reply = rpc.unary("CreateSession", pb.CreateSessionRequest())
-            assert code == grpc.StatusCode.OK
-            self.history[reply.session_id] = 0
-            code, reply = rpc.unary("AppendTokens", pb.AppendTokensRequest(session_id=reply.session_id,
-                                                                           token_ids=tokens))
-            assert code == grpc.StatusCode.OK and reply.history_length == len(tokens)
-            self.history[next(iter(self.history))] = len(tokens)
+        def open_two_sessions(self, tokens):
+            """Every run starts with a session that can generate and one with an empty history, so
+            every rule (cancels, FAILED_PRECONDITION) is possible from the first step."""
+            for prompt in (tokens, []):
+                code, reply = rpc.unary("CreateSession", pb.CreateSessionRequest())
+                assert code == grpc.StatusCode.OK
+                session_id = reply.session_id
+                self.history[session_id] = 0
+                code, reply = rpc.unary("AppendTokens", pb.AppendTokensRequest(session_id=session_id,
+                                                                               token_ids=prompt))
+                assert code == grpc.StatusCode.OK and reply.history_length == len(prompt)
+                self.history[session_id] = len(prompt)
 
         @precondition(lambda self: len(self.history) < MAX_OPEN)
         @rule(label=st.text(max_size=20))
@@ -180,6 +184,13 @@ def make_machine(rpc: Rpc, vocab_size: int):
             assert done.stop_reason == pb.GenerateDone.STOP_REASON_MAX_TOKENS
             assert done.generated_token_count == max_tokens
             self.history[session_id] += max_tokens
+
+        @precondition(lambda self: any(n == 0 for n in self.history.values()))
+        @rule(data=st.data(), max_tokens=st.integers(1, 4))
+        def generate_on_empty_history(self, data, max_tokens):
+            session_id = data.draw(st.sampled_from([s for s, n in self.history.items() if n == 0]))
+            code, tokens, _ = rpc.generate(session_id, max_tokens=max_tokens)
+            assert code == grpc.StatusCode.FAILED_PRECONDITION and not tokens
 
         @precondition(_has_open)
         @rule(data=st.data(), bad=st.sampled_from(INVALID_GENERATE))
