@@ -5,6 +5,7 @@ written once at their storage index and never restacked; capacity grows in whole
 memory is proportional to what a session holds. In bounded mode (sink S + window W) the slab
 holds the S sink tokens followed by the window; tokens that no query can see any more are
 compacted away only when the slab is full, so the copy is amortised over many steps.
+With a draft model, each session's lease also holds a draft slab, sized and freed with it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ class SessionKV:
         self.num_positions = 0  # positions fed so far == the next token's position
         # Position stored at storage index `sink_tokens`; grows as compaction drops old tokens.
         self.window_start = sink_tokens
+        self.draft: SessionKV | None = None  # the draft model's slab for the same session
+
+    @property
+    def lease_bytes(self) -> int:
+        """Bytes held for the session: this slab and its draft's."""
+        return self.nbytes + (self.draft.nbytes if self.draft is not None else 0)
 
     @property
     def capacity(self) -> int:
@@ -104,8 +111,10 @@ class KVPool:
     """Hands out session slabs under one byte budget. Owned by the scheduler actor."""
 
     def __init__(self, shape: KVShape, budget_bytes: int, block_tokens: int,
-                 sink_tokens: int, window_tokens: int, max_chunk_tokens: int) -> None:
+                 sink_tokens: int, window_tokens: int, max_chunk_tokens: int,
+                 draft_shape: KVShape | None = None) -> None:
         self.shape = shape
+        self.draft_shape = draft_shape
         self.budget_bytes = budget_bytes
         self.block_tokens = block_tokens
         self.sink_tokens = sink_tokens
@@ -122,12 +131,19 @@ class KVPool:
 
     def allocate(self) -> SessionKV:
         kv = SessionKV(self.shape, self.sink_tokens, self.window_tokens)
+        if self.draft_shape is not None:
+            kv.draft = SessionKV(self.draft_shape, self.sink_tokens, self.window_tokens)
         self._slabs[kv.kv_id] = kv
         return kv
 
     def bytes_needed(self, kv: SessionKV, total_positions: int) -> int:
-        """Extra bytes that reserving room for total_positions would take."""
-        return max(0, self._target_capacity(total_positions) - kv.capacity) * self.shape.bytes_per_token
+        """Extra bytes that reserving room for total_positions would take (its draft slab included)."""
+        target = self._target_capacity(total_positions)
+        return sum(max(0, target - slab.capacity) * slab.shape.bytes_per_token for slab in self._lease(kv))
+
+    @staticmethod
+    def _lease(kv: SessionKV) -> tuple[SessionKV, ...]:
+        return (kv,) if kv.draft is None else (kv, kv.draft)
 
     def _target_capacity(self, total_positions: int) -> int:
         target = self._round_up(max(total_positions, 1))
@@ -144,15 +160,19 @@ class KVPool:
             raise Overloaded(
                 f"KV budget exhausted: need {extra} more bytes, {self.budget_bytes - self.used_bytes} free"
             )
-        before = kv.nbytes
-        kv.resize(self._target_capacity(total_positions))
-        self.used_bytes += kv.nbytes - before
+        before = kv.lease_bytes
+        target = self._target_capacity(total_positions)
+        for slab in self._lease(kv):
+            if slab.capacity < target:
+                slab.resize(target)
+        self.used_bytes += kv.lease_bytes - before
 
     def free(self, kv: SessionKV) -> None:
         if self._slabs.pop(kv.kv_id, None) is None:
             return
-        self.used_bytes -= kv.nbytes
-        kv.slab = None
+        self.used_bytes -= kv.lease_bytes
+        for slab in self._lease(kv):
+            slab.slab = None
 
     @property
     def num_slabs(self) -> int:

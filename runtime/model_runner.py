@@ -15,6 +15,7 @@ from .attention import RowGroup, StepLayout
 from .kv_memory import SessionKV
 from .model_loader import LoadedModel
 from .sampler import Sampler
+from .verify import accept
 
 # GEMMs and the lm_head see a multiple of this many rows in deterministic mode: on the CPU
 # kernels we measured, a row's result is bitwise stable once M >= 8 (BATCHING.md §3).
@@ -23,11 +24,19 @@ DETERMINISTIC_ROW_MULTIPLE = 8
 
 @dataclass(frozen=True, slots=True)
 class WorkItem:
-    """Feed `tokens` to a session at its next positions; sample after the last one if sampler is set."""
+    """Feed `tokens` to a session at its next positions; sample after the last one if sampler is set.
+
+    With a draft (speculative decoding, sampler set), the draft tokens are fed after `tokens` in
+    the same forward and verified: the step emits the accepted ones plus one verifier token, and
+    the KV of rejected draft tokens is rolled back.
+    """
 
     kv: SessionKV
     tokens: tuple[int, ...]
     sampler: Sampler | None
+    draft: tuple[int, ...] = ()
+    # [len(draft), vocab]: what each draft token was drawn from; None: proposed with certainty.
+    draft_probs: torch.Tensor | None = None
 
 
 def model_thread() -> ThreadPoolExecutor:
@@ -38,54 +47,76 @@ def model_thread() -> ThreadPoolExecutor:
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, deterministic: bool, executor: ThreadPoolExecutor | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, deterministic: bool, executor: ThreadPoolExecutor | None = None,
+                 cuda_graphs: bool = True) -> None:
         self.loaded = loaded
         self.deterministic = deterministic
         self.executor = executor or model_thread()
+        # On CUDA the forward runs on the row kernels (and graphs); elsewhere on the packed SDPA path.
+        self.cuda = None
+        if loaded.device.type == "cuda":
+            from .cuda_forward import CudaForward  # needs triton, which CPU builds of torch lack
+            self.cuda = CudaForward(loaded, deterministic, cuda_graphs)
         # Fault injection for tests only: while set to an unset Event, every step blocks on it;
         # a set fault_error is raised by the next step, as a failing device would.
         self.fault_gate: threading.Event | None = None
         self.fault_error: BaseException | None = None
 
-    def step(self, items: list[WorkItem]) -> list[int | None]:
-        """One forward over every item's rows; returns each item's sampled token or None."""
+    def step(self, items: list[WorkItem]) -> list[tuple[int, ...]]:
+        """One forward over every item's rows; returns each item's emitted tokens: () when it
+        samples nothing, else its accepted draft tokens and one sampled token."""
         if self.fault_gate is not None:
             self.fault_gate.wait()
         if self.fault_error is not None:
             raise self.fault_error
+        firsts = [item.kv.num_positions for item in items]
+        logits = self.feed(items)
+        results: list[tuple[int, ...]] = []
+        row = 0
+        for item, first in zip(items, firsts):
+            if item.sampler is None:
+                results.append(())
+                continue
+            num_rows = len(item.draft) + 1
+            emitted = accept(logits[row:row + num_rows], item.draft, item.sampler, item.draft_probs)
+            row += num_rows
+            # Exact rollback: the slab keeps only the fed rows whose tokens were accepted; rows of
+            # rejected draft tokens lie past num_positions and are overwritten by later writes.
+            item.kv.num_positions = first + len(item.tokens) + len(emitted) - 1
+            results.append(emitted)
+        return results
+
+    def feed(self, items: list[WorkItem]) -> torch.Tensor:
+        """One forward over every item's tokens and draft, all of which join its KV; returns the
+        logits rows of items with a sampler: each one's last token's row and its draft's rows."""
         ids: list[int] = []
         positions: list[int] = []
         groups: list[RowGroup] = []
         keep_rows: list[int] = []
         for item in items:
-            item.kv.make_room(len(item.tokens))
+            rows = item.tokens + item.draft
+            item.kv.make_room(len(rows))
             first = item.kv.num_positions
-            groups.append(RowGroup(item.kv, len(ids), len(item.tokens), first))
-            ids.extend(item.tokens)
-            positions.extend(range(first, first + len(item.tokens)))
+            groups.append(RowGroup(item.kv, len(ids), len(rows), first))
+            ids.extend(rows)
+            positions.extend(range(first, first + len(rows)))
             if item.sampler is not None:
-                keep_rows.append(len(ids) - 1)
+                keep_rows.extend(range(len(ids) - len(item.draft) - 1, len(ids)))
         num_real = len(ids)
-        if self.deterministic:
+        if self.deterministic and self.cuda is None:
             pad = -num_real % DETERMINISTIC_ROW_MULTIPLE
             ids.extend([0] * pad)
             positions.extend([0] * pad)
             if keep_rows:
                 keep_rows.extend([keep_rows[-1]] * (-len(keep_rows) % DETERMINISTIC_ROW_MULTIPLE))
         logits = self._forward(ids, positions, StepLayout(tuple(groups), len(ids), self.deterministic), keep_rows)
-        for item in items:
-            item.kv.num_positions += len(item.tokens)
-        results: list[int | None] = []
-        row = 0
-        for item in items:
-            if item.sampler is None:
-                results.append(None)
-            else:
-                results.append(item.sampler.sample(logits[row]))
-                row += 1
-        return results
+        for group in groups:
+            group.kv.num_positions = group.first_position + group.num_rows
+        return logits
 
     def _forward(self, ids, positions, layout: StepLayout, keep_rows: list[int]) -> torch.Tensor:
+        if self.cuda is not None:
+            return self.cuda.forward(ids, positions, layout.groups, keep_rows)
         device = self.loaded.device
         with torch.inference_mode():
             if not keep_rows:

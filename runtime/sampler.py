@@ -44,11 +44,20 @@ class Sampler:
             # torch seeds are signed 64-bit; fold the unsigned wire value into range.
             self._generator = torch.Generator().manual_seed(seed % (2**63))
 
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The request's own random stream (None when greedy); speculative acceptance draws from it too."""
+        return self._generator
+
     def sample(self, logits: torch.Tensor) -> int:
         """logits: [vocab] float32 on the CPU."""
-        p = self.params
-        if p.is_greedy:
+        if self.params.is_greedy:
             return int(torch.argmax(logits))
+        return int(torch.multinomial(self.probs(logits), 1, generator=self._generator))
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution `sample` draws from: temperature, then top-k, then top-p. Not for greedy."""
+        p = self.params
         # Shift so the best score is 0 before dividing: a tiny temperature then gives -inf
         # for the rest (greedy in the limit) instead of inf - inf = NaN.
         scores = (logits - logits.max()) / p.temperature
@@ -61,5 +70,4 @@ class Sampler:
             # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
             drop = cumulative - torch.softmax(ordered, -1) >= p.top_p
             scores = scores.scatter(0, order[drop], float("-inf"))
-        probs = torch.softmax(scores, -1)
-        return int(torch.multinomial(probs, 1, generator=self._generator))
+        return torch.softmax(scores, -1)

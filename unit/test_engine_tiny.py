@@ -56,11 +56,11 @@ def test_batched_sessions_match_solo_runs(tiny, deterministic):
     kvs = [pool.allocate() for _ in prompts]
     for kv, p in zip(kvs, prompts):
         pool.reserve(kv, len(p) + 24)
-    streams = [[t] for t in runner.step([WorkItem(kv, tuple(p), greedy()) for kv, p in zip(kvs, prompts)])]
+    streams = [list(t) for t in runner.step([WorkItem(kv, tuple(p), greedy()) for kv, p in zip(kvs, prompts)])]
     for _ in range(23):
         sampled = runner.step([WorkItem(kv, (s[-1],), greedy()) for kv, s in zip(kvs, streams)])
         for s, t in zip(streams, sampled):
-            s.append(t)
+            s.extend(t)
 
     assert streams == [stream for stream, _ in alone]
     assert len({tuple(s) for s in streams}) == 4  # distinct streams: a row mix-up would show
@@ -84,16 +84,17 @@ def test_prefill_next_to_decoding_sessions(tiny, deterministic):
     pool.reserve(a, 40), pool.reserve(b, 40)
     stream_a = [feed(runner, a, early)]
     for _ in range(7):  # session a decodes alone for a while
-        stream_a += runner.step([WorkItem(a, (stream_a[-1],), greedy())])
+        [emitted] = runner.step([WorkItem(a, (stream_a[-1],), greedy())])
+        stream_a += emitted
     # b's prompt arrives in two chunks, sharing steps with a's decode rows.
-    t_a, none = runner.step([WorkItem(a, (stream_a[-1],), greedy()), WorkItem(b, tuple(late[:10]), None)])
-    assert none is None
+    (t_a,), none = runner.step([WorkItem(a, (stream_a[-1],), greedy()), WorkItem(b, tuple(late[:10]), None)])
+    assert none == ()
     stream_a.append(t_a)
-    t_a, t_b = runner.step([WorkItem(a, (stream_a[-1],), greedy()), WorkItem(b, tuple(late[10:]), greedy())])
+    (t_a,), (t_b,) = runner.step([WorkItem(a, (stream_a[-1],), greedy()), WorkItem(b, tuple(late[10:]), greedy())])
     stream_a.append(t_a)
     stream_b = [t_b]
     while len(stream_b) < 12:
-        t_a, t_b = runner.step([WorkItem(a, (stream_a[-1],), greedy()), WorkItem(b, (stream_b[-1],), greedy())])
+        (t_a,), (t_b,) = runner.step([WorkItem(a, (stream_a[-1],), greedy()), WorkItem(b, (stream_b[-1],), greedy())])
         stream_a.append(t_a), stream_b.append(t_b)
 
     assert stream_a == early_alone

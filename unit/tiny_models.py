@@ -68,7 +68,8 @@ def feed(runner: ModelRunner, kv: SessionKV, tokens: list[int], chunks: list[int
     start, token = 0, None
     for i, size in enumerate(chunks):
         last = i == len(chunks) - 1
-        [token] = runner.step([WorkItem(kv, tuple(tokens[start:start + size]), greedy() if last else None)])
+        [emitted] = runner.step([WorkItem(kv, tuple(tokens[start:start + size]), greedy() if last else None)])
+        token = emitted[0] if emitted else None
         start += size
     return token
 
@@ -77,7 +78,7 @@ def decode(runner: ModelRunner, kv: SessionKV, first: int, count: int) -> list[i
     """Greedy stream of `count` tokens starting with `first` (already sampled), one step per token."""
     stream = [first]
     while len(stream) < count:
-        [token] = runner.step([WorkItem(kv, (stream[-1],), greedy())])
+        [(token,)] = runner.step([WorkItem(kv, (stream[-1],), greedy())])
         stream.append(token)
     return stream
 
