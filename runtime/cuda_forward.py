@@ -1,0 +1,187 @@
+"""The CUDA forward of a step: row kernels on the session slabs, replayed as CUDA graphs when it can.
+
+Fast mode: a step whose sessions each feed a few rows (decode, draft verification) replays a graph
+captured for the next bucket of row counts; padding rows write to and read from a one-token scratch
+slab. Steps with longer prefill chunks run eagerly: those chunks attend through SDPA, the rest
+through the row kernel.
+
+Deterministic mode: every forward has exactly `det_rows` rows (a step is cut into such forwards,
+padded) and every row attends through the row kernel, whose reduction order depends only on the
+row's own key count. Every GEMM, norm and kernel then sees one shape whatever the batch, so a
+session's tokens do not depend on its neighbours or on how its history was appended.
+
+Only the host copies of the inputs and of the sampled rows synchronise with the device.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import structlog
+import torch
+
+from .attention import RowGroup, StepLayout
+from .model_loader import LoadedModel
+from .step_logits import StepLogits
+
+log = structlog.get_logger(__name__)
+
+BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+SMALL_GROUP_ROWS = 8  # sessions feeding at most this many rows use the row kernel
+NO_MASK = {"full_attention": None, "sliding_attention": None}
+
+
+@dataclass(frozen=True, slots=True)
+class CudaRows:
+    """Per-row device metadata of one forward, read by the attention function."""
+
+    meta: torch.Tensor  # [4, rows] int64: slab address, capacity, storage index, visible keys
+    kernel_rows: torch.Tensor  # [n] int64: rows that attend through the row kernel
+    sdpa_groups: tuple[RowGroup, ...]  # sessions whose rows attend through SDPA
+
+
+class _Graph:
+    """One captured forward over `rows` rows; inputs are copied into its static buffers."""
+
+    def __init__(self, owner: "CudaForward", rows: int, pool) -> None:
+        device = owner.device
+        self.rows = rows
+        self.inputs = torch.zeros(6, rows, dtype=torch.int64, device=device)  # ids, positions, meta
+        self.inputs[2:] = owner.scratch_meta[:, None]
+        cuda = CudaRows(self.inputs[2:], torch.arange(rows, device=device), ())
+        # Kept: the graph reads these tensors' memory on every replay.
+        self.layout = layout = StepLayout((), rows, owner.deterministic, cuda)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: lazy initialisation and autotuning stay out of the graph
+                owner.run_model(self.inputs[0:1], self.inputs[1:2], layout, None)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.logits = owner.run_model(self.inputs[0:1], self.inputs[1:2], layout, None)
+
+    def replay(self, staged: torch.Tensor) -> torch.Tensor:
+        self.inputs.copy_(staged, non_blocking=True)
+        self.graph.replay()
+        return self.logits
+
+
+class CudaForward:
+    def __init__(self, loaded: LoadedModel, deterministic: bool, graphs: bool, fusion: bool = True,
+                 det_rows: int = 64, max_graph_rows: int = 256) -> None:
+        self.loaded = loaded
+        if fusion and not getattr(loaded.model, "kakeya_fused", False):
+            from .cuda_fusion import fuse_pointwise
+
+            fuse_pointwise(loaded.model)
+            loaded.model.kakeya_fused = True
+        self.device = loaded.device
+        self.deterministic = deterministic
+        self.use_graphs = graphs
+        self.det_rows = det_rows
+        self.buckets = tuple(b for b in BUCKETS if b <= max_graph_rows)
+        self.scratch = torch.zeros(loaded.num_layers, 2, loaded.num_kv_heads, 1, loaded.head_dim,
+                                   dtype=loaded.dtype, device=self.device)
+        self.scratch_meta = torch.tensor([self.scratch.data_ptr(), 1, 0, 1], dtype=torch.int64, device=self.device)
+        self._scratch_row = [self.scratch.data_ptr(), 1, 0, 1]
+        self._graphs: dict[int, _Graph] = {}
+        self._pool = torch.cuda.graph_pool_handle() if graphs else None
+        self._staging = torch.zeros(6, 0, dtype=torch.int64)
+        self._staged_copied: torch.cuda.Event | None = None
+
+    def run_model(self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout,
+                  keep: torch.Tensor | None) -> torch.Tensor:
+        """The model on [1, rows] inputs; logits of `keep` rows (None: all rows)."""
+        out = self.loaded.model(input_ids=ids, position_ids=positions, attention_mask=NO_MASK, use_cache=False,
+                                logits_to_keep=0 if keep is None else keep, kakeya_layout=layout)
+        return out.logits[0]
+
+    def forward(self, ids: list[int], positions: list[int], groups: tuple[RowGroup, ...],
+                keep_rows: list[int]) -> StepLogits:
+        meta = self._row_meta(groups, len(ids))
+        with torch.inference_mode():
+            if self.deterministic:
+                return self._deterministic(ids, positions, meta, keep_rows)
+            small = all(g.num_rows <= SMALL_GROUP_ROWS for g in groups)
+            if self.use_graphs and small and len(ids) <= self.buckets[-1] and keep_rows:
+                rows = self.buckets[bisect.bisect_left(self.buckets, len(ids))]
+                logits = self._graph(rows).replay(self._stage(ids, positions, meta, rows))
+                self._mark_copied()
+                return StepLogits(logits[torch.tensor(keep_rows, device=self.device)])
+            return self._eager(ids, positions, meta, groups, keep_rows)
+
+    def _eager(self, ids, positions, meta, groups, keep_rows) -> StepLogits:
+        staged = self._stage(ids, positions, meta, len(ids)).to(self.device, non_blocking=True)
+        self._mark_copied()
+        kernel_rows = [g.row_start + r for g in groups if g.num_rows <= SMALL_GROUP_ROWS for r in range(g.num_rows)]
+        sdpa = tuple(g for g in groups if g.num_rows > SMALL_GROUP_ROWS)
+        cuda = CudaRows(staged[2:], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa)
+        layout = StepLayout(groups, len(ids), False, cuda)
+        if not keep_rows:
+            self.loaded.model.model(input_ids=staged[0:1], position_ids=staged[1:2], attention_mask=NO_MASK,
+                                    use_cache=False, kakeya_layout=layout)
+            return StepLogits(torch.empty(0, device=self.device))
+        keep = torch.tensor(keep_rows, device=self.device)
+        return StepLogits(self.run_model(staged[0:1], staged[1:2], layout, keep))
+
+    def _deterministic(self, ids, positions, meta, keep_rows) -> StepLogits:
+        """Forwards of exactly det_rows rows each, in order: later rows see the keys earlier ones wrote."""
+        n = self.det_rows
+        kept: list[torch.Tensor] = []
+        padded = -(-len(ids) // n) * n
+        all_staged = self._stage(ids, positions, meta, padded)
+        for lo in range(0, len(ids), n):
+            chunk_keep = [r - lo for r in keep_rows if lo <= r < lo + n]
+            staged = all_staged[:, lo:lo + n]
+            if self.use_graphs:
+                logits = self._graph(n).replay(staged)
+            else:
+                cuda = CudaRows(staged[2:].to(self.device), torch.arange(n, device=self.device), ())
+                inputs = staged[:2].to(self.device)
+                logits = self.run_model(inputs[0:1], inputs[1:2], StepLayout((), n, True, cuda), None)
+            self._mark_copied()
+            if chunk_keep:
+                kept.append(logits[torch.tensor(chunk_keep, device=self.device)].clone())
+        return StepLogits(torch.cat(kept) if kept else torch.empty(0, device=self.device))
+
+    def _graph(self, rows: int) -> _Graph:
+        graph = self._graphs.get(rows)
+        if graph is None:
+            log.info("cuda_graph_capture", rows=rows, deterministic=self.deterministic)
+            graph = self._graphs[rows] = _Graph(self, rows, self._pool)
+        return graph
+
+    def _row_meta(self, groups: tuple[RowGroup, ...], num_rows: int) -> list[list[int]]:
+        """[4][rows]: slab address, capacity, storage index, visible keys (full attention)."""
+        meta = [[0] * num_rows for _ in range(4)]
+        for g in groups:
+            kv = g.kv
+            address, capacity = kv.slab.data_ptr(), kv.capacity
+            for i in range(g.num_rows):
+                r = g.row_start + i
+                index = kv.storage_index(g.first_position + i)
+                meta[0][r], meta[1][r], meta[2][r], meta[3][r] = address, capacity, index, index + 1
+        return meta
+
+    def _stage(self, ids, positions, meta, rows: int) -> torch.Tensor:
+        """Pinned [6, rows] inputs; rows past the real ones are padding on the scratch slab."""
+        n = len(ids)
+        if self._staged_copied is not None:
+            # The previous step's copy out of this pinned buffer must be done before it is reused.
+            self._staged_copied.synchronize()
+        if self._staging.shape[1] < rows:
+            self._staging = torch.zeros(6, max(rows, 1024), dtype=torch.int64).pin_memory()
+        staging = self._staging[:, :rows]
+        staging[0, :n] = torch.tensor(ids, dtype=torch.int64)
+        staging[1, :n] = torch.tensor(positions, dtype=torch.int64)
+        staging[2:, :n] = torch.tensor(meta, dtype=torch.int64)
+        if rows > n:
+            staging[0:2, n:] = 0
+            staging[2:, n:] = torch.tensor(self._scratch_row, dtype=torch.int64)[:, None]
+        return staging
+
+    def _mark_copied(self) -> None:
+        self._staged_copied = torch.cuda.Event()
+        self._staged_copied.record()

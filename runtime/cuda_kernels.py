@@ -1,0 +1,139 @@
+"""Triton kernels of the CUDA path: K/V stores and row attention straight on the session slabs.
+
+A session's slab is [layers, 2, kv_heads, capacity, head_dim]; slabs differ in capacity and live
+anywhere in memory, so the kernels take, per packed row, the slab's address, its capacity, the
+storage index the row writes and how many keys the row sees. One launch per layer then serves
+every session of a step, instead of one attention call per session.
+
+Row attention splits a row's keys into at most MAX_SPLITS chunks whose size depends only on the
+row's own key count, and combines them in a fixed order: a row's result is then the same whatever
+else shares the launch, which is what the deterministic mode builds on.
+
+Importing this module needs triton (shipped with the CUDA builds of torch); the CPU path never
+imports it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_SPLITS = 16
+MIN_SPLIT_KEYS = 256  # fewer keys than this per split would cost more in the combine than it saves
+BLOCK_N = 64
+
+_TL_DTYPE = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+
+
+@triton.jit
+def _store_kernel(key_ptr, value_ptr, k_stride_t, k_stride_h, v_stride_t, v_stride_h,
+                  meta_ptr, meta_stride, layer,
+                  NUM_KV: tl.constexpr, HEAD_DIM: tl.constexpr, DTYPE: tl.constexpr):
+    r = tl.program_id(0)
+    h = tl.program_id(1)
+    base = tl.load(meta_ptr + r).to(tl.pointer_type(DTYPE))
+    cap = tl.load(meta_ptr + meta_stride + r)
+    t = tl.load(meta_ptr + 2 * meta_stride + r)
+    d = tl.arange(0, HEAD_DIM)
+    k = tl.load(key_ptr + r * k_stride_t + h * k_stride_h + d)
+    v = tl.load(value_ptr + r * v_stride_t + h * v_stride_h + d)
+    k_off = ((layer * 2 * NUM_KV + h) * cap + t) * HEAD_DIM
+    v_off = (((layer * 2 + 1) * NUM_KV + h) * cap + t) * HEAD_DIM
+    tl.store(base + k_off + d, k)
+    tl.store(base + v_off + d, v)
+
+
+@triton.jit
+def _attend_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta_stride, layer, scale,
+                   part_acc_ptr, part_ml_ptr,
+                   NUM_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr,
+                   MIN_SPLIT: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    i = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.program_id(2)
+    r = tl.load(rows_ptr + i)
+    base = tl.load(meta_ptr + r).to(tl.pointer_type(DTYPE))
+    cap = tl.load(meta_ptr + meta_stride + r)
+    n = tl.load(meta_ptr + 3 * meta_stride + r)
+    # The split size is a function of n alone: the batch never changes a row's reduction order.
+    splits = tl.minimum(SPLITS, tl.cdiv(n, MIN_SPLIT))
+    per = tl.cdiv(tl.cdiv(n, splits), BLOCK) * BLOCK
+    lo = s * per
+    hi = tl.minimum(n, lo + per)
+
+    g = tl.arange(0, GROUP_PAD)
+    d = tl.arange(0, HEAD_DIM)
+    heads = h * GROUP + g
+    q = tl.load(q_ptr + r * q_stride_t + heads[:, None] * q_stride_h + d[None, :],
+                mask=(g < GROUP)[:, None], other=0.0)
+    k_base = base + (layer * 2 * NUM_KV + h) * cap * HEAD_DIM
+    v_base = base + ((layer * 2 + 1) * NUM_KV + h) * cap * HEAD_DIM
+    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+    for start in range(lo, hi, BLOCK):
+        t = start + tl.arange(0, BLOCK)
+        inside = t < hi
+        k = tl.load(k_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0)
+        v = tl.load(v_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+        scores = tl.where(inside[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, 1))
+        p = tl.exp(scores - m_new[:, None])
+        alpha = tl.exp(m - m_new)
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(DTYPE), v, input_precision=PRECISION)
+        m = m_new
+    # Partial results always go through the combine kernel, split count 1 included, so a row's
+    # arithmetic does not depend on how many splits its neighbours needed.
+    part = (i * (NUM_KV * GROUP) + heads) * SPLITS + s
+    keep = g < GROUP
+    tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=keep[:, None])
+    tl.store(part_ml_ptr + part * 2, m, mask=keep)
+    tl.store(part_ml_ptr + part * 2 + 1, l, mask=keep)
+
+
+@triton.jit
+def _combine_kernel(out_ptr, o_stride_t, o_stride_h, rows_ptr, part_acc_ptr, part_ml_ptr,
+                    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+    i = tl.program_id(0)
+    hq = tl.program_id(1)
+    r = tl.load(rows_ptr + i)
+    sp = tl.arange(0, SPLITS)
+    d = tl.arange(0, HEAD_DIM)
+    part = (i * NUM_HEADS + hq) * SPLITS + sp
+    m = tl.load(part_ml_ptr + part * 2)
+    l = tl.load(part_ml_ptr + part * 2 + 1)
+    top = tl.max(m, 0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp(m - top))
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + d[None, :])
+    total = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
+    tl.store(out_ptr + r * o_stride_t + hq * o_stride_h + d, total.to(out_ptr.dtype.element_ty))
+
+
+def store_rows(key: torch.Tensor, value: torch.Tensor, meta: torch.Tensor, layer: int, dtype: torch.dtype) -> None:
+    """key/value: [rows, kv_heads, head_dim] views; meta: [4, rows] int64 (address, capacity, store, keys)."""
+    rows, num_kv, head_dim = key.shape
+    _store_kernel[(rows, num_kv)](key, value, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+                                  meta, meta.stride(0), layer,
+                                  NUM_KV=num_kv, HEAD_DIM=head_dim, DTYPE=_TL_DTYPE[dtype])
+
+
+def attend_rows(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor,
+                layer: int, scale: float, num_kv: int, dtype: torch.dtype) -> None:
+    """query/out: [rows, heads, head_dim]; attends each listed row to its slab's first `keys` keys."""
+    num_rows = rows.shape[0]
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    group = num_heads // num_kv
+    part_acc = torch.empty(num_rows * num_heads * MAX_SPLITS, head_dim, dtype=torch.float32, device=query.device)
+    part_ml = torch.empty(num_rows * num_heads * MAX_SPLITS, 2, dtype=torch.float32, device=query.device)
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+    _attend_kernel[(num_rows, num_kv, MAX_SPLITS)](
+        query, query.stride(0), query.stride(1), rows, meta, meta.stride(0), layer, scale, part_acc, part_ml,
+        NUM_KV=num_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK=BLOCK_N, SPLITS=MAX_SPLITS, MIN_SPLIT=MIN_SPLIT_KEYS, DTYPE=_TL_DTYPE[dtype], PRECISION=precision,
+    )
+    _combine_kernel[(num_rows, num_heads)](out, out.stride(0), out.stride(1), rows, part_acc, part_ml,
+                                          NUM_HEADS=num_heads, HEAD_DIM=head_dim, SPLITS=MAX_SPLITS)
