@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "ops" / "bench"))
 
-import suite_report as report  # noqa: E402
+import suite_report as report
 
 
 def test_percentile_interpolates_between_ranks():

@@ -4,8 +4,9 @@ so the unit tests run it without torch or a server."""
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 SCHEMA_VERSION = 1
 SECTIONS = ("multi_session", "long_session", "memory")
@@ -25,7 +26,7 @@ def percentile(values: Iterable[float], q: float) -> float | None:
 
 
 def inter_token_gaps(stamps: Sequence[float]) -> list[float]:
-    return [later - earlier for earlier, later in zip(stamps, stamps[1:])]
+    return [later - earlier for earlier, later in itertools.pairwise(stamps)]
 
 
 def stream_figures(started_s: float, streams: Sequence[Sequence[float]]) -> dict:
