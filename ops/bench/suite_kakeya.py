@@ -1,0 +1,186 @@
+"""The kakeya side of the benchmark suite: a `kakeya serve` child process on a unix socket, the
+workloads driven through the SDK, and a sampler of the server's memory over the whole run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from kakeya import Client, KakeyaError, SyncClient
+
+from suite_report import stream_figures
+
+READY_TIMEOUT_S = 900  # a cold CUDA start plus loading a model from disk
+RPC_TIMEOUT_S = 600
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Server:
+    address: str
+    pid: int
+
+
+@contextlib.contextmanager
+def served(model: str, device: str, dtype: str, max_sessions: int, extra_args: list[str]) -> Iterator[Server]:
+    """`kakeya serve` as users run it, started through `-m` so it needs no console script; flags in
+    `extra_args` come last and so override the suite's own."""
+    with tempfile.TemporaryDirectory(prefix="kakeya-bench-") as tmp:
+        socket_path = os.path.join(tmp, "kakeya.sock")
+        command = [sys.executable, "-m", "kakeya.runtime.cli", "serve", "--unix-socket", socket_path,
+                   "--model", model, "--device", device, "--dtype", dtype, "--log-level", "warning",
+                   "--metrics-port", "-1", "--max-sessions", str(max_sessions), *extra_args]
+        process = subprocess.Popen(command)
+        server = Server(f"unix:{socket_path}", process.pid)
+        try:
+            wait_ready(server.address, process)
+            yield server
+        finally:
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(30)
+
+
+def wait_ready(address: str, process: subprocess.Popen) -> None:
+    """GetRuntimeInfo answers UNAVAILABLE until the model is loaded, so its first answer means ready."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"kakeya serve exited with code {process.returncode} before it was ready")
+        with contextlib.suppress(KakeyaError):
+            with SyncClient(address, timeout_s=5) as client:
+                client.runtime_info()
+                return
+        time.sleep(1)
+    raise TimeoutError(f"kakeya serve was not ready within {READY_TIMEOUT_S} s")
+
+
+def runtime_snapshot(address: str) -> dict:
+    with SyncClient(address, timeout_s=30) as client:
+        info = dataclasses.asdict(client.runtime_info())
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in info.items()}
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size from /proc (Linux), else psutil when installed, else None."""
+    status = pathlib.Path(f"/proc/{pid}/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.Process(pid).memory_info().rss
+
+
+class MemorySampler:
+    """A thread that records, every `interval_s`, the server's RSS and KV bytes in use, this process's
+    RSS and (on CUDA) its allocated device memory, tagged with the phase the suite is in. A thread,
+    because the baselines block this process's event loop for seconds at a time."""
+
+    def __init__(self, server: Server, interval_s: float, cuda_device=None) -> None:
+        self.phase = "start"
+        self.samples: list[dict] = []
+        self._server = server
+        self._interval_s = interval_s
+        self._cuda_device = cuda_device
+        self._started = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        with SyncClient(self._server.address, timeout_s=10) as client:
+            while True:
+                self.sample(client)
+                if self._stop.wait(self._interval_s):
+                    self.sample(client)
+                    return
+
+    def sample(self, client: SyncClient) -> None:
+        row = {"t_s": round(time.perf_counter() - self._started, 3), "phase": self.phase,
+               "server_rss_bytes": rss_bytes(self._server.pid), "bench_rss_bytes": rss_bytes(os.getpid())}
+        try:
+            info = client.runtime_info()
+            row["kv_used_bytes"] = info.kv_used_bytes
+            row["active_sessions"] = info.active_sessions
+        except KakeyaError as exc:
+            row["kv_error"] = type(exc).__name__
+        if self._cuda_device is not None:
+            import torch
+
+            row["bench_cuda_allocated_bytes"] = torch.cuda.memory_allocated(self._cuda_device)
+        self.samples.append(row)
+
+
+async def _concurrent_streams(address: str, prompts: list[list[int]], new_tokens: int) -> dict:
+    async with Client(address, timeout_s=RPC_TIMEOUT_S) as client:
+        # No EOS ids: every stream runs to exactly new_tokens. Appends before the clock starts: prefill
+        # is lazy, so the timed Generate does it and TTFT includes it.
+        sessions = [await client.create_session(initial_tokens=prompt) for prompt in prompts]
+        stamps: list[list[float]] = [[] for _ in sessions]
+
+        async def read(session, sink: list[float]) -> None:
+            async for _ in session.generate(new_tokens, timeout_s=RPC_TIMEOUT_S):
+                sink.append(time.perf_counter())
+
+        try:
+            started = time.perf_counter()
+            await asyncio.gather(*(read(session, sink) for session, sink in zip(sessions, stamps)))
+        finally:
+            await asyncio.gather(*(session.close() for session in sessions), return_exceptions=True)
+    short = [len(sink) for sink in stamps if len(sink) != new_tokens]
+    if short:
+        raise RuntimeError(f"streams ended early: {short} tokens instead of {new_tokens}")
+    return stream_figures(started, stamps)
+
+
+def multi_session(address: str, prompts: list[list[int]], new_tokens: int, warmup_tokens: int) -> dict:
+    """N concurrent sessions: a warm-up of the same N (so batch-size dependent setup such as graph
+    capture is done), then the timed run."""
+    asyncio.run(_concurrent_streams(address, prompts, warmup_tokens))
+    return asyncio.run(_concurrent_streams(address, prompts, new_tokens))
+
+
+async def _turns(address: str, chunks: list[list[int]], generate_tokens: int,
+                 on_turn: Callable[[int], None]) -> list[float]:
+    latencies = []
+    async with Client(address, timeout_s=RPC_TIMEOUT_S) as client:
+        async with client.session() as session:
+            for turn, chunk in enumerate(chunks, start=1):
+                started = time.perf_counter()
+                await session.append(chunk)
+                tokens = await session.generate(generate_tokens, timeout_s=RPC_TIMEOUT_S).collect()
+                latencies.append(time.perf_counter() - started)
+                if len(tokens) != generate_tokens:
+                    raise RuntimeError(f"turn {turn} generated {len(tokens)} tokens instead of {generate_tokens}")
+                on_turn(turn)
+    return latencies
+
+
+def long_session(address: str, chunks: list[list[int]], generate_tokens: int,
+                 on_turn: Callable[[int], None]) -> list[float]:
+    """One session, one turn per chunk (append it, generate), timed per turn from the client: the
+    append RPC plus the whole Generate stream. Two untimed turns on a session of their own warm up."""
+    asyncio.run(_turns(address, chunks[:2], generate_tokens, lambda turn: None))
+    return asyncio.run(_turns(address, chunks, generate_tokens, on_turn))
