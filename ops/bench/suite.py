@@ -1,0 +1,217 @@
+"""The benchmark suite: kakeya over gRPC against transformers baselines measured in the same run.
+
+Sections: multi-session decode (N concurrent sessions vs `generate` with the dynamic and the static
+cache and `generate_batch`), one long session (turns of append + generate vs re-prefilling the
+history every turn), and memory (server RSS and KV bytes sampled across the run). Writes NAME.json
+and, when matplotlib is installed, NAME.png.
+
+    python ops/bench/suite.py --device cpu --sessions 1 8 --new 64 --turns 60
+    python ops/bench/suite.py --device cuda --out ops/bench/results/suite_h100_qwen3-0.6b_bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import platform
+import random
+import shlex
+import sys
+import tempfile
+
+import torch
+import transformers
+
+import suite_baselines as baselines
+import suite_kakeya as kakeya
+from suite_report import build_document, check_document, long_section, memory_section, multi_row
+
+SECTIONS = ("multi", "long", "memory")
+CUDA_KV_BUDGET_BYTES = 16 * 1024**3  # room for 64 sessions of 256 tokens and one 19k-token session of Qwen3-0.6B
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", help="a .gguf file or model directory; default: the embedded model on cpu, "
+                                         "a random-weight Qwen3-0.6B shape on cuda")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="default float32 on cpu, bfloat16 on cuda")
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens per session (multi)")
+    parser.add_argument("--new", type=int, default=128, help="tokens generated per session (multi)")
+    parser.add_argument("--turns", type=int, default=200, help="turns of the long session")
+    parser.add_argument("--append", type=int, default=64, help="tokens appended per turn (long)")
+    parser.add_argument("--generate", type=int, default=32, help="tokens generated per turn (long)")
+    parser.add_argument("--baseline-turns", type=int, help="cap the re-prefill baseline's turns (default: --turns)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated subset of multi,long,memory")
+    parser.add_argument("--skip-static", action="store_true", help="do not run the static-cache baseline")
+    parser.add_argument("--runtime-args", default="", help="extra `kakeya serve` flags, e.g. \"--no-deterministic\"")
+    parser.add_argument("--sample-interval-s", type=float, default=0.5, help="memory sampling period")
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the random prompt ids")
+    parser.add_argument("--threads", type=int, help="torch CPU threads of the baseline process")
+    parser.add_argument("--out", help="output path without extension (default ops/bench/results/suite_DEVICE_TIME)")
+    args = parser.parse_args(argv)
+    args.only = {part.strip() for part in args.only.split(",") if part.strip()}
+    if not args.only or args.only - set(SECTIONS):
+        parser.error(f"--only takes a comma-separated subset of {','.join(SECTIONS)}")
+    args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    args.out = pathlib.Path(args.out or f"ops/bench/results/suite_{args.device}_{stamp}")
+    return args
+
+
+def random_ids(rng: random.Random, count: int, length: int, vocab: int) -> list[list[int]]:
+    # Ids away from both ends of the vocabulary, where special tokens usually live.
+    return [[rng.randrange(100, vocab - 100) for _ in range(length)] for _ in range(count)]
+
+
+def model_source(args: argparse.Namespace, scratch: pathlib.Path) -> tuple[str, str]:
+    """(what the server and the baselines load, a description for the JSON)."""
+    if args.model:
+        return args.model, args.model
+    if args.device == "cpu":
+        from kakeya.runtime.model_loader import embedded_model_path
+
+        return str(embedded_model_path()), "embedded SmolLM2-135M-Instruct (GGUF)"
+    directory = baselines.save_random_qwen3(scratch / "qwen3-0.6b-random", torch.device("cuda"),
+                                            getattr(torch, args.dtype))
+    return str(directory), "Qwen3-0.6B shape, random weights (seed 0), built from a config in code"
+
+
+def run_multi(args, server, sampler, model, vocab: int, rng: random.Random) -> dict:
+    static_warmups = 2 if args.device == "cuda" else 1  # compile, then graph capture, before timing
+    rows = []
+    for n in args.sessions:
+        prompts = random_ids(rng, n, args.prompt, vocab)
+        print(f"[suite] multi N={n}: kakeya", file=sys.stderr, flush=True)
+        sampler.phase = f"multi_kakeya_n{n}"
+        measured = baselines.guarded(lambda: kakeya.multi_session(server.address, prompts, args.new,
+                                                                  min(args.new, 8)))
+        rows_by_name = {}
+        for name, run in (
+                ("generate_dynamic", lambda: baselines.generate_baseline(model, prompts, args.new, static=False,
+                                                                         warmups=1)),
+                ("generate_static", None if args.skip_static else
+                 lambda: baselines.generate_baseline(model, prompts, args.new, static=True, warmups=static_warmups)),
+                ("generate_batch", lambda: baselines.generate_batch_baseline(model, prompts, args.new))):
+            print(f"[suite] multi N={n}: {name}{' skipped' if run is None else ''}", file=sys.stderr, flush=True)
+            sampler.phase = f"multi_{name}_n{n}"
+            rows_by_name[name] = {"skipped": "--skip-static"} if run is None else baselines.guarded(run)
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(multi_row(n, measured, rows_by_name))
+    return {"prompt_tokens": args.prompt, "new_tokens": args.new, "results": rows}
+
+
+def run_long(args, server, sampler, model, vocab: int, rng: random.Random) -> dict:
+    context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    per_turn = args.append + args.generate
+    turns, note = args.turns, ""
+    if context and turns * per_turn > context:
+        turns = context // per_turn
+        note = f"--turns {args.turns} needs {args.turns * per_turn} tokens; the model's context is {context}: ran {turns}"
+    chunks = random_ids(rng, turns, args.append, vocab)
+    sampler.phase = "long_kakeya"
+
+    def progress(side: str):
+        return lambda turn: print(f"[suite] long {side}: turn {turn}/{turns}", file=sys.stderr, flush=True) \
+            if turn % 25 == 0 else None
+
+    measured = baselines.guarded(lambda: {"turns": kakeya.long_session(server.address, chunks, args.generate,
+                                                                        progress("kakeya"))})
+    if "error" in measured:
+        return {"error": measured["error"], "note": note}
+    sampler.phase = "long_baseline"
+    limit = min(turns, args.baseline_turns or turns)
+    baseline = baselines.guarded(lambda: {"turns": baselines.reprefill_turns(model, chunks[:limit], args.generate,
+                                                                              progress("baseline"))})
+    return long_section(measured["turns"], baseline.get("turns", baseline), args.append, args.generate, note)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    rng = random.Random(args.seed)
+    extra = shlex.split(args.runtime_args)
+    if args.device == "cuda" and not any(arg.startswith("--kv-budget-bytes") for arg in extra):
+        extra = ["--kv-budget-bytes", str(CUDA_KV_BUDGET_BYTES), *extra]
+    sections: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="kakeya-suite-") as scratch:
+        source, described = model_source(args, pathlib.Path(scratch))
+        model = baselines.load_reference(source, device, dtype)
+        vocab = model.get_input_embeddings().num_embeddings
+        max_sessions = max(64, max(args.sessions) + 2)
+        with kakeya.served(source, args.device, args.dtype, max_sessions, extra) as server:
+            with kakeya.MemorySampler(server, args.sample_interval_s, device if device.type == "cuda" else None) \
+                    as sampler:
+                # Written after every section, so a run stopped by a time limit keeps what finished.
+                if "multi" in args.only:
+                    sections["multi_session"] = run_multi(args, server, sampler, model, vocab, rng)
+                    write(args, described, None, sections, sampler.samples)
+                if "long" in args.only:
+                    sections["long_session"] = run_long(args, server, sampler, model, vocab, rng)
+                    write(args, described, None, sections, sampler.samples)
+                sampler.phase = "end"
+            runtime = kakeya.runtime_snapshot(server.address)
+    json_path, problems = write(args, described, runtime, sections, sampler.samples)
+    try:
+        import plot
+    except ImportError as exc:
+        print(f"[suite] no plot ({exc}); later: python ops/bench/plot.py {json_path}", file=sys.stderr)
+    else:
+        print(f"[suite] wrote {plot.render(json_path)}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def write(args, described: str, runtime: dict | None, sections: dict, samples: list[dict]) -> tuple[pathlib.Path, list]:
+    done = dict(sections)
+    if "memory" in args.only:
+        done["memory"] = memory_section(list(samples), baseline_cuda_peaks(sections.get("multi_session")))
+    document = build_document(meta(args, described, runtime), done)
+    problems = check_document(document)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    json_path = args.out.with_suffix(".json")
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"[suite] wrote {json_path}" + (f" (problems: {problems})" if problems else ""), file=sys.stderr)
+    return json_path, problems
+
+
+def baseline_cuda_peaks(multi: dict | None) -> dict[str, int]:
+    """Peak CUDA memory of each baseline's timed call (peaks are reset before each), by name and N."""
+    return {f"{name}_n{row['sessions']}": baseline["cuda_max_allocated_bytes"]
+            for row in (multi or {}).get("results", [])
+            for name, baseline in row["baselines"].items() if "cuda_max_allocated_bytes" in baseline}
+
+
+def meta(args: argparse.Namespace, described: str, runtime: dict) -> dict:
+    return {
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(part) for part in sys.argv),
+        "model": described, "device": args.device, "dtype": args.dtype,
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+        "baseline_torch_threads": torch.get_num_threads(), "seed": args.seed,
+        "runtime_args": args.runtime_args, "runtime": runtime or "not yet read: the run is in progress",
+        "notes": {
+            "kakeya": "timed in the client per stream (perf_counter at each token received over gRPC on a unix "
+                      "socket), so RPC and client costs are included; TTFT includes the 128-token prefill, which "
+                      "is lazy (the timed Generate does it)",
+            "baselines": "in-process wall time of one call after warm-up runs of the same shapes; generate cannot "
+                         "stream tokens cheaply, so baselines report aggregate tok_s and step_ms = wall / new "
+                         "tokens (prefill amortised), no per-token latency; generate_batch ITL, when present, "
+                         "comes from transformers' own per-token timestamps",
+            "ratios": "ratio_vs_fastest_baseline = kakeya tok_s / best baseline tok_s at the same N; long session "
+                      "ratios are latency(turn K) / latency(turn 1) at the last turn both sides ran",
+            "eos": "sessions are created without EOS ids and generate uses min_new_tokens, so every stream "
+                   "yields exactly the requested tokens",
+        },
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
