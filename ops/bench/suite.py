@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--generate", type=int, default=32, help="tokens generated per turn (long)")
     parser.add_argument("--baseline-turns", type=int, help="cap the re-prefill baseline's turns (default: --turns)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated subset of multi,long,memory")
+    parser.add_argument("--baseline-timeout-s", type=float, default=900,
+                        help="give up on a generate_batch call after this long (recorded as an error)")
     parser.add_argument("--skip-static", action="store_true", help="do not run the static-cache baseline")
     parser.add_argument("--runtime-args", default="", help="extra `kakeya serve` flags, e.g. \"--no-deterministic\"")
     parser.add_argument("--sample-interval-s", type=float, default=0.5, help="memory sampling period")
@@ -96,7 +98,8 @@ def run_multi(args, server, sampler, model, vocab: int, rng: random.Random) -> d
                                                                          warmups=1)),
                 ("generate_static", None if args.skip_static else
                  lambda: baselines.generate_baseline(model, prompts, args.new, static=True, warmups=static_warmups)),
-                ("generate_batch", lambda: baselines.generate_batch_baseline(model, prompts, args.new))):
+                ("generate_batch", lambda: baselines.with_timeout(
+                    lambda: baselines.generate_batch_baseline(model, prompts, args.new), args.baseline_timeout_s))):
             print(f"[suite] multi N={n}: {name}{' skipped' if run is None else ''}", file=sys.stderr, flush=True)
             sampler.phase = f"multi_{name}_n{n}"
             rows_by_name[name] = {"skipped": "--skip-static"} if run is None else baselines.guarded(run)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import pathlib
+import threading
 import time
 from collections.abc import Callable
 
@@ -120,7 +121,10 @@ def generate_batch_baseline(model, prompts: list[list[int]], new_tokens: int) ->
     # eos None: the manager disables EOS, so every request runs to max_new_tokens.
     config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
     wanted = {"progress_bar": False, "record_timestamps": True}
-    keep = "persistent_manager" in accepted and hasattr(model, "destroy_cached_continuous_batching_manager")
+    # Keeping the warmed manager for the timed call hung on CPU with a capped cache (the warm-up's
+    # blocks seemed never to come back), so on CPU every call builds its own.
+    keep = (device.type != "cpu" and "persistent_manager" in accepted
+            and hasattr(model, "destroy_cached_continuous_batching_manager"))
     if keep:
         wanted["persistent_manager"] = True
     cb_config = _host_memory_cap() if device.type == "cpu" and "continuous_batching_config" in accepted else None
@@ -154,6 +158,18 @@ def generate_batch_baseline(model, prompts: list[list[int]], new_tokens: int) ->
     if device.type == "cuda":
         row["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
     return row
+
+
+def with_timeout(run: Callable[[], dict], timeout_s: float) -> dict:
+    """Runs a baseline in a worker thread and gives up after `timeout_s`: a third-party loop that
+    never finishes must not hang the suite. A stuck worker is left behind (threads cannot be killed)."""
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(guarded(run)), name="baseline", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        return {"error": f"TimeoutError: no result after {timeout_s:.0f} s; its thread was left running"}
+    return outcome
 
 
 def _host_memory_cap():
