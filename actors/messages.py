@@ -94,6 +94,8 @@ class JobResult:
     num_fed: int  # inputs (pending + generated) whose K/V are now in the slab
     stop_reason: StopReason
     prefill_duration_s: float
+    num_draft_tokens: int = 0  # speculative tokens proposed for this call and verified
+    num_accepted_tokens: int = 0  # of those, accepted by the verifier
 
 
 @dataclass(slots=True)
@@ -113,6 +115,8 @@ class Job:
     num_fed: int = 0
     num_prompt: int = 0  # the pending tokens it started with; later inputs are generated
     generated: list[int] = field(default_factory=list)
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
     submitted_at: float = 0.0
     scheduled_at: float | None = None
     first_token_at: float | None = None

@@ -2,7 +2,9 @@
 
 Accepts: AllocateKV, ReserveKV, FreeKV (KV memory, which it owns through the pool) and
 SubmitJob (a Generate's work). Invariants: the model thread runs at most one step at a time,
-and KV slabs are resized or freed only between steps, never while the model thread uses them.
+and KV slabs are resized or freed only between steps, never while the model thread uses them;
+after every step each slab holds exactly the tokens its session committed (speculative rows
+that were rejected, or cut by a stop condition, are rolled back).
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import structlog
 from kakeya.runtime.errors import EngineDead, Overloaded
 from kakeya.runtime.kv_memory import KVPool
 from kakeya.runtime.metrics import Metrics
-from kakeya.runtime.model_runner import ModelRunner, WorkItem
 from kakeya.runtime.sampler import Sampler
 
 from .base import Actor
 from .batch_policy import Slice, plan_step
 from .messages import AllocateKV, FreeKV, Job, JobResult, ReserveKV, SubmitJob
+from .speculator import Speculator
 from .step_stats import StepRecorder
 from .token_stream import StopReason
 
@@ -31,13 +33,14 @@ log = structlog.get_logger(__name__)
 class SchedulerActor(Actor):
     name = "scheduler"
 
-    def __init__(self, runner: ModelRunner, pool: KVPool, metrics: Metrics, chunk_tokens: int,
+    def __init__(self, speculator: Speculator, pool: KVPool, metrics: Metrics, chunk_tokens: int,
                  max_step_tokens: int, mailbox_size: int, consumer_stall_s: float = 60.0,
                  on_crash: Callable[[BaseException], None] | None = None) -> None:
         super().__init__(mailbox_size, on_crash)
         self._consumer_stall_s = consumer_stall_s
         self._metrics = metrics
-        self._runner = runner
+        self._speculator = speculator
+        self._executor = speculator.executor
         self.pool = pool
         self._chunk_tokens = chunk_tokens
         self._max_step_tokens = max_step_tokens
@@ -78,20 +81,21 @@ class SchedulerActor(Actor):
             if not self._running:
                 continue
             # 3. Schedule.
-            slices = plan_step(self._running, self._chunk_tokens, self._max_step_tokens)
-            items = [WorkItem(s.job.kv, tuple(s.job.inputs[s.start:s.stop]),
-                              self._samplers[id(s.job)] if s.samples else None) for s in slices]
-            # 4. Run the forward on the model thread; the event loop stays free meanwhile.
+            slices = plan_step(self._running, self._chunk_tokens, self._max_step_tokens,
+                               self._speculator.draft_rows)
+            plan = self._speculator.plan(slices, self._samplers)
+            # 4. Run the forward (drafts first, if a draft model proposes) on the model thread;
+            # the event loop stays free meanwhile.
             started = time.monotonic()
             try:
-                sampled = await loop.run_in_executor(self._runner.executor, self._runner.step, items)
+                emitted = await loop.run_in_executor(self._executor, self._speculator.run, plan)
             except Exception as exc:
                 self._fail_all(EngineDead(f"the model thread failed: {exc!r}"))
                 raise
             self._recorder.step(slices, self._running, time.monotonic() - started)
-            # 5. Publish: commit fed rows and sampled tokens, finish jobs that hit a stop.
-            for piece, token in zip(slices, sampled):
-                self._commit(piece, token)
+            # 5. Publish: commit fed rows and emitted tokens, finish jobs that hit a stop.
+            for piece, tokens in zip(slices, emitted):
+                self._commit(piece, tokens)
 
     def _accept(self, message: object) -> None:
         match message:
@@ -106,6 +110,7 @@ class SchedulerActor(Actor):
                 self._recorder.memory()
             case FreeKV(kv=kv, reply=reply):
                 self.pool.free(kv)
+                self._speculator.forget(kv)
                 reply.set_result(None)
                 self._recorder.memory()
             case SubmitJob(job=job):
@@ -116,19 +121,34 @@ class SchedulerActor(Actor):
             case _:
                 raise TypeError(f"scheduler got an unknown message {message!r}")
 
-    def _commit(self, piece: Slice, token: int | None) -> None:
+    def _commit(self, piece: Slice, emitted: tuple[int, ...]) -> None:
+        """Applies stop conditions to the emitted tokens in order; tokens after a stop are dropped
+        and their rows rolled back, so the slab holds exactly the committed tokens."""
         job = piece.job
         job.num_fed = piece.stop
-        if token is None:
-            return
-        self._recorder.token(job, time.monotonic())
-        job.generated.append(token)
-        job.inputs.append(token)
-        job.stream.push(token)
-        if token in job.eos_token_ids:
-            self._finish(job, StopReason.EOS)
-        elif len(job.generated) >= job.max_tokens:
-            self._finish(job, StopReason.MAX_TOKENS)
+        reason: StopReason | None = None
+        num_kept = 0
+        now = time.monotonic()
+        for token in emitted:
+            num_kept += 1
+            self._recorder.token(job, now)
+            job.generated.append(token)
+            job.inputs.append(token)
+            job.stream.push(token)
+            if token in job.eos_token_ids:
+                reason = StopReason.EOS
+            elif len(job.generated) >= job.max_tokens:
+                reason = StopReason.MAX_TOKENS
+            if reason is not None:
+                break
+        if emitted:
+            # Every kept token but the last was fed in this step (accepted draft rows); the last
+            # is pending, as a plain decode step's sampled token is.
+            job.num_fed = piece.stop + num_kept - 1
+            job.kv.num_positions -= len(emitted) - num_kept
+        self._speculator.commit(piece, emitted, num_kept)
+        if reason is not None:
+            self._finish(job, reason)
 
     def _finish_cancelled(self) -> None:
         for job in list(self._running):
@@ -144,7 +164,8 @@ class SchedulerActor(Actor):
         self._samplers.pop(id(job), None)
         first = job.first_token_at or time.monotonic()
         if not job.done.done():
-            job.done.set_result(JobResult(tuple(job.generated), job.num_fed, reason, first - job.submitted_at))
+            job.done.set_result(JobResult(tuple(job.generated), job.num_fed, reason, first - job.submitted_at,
+                                          job.num_draft_tokens, job.num_accepted_tokens))
 
     def _fail_all(self, error: Exception) -> None:
         for job in self._running:

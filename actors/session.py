@@ -147,7 +147,8 @@ class SessionActor(Actor):
         except InvariantViolation as exc:
             return stream.fail(exc)
         stream.push(Done(result.stop_reason, len(result.generated), prefill_tokens,
-                         result.prefill_duration_s, time.monotonic() - started))
+                         result.prefill_duration_s, time.monotonic() - started,
+                         result.num_draft_tokens, result.num_accepted_tokens))
 
     async def _reserve(self, total_positions: int) -> None:
         """Makes sure the slab can hold total_positions, evicting idle sessions if the budget is short."""
@@ -201,7 +202,7 @@ class SessionActor(Actor):
             history_length=len(self._history),
             pending_tokens=len(self._pending),
             kv_resident_tokens=kv.num_resident if kv is not None else 0,
-            kv_live_bytes=kv.nbytes if kv is not None else 0,
+            kv_live_bytes=kv.lease_bytes if kv is not None else 0,
             inv1_violations=self._violations["inv1"],
             inv2_violations=self._violations["inv2"],
         )

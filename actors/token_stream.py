@@ -32,6 +32,8 @@ class Done:
     prefill_token_count: int
     prefill_duration_s: float
     total_duration_s: float
+    draft_token_count: int = 0  # speculative decoding: tokens proposed and verified
+    accepted_draft_token_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import torch
 
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
-from kakeya.runtime.config import EngineConfig, RuntimeConfig, ServerConfig, SessionLimits
+from kakeya.runtime.config import EngineConfig, RuntimeConfig, ServerConfig, SessionLimits, SpeculativeConfig
 from kakeya.runtime.model_loader import LoadedModel
 from kakeya.runtime.runtime import Runtime
 from kakeya.runtime.server import RuntimeServer
@@ -33,17 +33,19 @@ class ServerHandle:
         await asyncio.wait_for(self.server.stop(0), TIMEOUT_S)
 
 
-def runtime_config(engine: dict | None = None, limits: dict | None = None, server: dict | None = None) -> RuntimeConfig:
+def runtime_config(engine: dict | None = None, limits: dict | None = None, server: dict | None = None,
+                   speculative: dict | None = None) -> RuntimeConfig:
     return RuntimeConfig(
         engine=dataclasses.replace(EngineConfig(kv_budget_bytes=2 * 1024**3), **(engine or {})),
         limits=dataclasses.replace(SessionLimits(), **(limits or {})),
         server=dataclasses.replace(ServerConfig(host="127.0.0.1", port=0), **(server or {})),
+        speculative=SpeculativeConfig(**(speculative or {})),
     )
 
 
 async def start_server(loaded: LoadedModel, engine: dict | None = None, limits: dict | None = None,
-                       server: dict | None = None) -> ServerHandle:
-    config = runtime_config(engine, limits, server)
+                       server: dict | None = None, speculative: dict | None = None) -> ServerHandle:
+    config = runtime_config(engine, limits, server, speculative)
     server = RuntimeServer(config)
     address = await server.start()
     runtime = Runtime(config, loaded, on_engine_death=lambda exc: None)

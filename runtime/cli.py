@@ -7,8 +7,8 @@ import argparse
 import asyncio
 import sys
 
-from .config import (EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits, cpu_threads,
-                     env_default, read_api_keys)
+from .config import (SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
+                     SpeculativeConfig, cpu_threads, env_default, read_api_keys)
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, kind=str, default=None, help: str = "", **kw) -> None:
@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "sink", int, 0, help="bounded mode: tokens kept at the start of every history")
     _flag(serve, "window", int, 0, help="bounded mode: most recent tokens attended (0: full attention)")
     _flag(serve, "prefill-chunk", int, 256, help="prefill tokens per session per step")
+    _flag(serve, "speculative", default="none", help="speculative decoding: none, ngram (prompt lookup in the "
+          "session's history) or draft (a draft model)", choices=SPECULATIVE_MODES)
+    _flag(serve, "num-draft-tokens", int, 4, help="draft tokens a session verifies per step")
+    _flag(serve, "draft-model", help="--speculative draft: a model with the verifier's vocabulary (same forms as --model)")
+    _flag(serve, "draft-layers", int, 0, help="--speculative draft: use the verifier's first N layers as the draft "
+          "(shares its weights)")
     _flag(serve, "max-append-tokens", int, 65536, help="largest single append")
     _flag(serve, "max-generate-tokens", int, 8192, help="largest max_tokens of a Generate")
     _flag(serve, "log-format", default="console", help="json or console", choices=("json", "console"))
@@ -54,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                      default=None if env_det is None else env_det.lower() in ("1", "true", "yes", "on"),
                      help="bitwise-stable streams whatever the append pattern or batch (default on CPU)")
     det.add_argument("--no-deterministic", dest="deterministic", action="store_false")
+    for name, what in (("cuda-graphs", "replay decode steps as CUDA graphs"),
+                       ("cuda-fusion", "compile the pointwise work around the GEMMs (RMSNorm, SwiGLU, RoPE)")):
+        env = env_default(name)
+        serve.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false",
+                           default=env is None or env.lower() in ("1", "true", "yes", "on"),
+                           help=f"CUDA only: do not {what} [env KAKEYA_{name.upper().replace('-', '_')}=0]")
     # The client side lives in the SDK, which imports neither torch nor the server.
     from kakeya import repl
 
@@ -66,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
         engine=EngineConfig(kv_budget_bytes=args.kv_budget_bytes, prefill_chunk_tokens=args.prefill_chunk,
                             max_step_tokens=max(1024, args.prefill_chunk), deterministic=args.deterministic,
+                            cuda_graphs=args.cuda_graphs, cuda_fusion=args.cuda_fusion,
                             sink_tokens=args.sink, window_tokens=args.window,
                             consumer_stall_timeout_s=args.consumer_stall_timeout_s),
         limits=SessionLimits(max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,
@@ -78,6 +91,8 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
                             api_keys=read_api_keys(args.api_key, args.api_key_file),
                             allow_insecure_bind=args.allow_insecure_bind,
                             tls_cert=args.tls_cert, tls_key=args.tls_key),
+        speculative=SpeculativeConfig(mode=args.speculative, num_draft_tokens=args.num_draft_tokens,
+                                      draft_model=args.draft_model, draft_layers=args.draft_layers),
     )
 
 

@@ -34,6 +34,8 @@ class EngineConfig:
     prefill_chunk_tokens: int = 256
     max_step_tokens: int = 1024
     deterministic: bool | None = None  # None: on for CPU, off elsewhere
+    cuda_graphs: bool = True  # CUDA: replay decode steps as captured graphs
+    cuda_fusion: bool = True  # CUDA: compiled pointwise kernels around the GEMMs
     sink_tokens: int = 0
     window_tokens: int = 0
     mailbox_size: int = 1024
@@ -54,6 +56,36 @@ class EngineConfig:
     @property
     def is_bounded(self) -> bool:
         return self.window_tokens > 0
+
+
+SPECULATIVE_MODES = ("none", "ngram", "draft")
+
+
+@dataclass(frozen=True, slots=True)
+class SpeculativeConfig:
+    """Speculative decoding: who proposes draft tokens, and how many per step a session verifies."""
+
+    mode: str = "none"  # none, ngram (prompt lookup in the session's history), draft (a draft model)
+    num_draft_tokens: int = 4
+    draft_model: str | None = None  # a model sharing the verifier's vocabulary
+    draft_layers: int = 0  # > 0: the draft is the verifier's first N layers (shared weights)
+
+    def __post_init__(self) -> None:
+        if self.mode not in SPECULATIVE_MODES:
+            raise ValueError(f"speculative mode must be one of {', '.join(SPECULATIVE_MODES)}, not {self.mode!r}")
+        if not 1 <= self.num_draft_tokens <= 64:
+            raise ValueError(f"num_draft_tokens must be in 1..64, got {self.num_draft_tokens}")
+        if self.draft_layers < 0:
+            raise ValueError(f"draft_layers must be >= 0, got {self.draft_layers}")
+        has_draft = bool(self.draft_model) or self.draft_layers > 0
+        if self.mode == "draft" and bool(self.draft_model) == (self.draft_layers > 0):
+            raise ValueError("--speculative draft needs exactly one of --draft-model and --draft-layers")
+        if self.mode != "draft" and has_draft:
+            raise ValueError("--draft-model and --draft-layers need --speculative draft")
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.mode != "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +151,15 @@ class RuntimeConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: SessionLimits = field(default_factory=SessionLimits)
     server: ServerConfig = field(default_factory=ServerConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+
+    def __post_init__(self) -> None:
+        rows = self.speculative.num_draft_tokens + 1
+        # A verifying session feeds K + 1 rows in one step: they must fit a step and, in bounded
+        # mode, the slab's spare room of one prefill chunk.
+        if self.speculative.is_enabled and rows > self.engine.prefill_chunk_tokens:
+            raise ValueError(f"num_draft_tokens + 1 ({rows}) must be <= prefill_chunk_tokens "
+                             f"({self.engine.prefill_chunk_tokens})")
 
 
 def is_loopback(host: str) -> bool:

@@ -69,6 +69,19 @@ class Metrics:
                                          "Generates stopped because their consumer left tokens unread too long.",
                                          registry=r)
         self.kv_usage_ratio = Gauge("kakeya_kv_usage_ratio", "KV bytes in use over the KV budget.", registry=r)
+        # Speculative decoding (scheduler actor), as vLLM's spec_decode series.
+        self.spec_drafts = Counter("kakeya_spec_decode_drafts", "Drafts verified (one per session and step).",
+                                   registry=r)
+        self.spec_draft_tokens = Counter("kakeya_spec_decode_draft_tokens", "Draft tokens verified.", registry=r)
+        self.spec_accepted_tokens = Counter("kakeya_spec_decode_accepted_tokens",
+                                            "Draft tokens the verifier accepted.", registry=r)
+        # Per position in the draft (1 = first): accepted over drafted is that position's acceptance rate.
+        self.spec_draft_per_position = Counter("kakeya_spec_decode_draft_tokens_per_position",
+                                               "Draft tokens verified, by position in the draft.", ["position"],
+                                               registry=r)
+        self.spec_accepted_per_position = Counter("kakeya_spec_decode_accepted_tokens_per_position",
+                                                  "Draft tokens accepted, by position in the draft.", ["position"],
+                                                  registry=r)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 

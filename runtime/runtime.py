@@ -13,9 +13,11 @@ import structlog
 from kakeya.actors.registry import SessionRegistry
 from kakeya.actors.scheduler import SchedulerActor
 from kakeya.actors.session_rules import SessionRules
+from kakeya.actors.speculator import Speculator
 
 from .attention import ATTENTION_NAME
 from .config import RuntimeConfig
+from .draft_model import DraftRunner, load_draft
 from .kv_memory import KVPool, KVShape
 from .metrics import Metrics
 from .model_loader import LoadedModel, load_model
@@ -57,22 +59,36 @@ class RuntimeInfo:
     mean_sessions_per_forward: float
     cache_invariant_inv1_violations: int
     cache_invariant_inv2_violations: int
+    speculative_mode: str
+    num_draft_tokens: int
+    draft_model_id: str
 
 
 class Runtime:
     def __init__(self, config: RuntimeConfig, loaded: LoadedModel,
                  on_engine_death: Callable[[BaseException], None] | None = None,
-                 executor: ThreadPoolExecutor | None = None) -> None:
+                 executor: ThreadPoolExecutor | None = None, draft: LoadedModel | None = None) -> None:
         engine = config.engine
         self.config = config
         self.loaded = loaded
         self.deterministic = engine.deterministic if engine.deterministic is not None else loaded.device.type == "cpu"
+        self.draft = draft or load_draft(config.speculative, config.model, loaded, ATTENTION_NAME)
         shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, loaded.dtype, loaded.device)
+        draft_shape = None
+        if self.draft is not None:
+            d = self.draft
+            draft_shape = KVShape(d.num_layers, d.num_kv_heads, d.head_dim, d.dtype, d.device)
         self.pool = KVPool(shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
-                           engine.window_tokens, engine.prefill_chunk_tokens)
-        self.runner = ModelRunner(loaded, self.deterministic, executor)
+                           engine.window_tokens, engine.prefill_chunk_tokens, draft_shape)
+        self.runner = ModelRunner(loaded, self.deterministic, executor, cuda_graphs=engine.cuda_graphs,
+                                  cuda_fusion=engine.cuda_fusion, bounded=engine.is_bounded)
         self.metrics = Metrics()
-        self.scheduler = SchedulerActor(self.runner, self.pool, self.metrics, engine.prefill_chunk_tokens,
+        draft_runner = None
+        if self.draft is not None:
+            draft_runner = DraftRunner(self.draft, self.deterministic, self.runner.executor)
+        speculator = Speculator(config.speculative, self.runner, draft_runner, self.metrics,
+                                engine.prefill_chunk_tokens)
+        self.scheduler = SchedulerActor(speculator, self.pool, self.metrics, engine.prefill_chunk_tokens,
                                         engine.max_step_tokens, engine.mailbox_size,
                                         engine.consumer_stall_timeout_s,
                                         on_crash=on_engine_death or _exit_on_engine_death)
@@ -85,12 +101,18 @@ class Runtime:
         """Loads the model on the model thread (blocking: call it off the event loop) and builds the runtime."""
         executor = model_thread()
         loaded = executor.submit(load_model, config.model, ATTENTION_NAME).result()
-        return cls(config, loaded, executor=executor, **kwargs)
+        draft = executor.submit(load_draft, config.speculative, config.model, loaded, ATTENTION_NAME).result()
+        runtime = cls(config, loaded, executor=executor, draft=draft, **kwargs)
+        # CUDA: compile and capture the decode graphs now rather than inside the first requests.
+        executor.submit(runtime.runner.warm_up, config.limits.max_sessions).result()
+        return runtime
 
     def start(self) -> None:
         self.scheduler.start()
         self.registry.start()
-        log.info("runtime_started", deterministic=self.deterministic, kv_budget_bytes=self.pool.budget_bytes)
+        log.info("runtime_started", deterministic=self.deterministic, kv_budget_bytes=self.pool.budget_bytes,
+                 speculative=self.config.speculative.mode,
+                 draft_model=self.draft.model_id if self.draft is not None else None)
 
     async def stop(self) -> None:
         await self.registry.close_all()
@@ -122,6 +144,9 @@ class Runtime:
             mean_sessions_per_forward=stats.mean_sessions_per_forward,
             cache_invariant_inv1_violations=self.counter("kakeya_cache_invariant_violations_total", kind="inv1"),
             cache_invariant_inv2_violations=self.counter("kakeya_cache_invariant_violations_total", kind="inv2"),
+            speculative_mode=self.config.speculative.mode,
+            num_draft_tokens=self.config.speculative.num_draft_tokens if self.config.speculative.is_enabled else 0,
+            draft_model_id=self.draft.model_id if self.draft is not None else "",
         )
 
 

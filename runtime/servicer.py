@@ -208,5 +208,7 @@ def _event_to_proto(event) -> pb.GenerateResponse:
             prefill_duration_seconds=event.prefill_duration_s,
             total_duration_seconds=event.total_duration_s,
             prefill_token_count=event.prefill_token_count,
+            draft_token_count=event.draft_token_count,
+            accepted_draft_token_count=event.accepted_draft_token_count,
         ))
     raise TypeError(f"unknown stream event {event!r}")

@@ -36,6 +36,9 @@ class GenerationStream:
         self.prefill_duration_s = 0.0
         self.total_duration_s = 0.0
         self.dropped_token_count = 0
+        # Speculative decoding: draft tokens the runtime verified for this call, and those accepted.
+        self.draft_token_count = 0
+        self.accepted_draft_token_count = 0
 
     def __aiter__(self) -> _TokenIterator:
         if self._is_read:
@@ -117,6 +120,8 @@ class GenerationStream:
         self.prefill_token_count = done.prefill_token_count
         self.prefill_duration_s = done.prefill_duration_seconds
         self.total_duration_s = done.total_duration_seconds
+        self.draft_token_count = done.draft_token_count
+        self.accepted_draft_token_count = done.accepted_draft_token_count
 
     def __repr__(self) -> str:
         state = self.stop_reason.name if self.stop_reason else "running"

@@ -82,6 +82,10 @@ class RuntimeInfo:
     kv_bytes_per_token: int
     inv1_violations: int
     inv2_violations: int
+    # Speculative decoding: "none", "ngram" or "draft", draft tokens per step, the draft model.
+    speculative_mode: str = "none"
+    num_draft_tokens: int = 0
+    draft_model_id: str = ""
 
     @classmethod
     def from_proto(cls, reply: pb.GetRuntimeInfoResponse) -> RuntimeInfo:
@@ -108,4 +112,7 @@ class RuntimeInfo:
             kv_bytes_per_token=reply.kv_bytes_per_token,
             inv1_violations=reply.cache_invariant_inv1_violations,
             inv2_violations=reply.cache_invariant_inv2_violations,
+            speculative_mode=reply.speculative_mode or "none",
+            num_draft_tokens=reply.num_draft_tokens,
+            draft_model_id=reply.draft_model_id,
         )

@@ -120,3 +120,59 @@ async def test_random_workloads_always_progress_and_finish(make_job, seed):
     for job in jobs:
         assert len(job.generated) == job.max_tokens
         assert job.num_fed == len(job.inputs) - 1  # the last sampled token is never fed
+
+
+async def test_decode_rows_carry_their_drafts(make_job):
+    decode, prefill = make_job(5, num_fed=4), make_job(10)
+    slices = plan_step([prefill, decode], chunk_tokens=4, max_step_tokens=64, draft_rows=lambda job: 3)
+    assert [(s.job, s.num_draft) for s in slices] == [(decode, 3), (prefill, 0)]
+    assert spans(slices) == [(4, 5, True), (0, 4, False)]
+
+
+async def test_drafts_share_the_token_budget(make_job):
+    """Every decode row is planned first; drafts take what is left, before prefill chunks."""
+    decodes = [make_job(2, num_fed=1) for _ in range(3)]
+    prefill = make_job(10)
+    slices = plan_step([*decodes, prefill], chunk_tokens=4, max_step_tokens=9, draft_rows=lambda job: 4)
+    assert [s.num_draft for s in slices] == [4, 2, 0]
+    assert sum(s.stop - s.start + s.num_draft for s in slices) == 9
+    assert all(s.job is not prefill for s in slices)
+    # With room to spare, the prefill chunk follows the drafts.
+    slices = plan_step([*decodes, prefill], chunk_tokens=4, max_step_tokens=20, draft_rows=lambda job: 4)
+    assert [s.num_draft for s in slices] == [4, 4, 4, 0] and spans(slices)[-1] == (0, 4, False)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_random_speculative_workloads_stay_in_budget(make_job, seed):
+    """Random proposals and acceptances, committed as the scheduler does: rows never exceed the
+    budget, each job gets exactly max_tokens tokens, and the last one is never fed."""
+    rng = random.Random(100 + seed)
+    chunk = rng.randint(2, 8)
+    budget = rng.randint(chunk, 16)
+    jobs = [make_job(rng.randint(1, 30), max_tokens=rng.randint(1, 12)) for _ in range(rng.randint(1, 6))]
+    running = list(jobs)
+
+    def draft_rows(job: Job) -> int:
+        return min(rng.randint(0, 4), job.max_tokens - len(job.generated) - 1)
+
+    for _ in range(1000):
+        if not running:
+            break
+        slices = plan_step(running, chunk, budget, draft_rows)
+        assert slices and sum(s.stop - s.start + s.num_draft for s in slices) <= budget
+        for s in slices:
+            job = s.job
+            assert s.num_draft == 0 or s.stop - s.start == 1
+            job.num_fed = s.stop
+            if s.samples:
+                emitted = [7] * (1 + rng.randint(0, s.num_draft))
+                job.generated += emitted
+                job.inputs += emitted
+                job.num_fed = s.stop + len(emitted) - 1
+                assert len(job.generated) <= job.max_tokens
+                if len(job.generated) == job.max_tokens:
+                    running.remove(job)
+    assert not running
+    for job in jobs:
+        assert len(job.generated) == job.max_tokens
+        assert job.num_fed == len(job.inputs) - 1

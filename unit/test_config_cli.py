@@ -12,7 +12,7 @@ import pytest
 
 from kakeya.runtime import cli
 from kakeya.runtime.config import (EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
-                                   cpu_threads, env_default)
+                                   SpeculativeConfig, cpu_threads, env_default)
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +41,14 @@ def clean_env(monkeypatch):
     (ServerConfig, dict(port=65536)),
     (ServerConfig, dict(port=-1)),
     (ServerConfig, dict(log_format="xml")),
+    (SpeculativeConfig, dict(mode="medusa")),
+    (SpeculativeConfig, dict(mode="ngram", num_draft_tokens=0)),
+    (SpeculativeConfig, dict(mode="ngram", num_draft_tokens=65)),
+    (SpeculativeConfig, dict(mode="draft")),  # neither a draft model nor draft layers
+    (SpeculativeConfig, dict(mode="draft", draft_model="d", draft_layers=4)),  # both
+    (SpeculativeConfig, dict(mode="ngram", draft_layers=4)),  # draft options without draft mode
+    (SpeculativeConfig, dict(draft_model="d")),
+    (SpeculativeConfig, dict(mode="draft", draft_layers=-1)),
 ], ids=lambda value: value.__name__ if isinstance(value, type) else repr(value))
 def test_invalid_config_raises_value_error(cls, kwargs):
     with pytest.raises(ValueError):
@@ -125,3 +133,31 @@ def test_main_turns_config_errors_into_usage_errors(capsys):
         cli.main(["serve", "--sink", "4"])
     assert info.value.code == 2
     assert "--sink needs --window" in capsys.readouterr().err
+
+
+def test_speculative_flags_and_env(monkeypatch):
+    args = cli.build_parser().parse_args(["serve", "--speculative", "draft", "--draft-layers", "8",
+                                          "--num-draft-tokens", "6"])
+    assert cli.config_from_args(args).speculative == SpeculativeConfig(mode="draft", num_draft_tokens=6,
+                                                                       draft_layers=8)
+    assert cli.config_from_args(cli.build_parser().parse_args(["serve"])).speculative == SpeculativeConfig()
+    monkeypatch.setenv("KAKEYA_SPECULATIVE", "draft")
+    monkeypatch.setenv("KAKEYA_DRAFT_MODEL", "/models/small")
+    config = cli.config_from_args(cli.build_parser().parse_args(["serve"]))
+    assert config.speculative == SpeculativeConfig(mode="draft", draft_model="/models/small")
+    assert config.speculative.is_enabled and not SpeculativeConfig().is_enabled
+
+
+def test_verification_rows_must_fit_a_prefill_chunk(capsys):
+    """K draft tokens make K + 1 rows of one session in one step; bounded slabs keep one chunk spare."""
+    with pytest.raises(ValueError, match="num_draft_tokens"):
+        RuntimeConfig(engine=EngineConfig(prefill_chunk_tokens=4), speculative=SpeculativeConfig(
+            mode="ngram", num_draft_tokens=4))
+    RuntimeConfig(engine=EngineConfig(prefill_chunk_tokens=5), speculative=SpeculativeConfig(
+        mode="ngram", num_draft_tokens=4))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", "--speculative", "ngram", "--draft-model", "x"])
+    assert info.value.code == 2
+    assert "need --speculative draft" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--speculative", "eagle"])

@@ -30,6 +30,12 @@ CONTRACT = {
                                "cache_invariant_inv2_violations": 4, "idle_seconds": 5},
 }
 
+# Fields added after the original contract keep their numbers too.
+ADDITIONS = {
+    "GenerateDone": {"prefill_token_count": 5, "draft_token_count": 6, "accepted_draft_token_count": 7},
+    "GetRuntimeInfoResponse": {"speculative_mode": 23, "num_draft_tokens": 24, "draft_model_id": 25},
+}
+
 STOP_REASONS = {
     "STOP_REASON_UNSPECIFIED": 0,
     "STOP_REASON_MAX_TOKENS": 1,
@@ -67,6 +73,13 @@ def test_field_numbers(message):
     descriptor = pb.DESCRIPTOR.message_types_by_name[message]
     numbers = {name: descriptor.fields_by_name[name].number for name in CONTRACT[message]}
     assert numbers == CONTRACT[message]
+
+
+@pytest.mark.parametrize("message", sorted(ADDITIONS))
+def test_added_field_numbers(message):
+    descriptor = pb.DESCRIPTOR.message_types_by_name[message]
+    numbers = {name: descriptor.fields_by_name[name].number for name in ADDITIONS[message]}
+    assert numbers == ADDITIONS[message]
 
 
 def test_generate_request_optional_fields_have_presence():

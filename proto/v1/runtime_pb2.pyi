@@ -62,7 +62,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., done: _Optional[_Union[GenerateDone, _Mapping]] = ..., truncated: _Optional[_Union[HistoryTruncated, _Mapping]] = ...) -> None: ...
 
 class GenerateDone(_message.Message):
-    __slots__ = ("stop_reason", "generated_token_count", "prefill_duration_seconds", "total_duration_seconds", "prefill_token_count")
+    __slots__ = ("stop_reason", "generated_token_count", "prefill_duration_seconds", "total_duration_seconds", "prefill_token_count", "draft_token_count", "accepted_draft_token_count")
     class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STOP_REASON_UNSPECIFIED: _ClassVar[GenerateDone.StopReason]
@@ -80,12 +80,16 @@ class GenerateDone(_message.Message):
     PREFILL_DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_DRAFT_TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     stop_reason: GenerateDone.StopReason
     generated_token_count: int
     prefill_duration_seconds: float
     total_duration_seconds: float
     prefill_token_count: int
-    def __init__(self, stop_reason: _Optional[_Union[GenerateDone.StopReason, str]] = ..., generated_token_count: _Optional[int] = ..., prefill_duration_seconds: _Optional[float] = ..., total_duration_seconds: _Optional[float] = ..., prefill_token_count: _Optional[int] = ...) -> None: ...
+    draft_token_count: int
+    accepted_draft_token_count: int
+    def __init__(self, stop_reason: _Optional[_Union[GenerateDone.StopReason, str]] = ..., generated_token_count: _Optional[int] = ..., prefill_duration_seconds: _Optional[float] = ..., total_duration_seconds: _Optional[float] = ..., prefill_token_count: _Optional[int] = ..., draft_token_count: _Optional[int] = ..., accepted_draft_token_count: _Optional[int] = ...) -> None: ...
 
 class HistoryTruncated(_message.Message):
     __slots__ = ("dropped_token_count",)
@@ -138,7 +142,7 @@ class GetRuntimeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetRuntimeInfoResponse(_message.Message):
-    __slots__ = ("model_id", "vocab_size", "default_eos_token_ids", "device", "dtype", "version", "max_context_tokens", "max_sessions", "kv_budget_bytes", "kv_used_bytes", "active_sessions", "max_append_tokens", "max_generate_tokens", "sink_tokens", "window_tokens", "deterministic", "forward_count", "max_sessions_per_forward", "mean_sessions_per_forward", "kv_bytes_per_token", "cache_invariant_inv1_violations", "cache_invariant_inv2_violations")
+    __slots__ = ("model_id", "vocab_size", "default_eos_token_ids", "device", "dtype", "version", "max_context_tokens", "max_sessions", "kv_budget_bytes", "kv_used_bytes", "active_sessions", "max_append_tokens", "max_generate_tokens", "sink_tokens", "window_tokens", "deterministic", "forward_count", "max_sessions_per_forward", "mean_sessions_per_forward", "kv_bytes_per_token", "cache_invariant_inv1_violations", "cache_invariant_inv2_violations", "speculative_mode", "num_draft_tokens", "draft_model_id")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +165,9 @@ class GetRuntimeInfoResponse(_message.Message):
     KV_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CACHE_INVARIANT_INV1_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
     CACHE_INVARIANT_INV2_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_MODE_FIELD_NUMBER: _ClassVar[int]
+    NUM_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     vocab_size: int
     default_eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -183,4 +190,7 @@ class GetRuntimeInfoResponse(_message.Message):
     kv_bytes_per_token: int
     cache_invariant_inv1_violations: int
     cache_invariant_inv2_violations: int
-    def __init__(self, model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., default_eos_token_ids: _Optional[_Iterable[int]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., version: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., max_sessions: _Optional[int] = ..., kv_budget_bytes: _Optional[int] = ..., kv_used_bytes: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_append_tokens: _Optional[int] = ..., max_generate_tokens: _Optional[int] = ..., sink_tokens: _Optional[int] = ..., window_tokens: _Optional[int] = ..., deterministic: _Optional[bool] = ..., forward_count: _Optional[int] = ..., max_sessions_per_forward: _Optional[int] = ..., mean_sessions_per_forward: _Optional[float] = ..., kv_bytes_per_token: _Optional[int] = ..., cache_invariant_inv1_violations: _Optional[int] = ..., cache_invariant_inv2_violations: _Optional[int] = ...) -> None: ...
+    speculative_mode: str
+    num_draft_tokens: int
+    draft_model_id: str
+    def __init__(self, model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., default_eos_token_ids: _Optional[_Iterable[int]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., version: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., max_sessions: _Optional[int] = ..., kv_budget_bytes: _Optional[int] = ..., kv_used_bytes: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_append_tokens: _Optional[int] = ..., max_generate_tokens: _Optional[int] = ..., sink_tokens: _Optional[int] = ..., window_tokens: _Optional[int] = ..., deterministic: _Optional[bool] = ..., forward_count: _Optional[int] = ..., max_sessions_per_forward: _Optional[int] = ..., mean_sessions_per_forward: _Optional[float] = ..., kv_bytes_per_token: _Optional[int] = ..., cache_invariant_inv1_violations: _Optional[int] = ..., cache_invariant_inv2_violations: _Optional[int] = ..., speculative_mode: _Optional[str] = ..., num_draft_tokens: _Optional[int] = ..., draft_model_id: _Optional[str] = ...) -> None: ...
