@@ -44,11 +44,13 @@ def runtime_config(engine: dict | None = None, limits: dict | None = None, serve
 
 
 async def start_server(loaded: LoadedModel, engine: dict | None = None, limits: dict | None = None,
-                       server: dict | None = None, speculative: dict | None = None) -> ServerHandle:
+                       server: dict | None = None, speculative: dict | None = None,
+                       draft: LoadedModel | None = None) -> ServerHandle:
+    """A runtime on `loaded`; `draft` (with speculative mode "draft") is its draft model as loaded."""
     config = runtime_config(engine, limits, server, speculative)
     server = RuntimeServer(config)
     address = await server.start()
-    runtime = Runtime(config, loaded, on_engine_death=lambda exc: None)
+    runtime = Runtime(config, loaded, on_engine_death=lambda exc: None, draft=draft)
     await server.attach(runtime)
     channel = grpc.aio.insecure_channel(address)
     return ServerHandle(server, runtime, channel, runtime_pb2_grpc.RuntimeServiceStub(channel))

@@ -140,3 +140,24 @@ def test_draft_slabs_are_part_of_the_lease(tiny):
     assert pool.used_bytes == kv.lease_bytes == kv.nbytes + kv.draft.nbytes
     pool.free(kv)
     assert pool.used_bytes == 0 and kv.draft.slab is None
+
+
+def test_a_draft_model_must_share_the_vocabulary(tiny, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kakeya.runtime.attention import ATTENTION_NAME
+    from kakeya.runtime.config import ModelConfig, SpeculativeConfig
+    from kakeya.runtime.draft_model import load_draft
+
+    loaded, _ = tiny
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=128)
+    for vocab in (loaded.vocab_size, 2 * loaded.vocab_size):
+        LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **common)).save_pretrained(tmp_path / str(vocab))
+    config = SpeculativeConfig(mode="draft", draft_model=str(tmp_path / str(loaded.vocab_size)))
+    draft = load_draft(config, ModelConfig(device="cpu"), loaded, ATTENTION_NAME)
+    assert draft.vocab_size == loaded.vocab_size and draft.num_layers == 1
+    wrong = SpeculativeConfig(mode="draft", draft_model=str(tmp_path / str(2 * loaded.vocab_size)))
+    with pytest.raises(FailedPrecondition, match="vocabulary"):
+        load_draft(wrong, ModelConfig(device="cpu"), loaded, ATTENTION_NAME)
+    assert load_draft(SpeculativeConfig(mode="ngram"), ModelConfig(), loaded, ATTENTION_NAME) is None
