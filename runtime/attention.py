@@ -8,6 +8,7 @@ so no transformers Cache object is involved and nothing is copied per step but t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ class StepLayout:
     groups: tuple[RowGroup, ...]
     num_rows: int  # including padding rows, which attend to nothing and write nothing
     deterministic: bool
+    cuda: Any = None  # CudaRows when the step runs on the CUDA kernels (cuda_forward.py)
 
 
 def kakeya_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -40,6 +42,8 @@ def kakeya_attention(module, query, key, value, attention_mask, scaling=None, dr
     if kakeya_layout is None:
         raise RuntimeError("the kakeya attention function needs a step layout")
     layer = module.layer_idx
+    if kakeya_layout.cuda is not None:
+        return _cuda_attention(kakeya_layout, layer, query, key, value, scaling), None
     out = query.new_zeros(1, query.shape[2], query.shape[1], query.shape[3])
     for group in kakeya_layout.groups:
         _write(group, layer, key, value)
@@ -101,6 +105,26 @@ def _attend_group(group: RowGroup, layer: int, query, out, scaling) -> None:
         query[:, :, rows], keys[None], values[None], attn_mask=mask[None, None], scale=scaling, enable_gqa=True
     )
     out[0, rows] = attended[0].transpose(0, 1)
+
+
+def _cuda_attention(layout: StepLayout, layer: int, query, key, value, scaling) -> torch.Tensor:
+    """Every row's K/V stored by one kernel; rows attend through the row kernel or, for long
+    prefill chunks, through SDPA over the session's slab."""
+    from .cuda_kernels import attend_rows, split_limit, store_rows  # needs triton: CUDA only
+
+    rows = layout.cuda
+    keys, values = key[0].transpose(0, 1), value[0].transpose(0, 1)
+    store_rows(keys, values, rows.meta, layer, key.dtype)
+    out = query.new_empty(1, query.shape[2], query.shape[1], query.shape[3])
+    if rows.kernel_rows.numel():
+        q = query[0].transpose(0, 1)
+        if q.stride(-1) != 1:
+            q = q.contiguous()
+        splits = split_limit(rows.kernel_rows.shape[0], key.shape[1], layout.deterministic)
+        attend_rows(q, out[0], rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], key.dtype, splits)
+    for group in rows.sdpa_groups:
+        _attend_group(group, layer, query, out, scaling)
+    return out
 
 
 AttentionInterface.register(ATTENTION_NAME, kakeya_attention)

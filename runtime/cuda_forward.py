@@ -16,6 +16,7 @@ Only the host copies of the inputs and of the sampled rows synchronise with the 
 from __future__ import annotations
 
 import bisect
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -145,6 +146,18 @@ class CudaForward:
             if chunk_keep:
                 kept.append(logits[torch.tensor(chunk_keep, device=self.device)].clone())
         return StepLogits(torch.cat(kept) if kept else torch.empty(0, device=self.device))
+
+    def warm_up(self, max_rows: int) -> None:
+        """Captures the graphs of every bucket up to max_rows (compiling the fused kernels on the way)."""
+        if not self.use_graphs:
+            return
+        started = time.monotonic()
+        if self.deterministic:
+            self._graph(self.det_rows)
+        else:
+            for rows in self.buckets[:bisect.bisect_left(self.buckets, max_rows) + 1]:
+                self._graph(rows)
+        log.info("cuda_warm_up", graphs=len(self._graphs), seconds=round(time.monotonic() - started, 1))
 
     def _graph(self, rows: int) -> _Graph:
         graph = self._graphs.get(rows)

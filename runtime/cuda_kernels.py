@@ -5,9 +5,10 @@ anywhere in memory, so the kernels take, per packed row, the slab's address, its
 storage index the row writes and how many keys the row sees. One launch per layer then serves
 every session of a step, instead of one attention call per session.
 
-Row attention splits a row's keys into at most MAX_SPLITS chunks whose size depends only on the
-row's own key count, and combines them in a fixed order: a row's result is then the same whatever
-else shares the launch, which is what the deterministic mode builds on.
+Row attention splits a row's keys into chunks (flash-decoding) and combines them in a fixed order.
+With a fixed split limit the chunking depends only on the row's own key count, so a row's result
+is the same whatever else shares the launch: the deterministic mode builds on that. Fast mode
+lets few rows use more splits, so one long session still keeps the whole GPU busy.
 
 Importing this module needs triton (shipped with the CUDA builds of torch); the CPU path never
 imports it.
@@ -19,9 +20,20 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_SPLITS = 16
+DETERMINISTIC_SPLITS = 16  # at most; how many a row uses depends on its key count alone
+MAX_SPLITS = 64
 MIN_SPLIT_KEYS = 256  # fewer keys than this per split would cost more in the combine than it saves
 BLOCK_N = 64
+TARGET_PROGRAMS = 512  # enough resident programs to keep an H100/H200's memory system busy
+
+
+def split_limit(num_rows: int, num_kv: int, deterministic: bool) -> int:
+    """Most splits a row may use. Fast mode spreads few rows over many programs (a long single
+    session); deterministic mode fixes the limit so the batch never changes a row's arithmetic."""
+    if deterministic:
+        return DETERMINISTIC_SPLITS
+    wanted = max(1, TARGET_PROGRAMS // max(1, num_rows * num_kv))
+    return min(MAX_SPLITS, 1 << (wanted.bit_length() - 1))
 
 _TL_DTYPE = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
@@ -122,18 +134,19 @@ def store_rows(key: torch.Tensor, value: torch.Tensor, meta: torch.Tensor, layer
 
 
 def attend_rows(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor,
-                layer: int, scale: float, num_kv: int, dtype: torch.dtype) -> None:
-    """query/out: [rows, heads, head_dim]; attends each listed row to its slab's first `keys` keys."""
+                layer: int, scale: float, num_kv: int, dtype: torch.dtype, splits: int) -> None:
+    """query/out: [rows, heads, head_dim]; attends each listed row to its slab's first `keys` keys,
+    in at most `splits` (a power of two) chunks."""
     num_rows = rows.shape[0]
     num_heads, head_dim = query.shape[1], query.shape[2]
     group = num_heads // num_kv
-    part_acc = torch.empty(num_rows * num_heads * MAX_SPLITS, head_dim, dtype=torch.float32, device=query.device)
-    part_ml = torch.empty(num_rows * num_heads * MAX_SPLITS, 2, dtype=torch.float32, device=query.device)
+    part_acc = torch.empty(num_rows * num_heads * splits, head_dim, dtype=torch.float32, device=query.device)
+    part_ml = torch.empty(num_rows * num_heads * splits, 2, dtype=torch.float32, device=query.device)
     precision = "ieee" if dtype == torch.float32 else "tf32"
-    _attend_kernel[(num_rows, num_kv, MAX_SPLITS)](
+    _attend_kernel[(num_rows, num_kv, splits)](
         query, query.stride(0), query.stride(1), rows, meta, meta.stride(0), layer, scale, part_acc, part_ml,
         NUM_KV=num_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK=BLOCK_N, SPLITS=MAX_SPLITS, MIN_SPLIT=MIN_SPLIT_KEYS, DTYPE=_TL_DTYPE[dtype], PRECISION=precision,
+        BLOCK=BLOCK_N, SPLITS=splits, MIN_SPLIT=MIN_SPLIT_KEYS, DTYPE=_TL_DTYPE[dtype], PRECISION=precision,
     )
     _combine_kernel[(num_rows, num_heads)](out, out.stride(0), out.stride(1), rows, part_acc, part_ml,
-                                          NUM_HEADS=num_heads, HEAD_DIM=head_dim, SPLITS=MAX_SPLITS)
+                                          NUM_HEADS=num_heads, HEAD_DIM=head_dim, SPLITS=splits)

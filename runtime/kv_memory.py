@@ -152,7 +152,16 @@ class KVPool:
         return target
 
     def reserve(self, kv: SessionKV, total_positions: int) -> None:
-        """Grows kv so that total_positions fit, or raises Overloaded without changing anything."""
+        """Grows kv so that total_positions fit, or raises Overloaded without changing anything.
+
+        A growing slab takes at least a quarter of its size more when the budget allows: each
+        growth copies the whole slab, and a long conversation growing one block per turn would
+        copy its history again every few turns; geometric steps make the copies O(1) per token.
+        """
+        if total_positions > kv.capacity:
+            roomy = max(total_positions, kv.capacity + kv.capacity // 4)
+            if self.used_bytes + self.bytes_needed(kv, roomy) <= self.budget_bytes:
+                total_positions = roomy
         extra = self.bytes_needed(kv, total_positions)
         if not extra:
             return

@@ -48,15 +48,16 @@ def model_thread() -> ThreadPoolExecutor:
 
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, deterministic: bool, executor: ThreadPoolExecutor | None = None,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, cuda_fusion: bool = True, bounded: bool = False) -> None:
         self.loaded = loaded
         self.deterministic = deterministic
         self.executor = executor or model_thread()
-        # On CUDA the forward runs on the row kernels (and graphs); elsewhere on the packed SDPA path.
+        # On CUDA the forward runs on the row kernels (and graphs); elsewhere, and in bounded mode
+        # (whose visible keys are not a prefix of the slab), on the packed SDPA path.
         self.cuda = None
-        if loaded.device.type == "cuda":
+        if loaded.device.type == "cuda" and not bounded:
             from .cuda_forward import CudaForward  # needs triton, which CPU builds of torch lack
-            self.cuda = CudaForward(loaded, deterministic, cuda_graphs)
+            self.cuda = CudaForward(loaded, deterministic, cuda_graphs, cuda_fusion)
         # Fault injection for tests only: while set to an unset Event, every step blocks on it;
         # a set fault_error is raised by the next step, as a failing device would.
         self.fault_gate: threading.Event | None = None
@@ -136,6 +137,11 @@ class ModelRunner:
                 kakeya_layout=layout,
             )
         return out.logits[0].float().cpu()
+
+    def warm_up(self, max_rows: int) -> None:
+        """Prepares the fast path for steps of up to max_rows rows (CUDA only; elsewhere nothing)."""
+        if self.cuda is not None:
+            self.cuda.warm_up(max_rows)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

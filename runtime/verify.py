@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from .sampler import Sampler
+from .step_logits import StepLogits, as_step_logits
 
 
 def accept(logits: torch.Tensor, draft: Sequence[int], sampler: Sampler,
@@ -26,7 +27,8 @@ def accept(logits: torch.Tensor, draft: Sequence[int], sampler: Sampler,
     if sampler.params.is_greedy:
         return accept_greedy(logits, draft)
     # The sampler and its generator work on the host; greedy above never copies whole rows.
-    target = torch.stack([sampler.probs(row) for row in logits.float().cpu()])
+    rows = logits.rows if isinstance(logits, StepLogits) else logits
+    target = torch.stack([sampler.probs(row) for row in rows.float().cpu()])
     return accept_sampled(target, draft, draft_probs, sampler.generator)
 
 
@@ -36,7 +38,9 @@ def accept_greedy(logits: torch.Tensor, draft: Sequence[int]) -> tuple[int, ...]
     logits may live on any device: only the argmax indices are copied. The result equals plain greedy decoding token for token whenever each row's logits equal
     those of a plain decode step (bitwise in deterministic mode).
     """
-    predicted = torch.argmax(logits, dim=-1).tolist()
+    # One argmax per step, shared by every session's rows (StepLogits), not a copy per session.
+    step = as_step_logits(logits)
+    predicted = [step.argmax(i) for i in range(len(draft) + 1)]
     accepted = 0
     while accepted < len(draft) and draft[accepted] == predicted[accepted]:
         accepted += 1

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
+import structlog
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
@@ -91,6 +93,8 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--check-sessions", type=int, default=4, help="sessions in the batched-vs-alone check")
     args = parser.parse_args()
+    # The JSON document owns stdout; the engine's log lines go to stderr.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
     reference = SHAPES[args.shape]().to(device=device, dtype=dtype).eval()
