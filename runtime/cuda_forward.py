@@ -28,8 +28,17 @@ from .step_logits import StepLogits
 
 log = structlog.get_logger(__name__)
 
-BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-SMALL_GROUP_ROWS = 8  # sessions feeding at most this many rows use the row kernel
+BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+# A session's rows attend through the row kernel when they are few (decode, draft verification)
+# or see few keys (a prompt chunk early in a conversation); a long chunk over a long history goes
+# to SDPA, which reads the shared keys once instead of once per row.
+SMALL_GROUP_ROWS = 8
+ROW_KERNEL_WORK = 256 * 1024  # rows x visible keys
+
+
+def kernel_eligible(group: RowGroup) -> bool:
+    rows = group.num_rows
+    return rows <= SMALL_GROUP_ROWS or rows * (group.first_position + rows) <= ROW_KERNEL_WORK
 NO_MASK = {"full_attention": None, "sliding_attention": None}
 
 
@@ -43,7 +52,11 @@ class CudaRows:
 
 
 class _Graph:
-    """One captured forward over `rows` rows; inputs are copied into its static buffers."""
+    """One captured forward over `rows` rows; inputs are copied into its static buffers.
+
+    Fast mode captures the decoder only (the lm_head runs on the kept rows after the replay, so a
+    1024-row bucket holds no [1024, vocab] buffer); deterministic mode captures the lm_head too,
+    because its GEMM must always see det_rows rows."""
 
     def __init__(self, owner: "CudaForward", rows: int, pool) -> None:
         device = owner.device
@@ -57,21 +70,21 @@ class _Graph:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):  # warm-up: lazy initialisation and autotuning stay out of the graph
-                owner.run_model(self.inputs[0:1], self.inputs[1:2], layout, None)
+                owner.run_captured(self.inputs[0:1], self.inputs[1:2], layout)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool):
-            self.logits = owner.run_model(self.inputs[0:1], self.inputs[1:2], layout, None)
+            self.output = owner.run_captured(self.inputs[0:1], self.inputs[1:2], layout)
 
     def replay(self, staged: torch.Tensor) -> torch.Tensor:
         self.inputs.copy_(staged, non_blocking=True)
         self.graph.replay()
-        return self.logits
+        return self.output
 
 
 class CudaForward:
     def __init__(self, loaded: LoadedModel, deterministic: bool, graphs: bool, fusion: bool = True,
-                 det_rows: int = 64, max_graph_rows: int = 256) -> None:
+                 det_rows: int = 64, max_graph_rows: int = 1024) -> None:
         self.loaded = loaded
         if fusion and not getattr(loaded.model, "kakeya_fused", False):
             from .cuda_fusion import fuse_pointwise
@@ -99,25 +112,35 @@ class CudaForward:
                                 logits_to_keep=0 if keep is None else keep, kakeya_layout=layout)
         return out.logits[0]
 
+    def run_captured(self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout) -> torch.Tensor:
+        """What a graph captures: all rows' logits (deterministic) or hidden states (fast)."""
+        if self.deterministic:
+            return self.run_model(ids, positions, layout, None)
+        out = self.loaded.model.model(input_ids=ids, position_ids=positions, attention_mask=NO_MASK,
+                                      use_cache=False, kakeya_layout=layout)
+        return out.last_hidden_state[0]
+
     def forward(self, ids: list[int], positions: list[int], groups: tuple[RowGroup, ...],
                 keep_rows: list[int]) -> StepLogits:
         meta = self._row_meta(groups, len(ids))
         with torch.inference_mode():
             if self.deterministic:
                 return self._deterministic(ids, positions, meta, keep_rows)
-            small = all(g.num_rows <= SMALL_GROUP_ROWS for g in groups)
-            if self.use_graphs and small and len(ids) <= self.buckets[-1] and keep_rows:
+            if self.use_graphs and len(ids) <= self.buckets[-1] and all(map(kernel_eligible, groups)):
                 rows = self.buckets[bisect.bisect_left(self.buckets, len(ids))]
-                logits = self._graph(rows).replay(self._stage(ids, positions, meta, rows))
+                hidden = self._graph(rows).replay(self._stage(ids, positions, meta, rows))
                 self._mark_copied()
-                return StepLogits(logits[torch.tensor(keep_rows, device=self.device)])
+                if not keep_rows:
+                    return StepLogits(torch.empty(0, device=self.device))
+                kept = hidden[torch.tensor(keep_rows, device=self.device)]
+                return StepLogits(self.loaded.model.lm_head(kept))
             return self._eager(ids, positions, meta, groups, keep_rows)
 
     def _eager(self, ids, positions, meta, groups, keep_rows) -> StepLogits:
         staged = self._stage(ids, positions, meta, len(ids)).to(self.device, non_blocking=True)
         self._mark_copied()
-        kernel_rows = [g.row_start + r for g in groups if g.num_rows <= SMALL_GROUP_ROWS for r in range(g.num_rows)]
-        sdpa = tuple(g for g in groups if g.num_rows > SMALL_GROUP_ROWS)
+        kernel_rows = [g.row_start + r for g in groups if kernel_eligible(g) for r in range(g.num_rows)]
+        sdpa = tuple(g for g in groups if not kernel_eligible(g))
         cuda = CudaRows(staged[2:], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa)
         layout = StepLayout(groups, len(ids), False, cuda)
         if not keep_rows:

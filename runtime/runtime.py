@@ -104,7 +104,7 @@ class Runtime:
         draft = executor.submit(load_draft, config.speculative, config.model, loaded, ATTENTION_NAME).result()
         runtime = cls(config, loaded, executor=executor, draft=draft, **kwargs)
         # CUDA: compile and capture the decode graphs now rather than inside the first requests.
-        executor.submit(runtime.runner.warm_up, config.limits.max_sessions).result()
+        executor.submit(runtime.runner.warm_up, config.engine.max_step_tokens).result()
         return runtime
 
     def start(self) -> None:
