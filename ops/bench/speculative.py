@@ -241,7 +241,8 @@ async def main() -> None:
     print(text)
     if args.save:
         device = loaded.device.type
-        name = f"speculative_{device}_{pathlib.Path(loaded.model_id).stem.split('.')[0].lower()}.json"
+        model = pathlib.Path(loaded.model_id).stem.split('.')[0].lower()
+        name = f"speculative_{device}_{model}_{args.sessions}sessions.json"
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / name).write_text(text + "\n")
 
