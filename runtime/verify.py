@@ -35,8 +35,9 @@ def accept(logits: torch.Tensor, draft: Sequence[int], sampler: Sampler,
 def accept_greedy(logits: torch.Tensor, draft: Sequence[int]) -> tuple[int, ...]:
     """Longest prefix of draft that matches the verifier's argmax, then the argmax after it.
 
-    logits may live on any device: only the argmax indices are copied. The result equals plain greedy decoding token for token whenever each row's logits equal
-    those of a plain decode step (bitwise in deterministic mode).
+    logits may live on any device: only the argmax indices are copied. The result equals plain
+    greedy decoding token for token whenever each row's logits equal those of a plain decode step
+    (bitwise in deterministic mode).
     """
     # One argmax per step, shared by every session's rows (StepLogits), not a copy per session.
     step = as_step_logits(logits)
