@@ -217,3 +217,16 @@ async def test_sampled_speculation_is_reproducible_with_a_seed(ngram_server, loa
     finally:
         if handle is not ngram_server:
             await asyncio.wait_for(handle.stop(), TIMEOUT_S)
+
+
+async def test_sdk_reports_the_mode_and_each_calls_draft_counts(ngram_server, prompts, plain):
+    from kakeya import Client
+
+    async with Client(ngram_server.server.address) as client:
+        runtime = await asyncio.wait_for(client.runtime_info(), TIMEOUT_S)
+        assert (runtime.speculative_mode, runtime.num_draft_tokens, runtime.draft_model_id) == ("ngram", 4, "")
+        async with client.session(initial_tokens=prompts[1]) as session:
+            stream = session.generate(32)
+            tokens = await asyncio.wait_for(stream.collect(), TIMEOUT_S)
+    assert tokens == plain[1][:32]
+    assert stream.draft_token_count >= stream.accepted_draft_token_count > 0
