@@ -34,7 +34,7 @@ class StepRecorder:
 
     def step(self, slices: list[Slice], running: list[Job], duration_s: float) -> None:
         stats, m = self.stats, self._metrics
-        rows = sum(s.stop - s.start for s in slices)
+        rows = sum(s.stop - s.start + s.num_draft for s in slices)  # verification rows count too
         stats.num_forwards += 1
         stats.max_sessions_per_forward = max(stats.max_sessions_per_forward, len(slices))
         stats.total_sessions += len(slices)
