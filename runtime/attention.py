@@ -123,8 +123,23 @@ def _cuda_attention(layout: StepLayout, layer: int, query, key, value, scaling) 
         splits = split_limit(rows.kernel_rows.shape[0], key.shape[1], layout.deterministic)
         attend_rows(q, out[0], rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], key.dtype, splits)
     for group in rows.sdpa_groups:
-        _attend_group(group, layer, query, out, scaling)
+        _attend_causal(group, layer, query, out, scaling)
     return out
+
+
+def _attend_causal(group: RowGroup, layer: int, query, out, scaling) -> None:
+    """A long chunk of one full-attention session on CUDA: bottom-right causal SDPA, which the
+    flash kernels take (a boolean mask, with grouped heads, falls back to the math kernel)."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    end = group.first_position + group.num_rows
+    rows = slice(group.row_start, group.row_start + group.num_rows)
+    repeat = query.shape[1] // group.kv.shape.num_kv_heads
+    keys = group.kv.slab[layer, 0, :, :end].repeat_interleave(repeat, 0)
+    values = group.kv.slab[layer, 1, :, :end].repeat_interleave(repeat, 0)
+    attended = F.scaled_dot_product_attention(query[:, :, rows], keys[None], values[None],
+                                              attn_mask=causal_lower_right(group.num_rows, end), scale=scaling)
+    out[0, rows] = attended[0].transpose(0, 1)
 
 
 AttentionInterface.register(ATTENTION_NAME, kakeya_attention)

@@ -51,6 +51,39 @@ class CudaRows:
     sdpa_groups: tuple[RowGroup, ...]  # sessions whose rows attend through SDPA
 
 
+def graph_plan(groups: tuple[RowGroup, ...]) -> list[list[int]]:
+    """Packed rows of the forwards that run a step on the row kernel, in order.
+
+    Usually one forward holding every row. A long chunk over a long history is cut into slices
+    small enough for the row kernel, one slice per forward, so a step never leaves the graphs:
+    rows of a later slice read the keys the earlier forwards stored.
+    """
+    rounds: list[list[int]] = []
+    for g in groups:
+        start = 0
+        for k, size in enumerate(_slice_sizes(g)):
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].extend(range(g.row_start + start, g.row_start + start + size))
+            start += size
+    return rounds
+
+
+def _slice_sizes(group: RowGroup) -> list[int]:
+    if kernel_eligible(group):
+        return [group.num_rows]
+    sizes, done = [], 0
+    while done < group.num_rows:
+        keys = group.first_position + done
+        size = SMALL_GROUP_ROWS
+        while size * 2 * (keys + size * 2) <= ROW_KERNEL_WORK:
+            size *= 2
+        size = min(size, group.num_rows - done)
+        sizes.append(size)
+        done += size
+    return sizes
+
+
 class _Graph:
     """One captured forward over `rows` rows; inputs are copied into its static buffers.
 
@@ -126,15 +159,35 @@ class CudaForward:
         with torch.inference_mode():
             if self.deterministic:
                 return self._deterministic(ids, positions, meta, keep_rows)
-            if self.use_graphs and len(ids) <= self.buckets[-1] and all(map(kernel_eligible, groups)):
-                rows = self.buckets[bisect.bisect_left(self.buckets, len(ids))]
-                hidden = self._graph(rows).replay(self._stage(ids, positions, meta, rows))
-                self._mark_copied()
-                if not keep_rows:
-                    return StepLogits(torch.empty(0, device=self.device))
-                kept = hidden[torch.tensor(keep_rows, device=self.device)]
-                return StepLogits(self.loaded.model.lm_head(kept))
+            plan = graph_plan(groups) if self.use_graphs else None
+            if plan is not None and all(len(rows) <= self.buckets[-1] for rows in plan):
+                return self._replay_plan(plan, ids, positions, meta, keep_rows)
             return self._eager(ids, positions, meta, groups, keep_rows)
+
+    def _replay_plan(self, plan: list[list[int]], ids, positions, meta, keep_rows) -> StepLogits:
+        """Replays one graph per forward of the plan, in order; keeps the hidden states of keep_rows."""
+        if len(plan) == 1 and len(plan[0]) == len(ids):
+            forwards = [(ids, positions, meta, keep_rows)]
+        else:
+            forwards = [([ids[r] for r in rows], [positions[r] for r in rows], [[m[r] for r in rows] for m in meta],
+                         [rows.index(r) for r in keep_rows if r in rows]) for rows in plan]
+        kept: list[torch.Tensor] = []
+        for sub_ids, sub_positions, sub_meta, sub_keep in forwards:
+            rows = self.buckets[bisect.bisect_left(self.buckets, len(sub_ids))]
+            hidden = self._graph(rows).replay(self._stage(sub_ids, sub_positions, sub_meta, rows))
+            self._mark_copied()
+            if sub_keep:
+                # Copied out: the next replay of the same bucket overwrites the graph's output.
+                kept.append(hidden[torch.tensor(sub_keep, device=self.device)].clone())
+        if not kept:
+            return StepLogits(torch.empty(0, device=self.device))
+        # Each session's sampled row is its last, which lies in the plan's last forward holding
+        # that session; reorder the kept rows back into keep_rows order.
+        order = [r for rows in plan for r in keep_rows if r in rows] if len(forwards) > 1 else keep_rows
+        hidden = torch.cat(kept)
+        if order != keep_rows:
+            hidden = hidden[torch.tensor([order.index(r) for r in keep_rows], device=self.device)]
+        return StepLogits(self.loaded.model.lm_head(hidden))
 
     def _eager(self, ids, positions, meta, groups, keep_rows) -> StepLogits:
         staged = self._stage(ids, positions, meta, len(ids)).to(self.device, non_blocking=True)

@@ -148,3 +148,20 @@ def test_fast_mode_matches_transformers_in_float32(graphs):
             expected = reference.generate(torch.tensor([p], device=CUDA), max_new_tokens=16, do_sample=False)
         assert stream == expected[0, len(p):].tolist()
     runner.shutdown()
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+def test_long_chunks_over_long_histories_match_transformers(graphs):
+    """Chunks too long for one row-kernel forward: sliced into several graph replays (graphs on)
+    or attended by causal SDPA (eager); both equal transformers in float32, decode included."""
+    loaded, reference = build(torch.float32)
+    runner = ModelRunner(loaded, deterministic=False, cuda_graphs=graphs)
+    prompts = [prompt(1200, seed=5), prompt(40, seed=6)]
+    streams = run_sessions(runner, pool_for(loaded), prompts, 12, split=lambda i: [900, 300] if i == 0 else [40])
+    reference.generation_config.eos_token_id = None
+    for p, stream in zip(prompts, streams):
+        with torch.no_grad():
+            expected = reference.generate(torch.tensor([p], device=CUDA), max_new_tokens=12, do_sample=False)
+        assert stream == expected[0, len(p):].tolist()
+    runner.shutdown()
+
