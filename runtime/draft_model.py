@@ -91,10 +91,15 @@ class Proposal:
 class DraftRunner:
     """Runs the draft model for every speculating session at once: one forward per draft position."""
 
-    def __init__(self, loaded: LoadedModel, deterministic: bool, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, loaded: LoadedModel, deterministic: bool, executor: ThreadPoolExecutor,
+                 **runner_options) -> None:
         self.loaded = loaded
-        # Called on the verifier's model thread (the executor is shared, never used on its own).
-        self._runner = ModelRunner(loaded, deterministic, executor)
+        # Called on the verifier's model thread (the executor is shared, never used on its own);
+        # runner_options are the verifier's (device fast path settings).
+        self._runner = ModelRunner(loaded, deterministic, executor, **runner_options)
+
+    def warm_up(self, max_rows: int) -> None:
+        self._runner.warm_up(max_rows)
 
     def propose(self, requests: list[DraftRequest]) -> list[Proposal]:
         """Feeds each request's tokens, then drafts one token per forward for those that propose.

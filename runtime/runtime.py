@@ -80,13 +80,14 @@ class Runtime:
             draft_shape = KVShape(d.num_layers, d.num_kv_heads, d.head_dim, d.dtype, d.device)
         self.pool = KVPool(shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
                            engine.window_tokens, engine.prefill_chunk_tokens, draft_shape)
-        self.runner = ModelRunner(loaded, self.deterministic, executor, cuda_graphs=engine.cuda_graphs,
-                                  cuda_fusion=engine.cuda_fusion, bounded=engine.is_bounded)
+        runner_options = dict(cuda_graphs=engine.cuda_graphs, cuda_fusion=engine.cuda_fusion,
+                              bounded=engine.is_bounded)
+        self.runner = ModelRunner(loaded, self.deterministic, executor, **runner_options)
         self.metrics = Metrics()
-        draft_runner = None
+        self.draft_runner = None
         if self.draft is not None:
-            draft_runner = DraftRunner(self.draft, self.deterministic, self.runner.executor)
-        speculator = Speculator(config.speculative, self.runner, draft_runner, self.metrics,
+            self.draft_runner = DraftRunner(self.draft, self.deterministic, self.runner.executor, **runner_options)
+        speculator = Speculator(config.speculative, self.runner, self.draft_runner, self.metrics,
                                 engine.prefill_chunk_tokens)
         self.scheduler = SchedulerActor(speculator, self.pool, self.metrics, engine.prefill_chunk_tokens,
                                         engine.max_step_tokens, engine.mailbox_size,
@@ -105,6 +106,8 @@ class Runtime:
         runtime = cls(config, loaded, executor=executor, draft=draft, **kwargs)
         # CUDA: compile and capture the decode graphs now rather than inside the first requests.
         executor.submit(runtime.runner.warm_up, config.engine.max_step_tokens).result()
+        if runtime.draft_runner is not None:
+            executor.submit(runtime.draft_runner.warm_up, config.engine.max_step_tokens).result()
         return runtime
 
     def start(self) -> None:

@@ -148,6 +148,11 @@ async def bench_mode(config: RuntimeConfig, loaded, draft, workloads: dict, new_
         server = RuntimeServer(config)
         address = await server.start()
         runtime = Runtime(config, loaded, executor=model_thread(), draft=draft)
+        # As Runtime.load does: on CUDA, capture the step graphs before anything is timed.
+        for runner in (runtime.runner, runtime.draft_runner):
+            if runner is not None:
+                await asyncio.get_running_loop().run_in_executor(runtime.runner.executor, runner.warm_up,
+                                                                 config.engine.max_step_tokens)
         await server.attach(runtime)
         try:
             async with grpc.aio.insecure_channel(address) as channel:
