@@ -57,8 +57,11 @@ def _begin(rpc: str, request) -> float:
     if isinstance(request, MalformedRequest):
         structlog.contextvars.bind_contextvars(request_id=secrets.token_hex(6), rpc=rpc, session_id=None)
         return time.monotonic()
-    structlog.contextvars.bind_contextvars(
-        request_id=secrets.token_hex(6), rpc=rpc, session_id=getattr(request, "session_id", None) or None)
+    session_id = getattr(request, "session_id", None) or None
+    if session_id is not None and len(session_id) > 64:
+        # Ids are 32 hex characters; a longer one is a client's mistake and must not bloat every line.
+        session_id = session_id[:32] + "..."
+    structlog.contextvars.bind_contextvars(request_id=secrets.token_hex(6), rpc=rpc, session_id=session_id)
     return time.monotonic()
 
 
