@@ -145,6 +145,15 @@ async def test_tls_serves_only_encrypted_clients(loaded_model, tmp_path):
             session_id = await create(stub)
             assert await append(stub, session_id, PROMPT) == len(PROMPT)
             await close(stub, session_id)
+        # The SDK: a trust root given as a path (bytes work too) opens a TLS channel.
+        from kakeya import Client, RuntimeUnavailableError
+
+        async with Client(f"localhost:{port}", root_certificates=cert, timeout_s=TIMEOUT_S) as client:
+            async with client.session(initial_tokens=PROMPT) as session:
+                assert len(await asyncio.wait_for(session.generate(3).collect(), TIMEOUT_S)) == 3
+        async with Client(f"localhost:{port}", timeout_s=5) as plaintext:
+            with pytest.raises(RuntimeUnavailableError):
+                await plaintext.create_session()
         # A plaintext client cannot talk to it.
         assert await status_of(create(handle.stub)) == grpc.StatusCode.UNAVAILABLE
     finally:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import AsyncIterator, Iterable
 
 from kakeya.proto.v1 import runtime_pb2 as pb
 
 from .session import Session, close_after
-from .transport import Transport, build_request
+from .transport import Transport, build_request, read_root_certificates
 from .types import RuntimeInfo
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -24,8 +25,11 @@ class Client:
     """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, api_key: str | None = None,
-                 timeout_s: float | None = DEFAULT_TIMEOUT_S) -> None:
-        self._transport = Transport(address, api_key, timeout_s)
+                 timeout_s: float | None = DEFAULT_TIMEOUT_S, tls: bool = False,
+                 root_certificates: bytes | str | os.PathLike | None = None) -> None:
+        """`tls=True` (or a `root_certificates` PEM, as bytes or a file path) opens a TLS channel;
+        without root_certificates the system's trust roots verify the server."""
+        self._transport = Transport(address, api_key, timeout_s, tls, read_root_certificates(root_certificates))
 
     @property
     def address(self) -> str:

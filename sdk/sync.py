@@ -6,6 +6,7 @@ Same surface as the async API without `await`; each call blocks until its RPC is
 from __future__ import annotations
 
 import contextlib
+import os
 import weakref
 from typing import AsyncIterator, Iterable, Iterator
 
@@ -21,8 +22,10 @@ class SyncClient:
     """`with SyncClient(address) as client:` — see Client for the arguments."""
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, api_key: str | None = None,
-                 timeout_s: float | None = DEFAULT_TIMEOUT_S) -> None:
-        self._client = Client(address, api_key=api_key, timeout_s=timeout_s)
+                 timeout_s: float | None = DEFAULT_TIMEOUT_S, tls: bool = False,
+                 root_certificates: bytes | str | os.PathLike | None = None) -> None:
+        self._client = Client(address, api_key=api_key, timeout_s=timeout_s, tls=tls,
+                              root_certificates=root_certificates)
         self._loop = LoopThread()
         # Stops the thread even if close() is never called (at garbage collection or exit).
         self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._client)

@@ -7,6 +7,7 @@ mapping of gRPC failures to SDK exceptions are applied in exactly one place.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import grpc
@@ -20,12 +21,24 @@ from .errors import ClientClosedError, InvalidArgumentError, error_from_rpc
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
+def read_root_certificates(source: bytes | str | os.PathLike | None) -> bytes | None:
+    """PEM bytes as given, or read from a path; None stays None (the system's roots)."""
+    if source is None or isinstance(source, bytes):
+        return source
+    with open(source, "rb") as file:
+        return file.read()
+
+
 class Transport:
-    def __init__(self, address: str, api_key: str | None, timeout_s: float | None) -> None:
+    def __init__(self, address: str, api_key: str | None, timeout_s: float | None, tls: bool = False,
+                 root_certificates: bytes | None = None) -> None:
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
         self.address = address
         self.timeout_s = timeout_s
+        # TLS when asked for, or implied by a trust root; None keeps grpc's default roots.
+        self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates)
+                             if tls or root_certificates is not None else None)
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {api_key}"),) if api_key else ())
         self._channel: grpc.aio.Channel | None = None
@@ -38,10 +51,12 @@ class Transport:
         if self._stub is None:
             # Created on first use, inside the event loop that will run the calls: a grpc.aio
             # channel binds to the loop current when it is made.
-            self._channel = grpc.aio.insecure_channel(self.address, options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ])
+            options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.address, options=options)
+            else:
+                self._channel = grpc.aio.secure_channel(self.address, self._credentials, options=options)
             self._stub = runtime_pb2_grpc.RuntimeServiceStub(self._channel)
         return self._stub
 
