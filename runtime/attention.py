@@ -43,7 +43,11 @@ def kakeya_attention(module, query, key, value, attention_mask, scaling=None, dr
         raise RuntimeError("the kakeya attention function needs a step layout")
     layer = module.layer_idx
     if kakeya_layout.cuda is not None:
-        return _cuda_attention(kakeya_layout, layer, query, key, value, scaling), None
+        from .cuda_attention import attend  # needs triton: CUDA only
+
+        out = attend(kakeya_layout, layer, query[0].transpose(0, 1), key[0].transpose(0, 1),
+                     value[0].transpose(0, 1), scaling)
+        return out[None], None
     out = query.new_zeros(1, query.shape[2], query.shape[1], query.shape[3])
     for group in kakeya_layout.groups:
         _write(group, layer, key, value)
@@ -104,41 +108,6 @@ def _attend_group(group: RowGroup, layer: int, query, out, scaling) -> None:
     attended = F.scaled_dot_product_attention(
         query[:, :, rows], keys[None], values[None], attn_mask=mask[None, None], scale=scaling, enable_gqa=True
     )
-    out[0, rows] = attended[0].transpose(0, 1)
-
-
-def _cuda_attention(layout: StepLayout, layer: int, query, key, value, scaling) -> torch.Tensor:
-    """Every row's K/V stored by one kernel; rows attend through the row kernel or, for long
-    prefill chunks, through SDPA over the session's slab."""
-    from .cuda_kernels import attend_rows, split_limit, store_rows  # needs triton: CUDA only
-
-    rows = layout.cuda
-    keys, values = key[0].transpose(0, 1), value[0].transpose(0, 1)
-    store_rows(keys, values, rows.meta, layer, key.dtype)
-    out = query.new_empty(1, query.shape[2], query.shape[1], query.shape[3])
-    if rows.kernel_rows.numel():
-        q = query[0].transpose(0, 1)
-        if q.stride(-1) != 1:
-            q = q.contiguous()
-        splits = split_limit(rows.kernel_rows.shape[0], key.shape[1], layout.deterministic)
-        attend_rows(q, out[0], rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], key.dtype, splits)
-    for group in rows.sdpa_groups:
-        _attend_causal(group, layer, query, out, scaling)
-    return out
-
-
-def _attend_causal(group: RowGroup, layer: int, query, out, scaling) -> None:
-    """A long chunk of one full-attention session on CUDA: bottom-right causal SDPA, which the
-    flash kernels take (a boolean mask, with grouped heads, falls back to the math kernel)."""
-    from torch.nn.attention.bias import causal_lower_right
-
-    end = group.first_position + group.num_rows
-    rows = slice(group.row_start, group.row_start + group.num_rows)
-    repeat = query.shape[1] // group.kv.shape.num_kv_heads
-    keys = group.kv.slab[layer, 0, :, :end].repeat_interleave(repeat, 0)
-    values = group.kv.slab[layer, 1, :, :end].repeat_interleave(repeat, 0)
-    attended = F.scaled_dot_product_attention(query[:, :, rows], keys[None], values[None],
-                                              attn_mask=causal_lower_right(group.num_rows, end), scale=scaling)
     out[0, rows] = attended[0].transpose(0, 1)
 
 

@@ -1,0 +1,43 @@
+"""Attention of one layer of a CUDA step: every row's K/V stored by one kernel, then rows attend
+through the row kernel or, for long prefill chunks, through SDPA over the session's slab.
+
+Both the transformers attention hook (attention.py) and the fused decoder (cuda_decoder.py) call
+`attend` with row-major views: query [rows, heads, head_dim], key/value [rows, kv_heads, head_dim].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+from .attention import RowGroup, StepLayout
+from .cuda_kernels import attend_rows, split_limit, store_rows
+
+
+def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+           scaling: float) -> torch.Tensor:
+    """Returns [rows, heads, head_dim] (contiguous) attention outputs of every row."""
+    rows = layout.cuda
+    store_rows(key, value, rows.meta, layer, key.dtype)
+    out = query.new_empty(query.shape)
+    if rows.kernel_rows.numel():
+        q = query if query.stride(-1) == 1 else query.contiguous()
+        splits = split_limit(rows.kernel_rows.shape[0], key.shape[1], layout.deterministic)
+        attend_rows(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], key.dtype, splits)
+    for group in rows.sdpa_groups:
+        _attend_causal(group, layer, query, out, scaling)
+    return out
+
+
+def _attend_causal(group: RowGroup, layer: int, query, out, scaling) -> None:
+    """A long chunk of one full-attention session: bottom-right causal SDPA, which the flash
+    kernels take (a boolean mask, with grouped heads, falls back to the math kernel)."""
+    end = group.first_position + group.num_rows
+    rows = slice(group.row_start, group.row_start + group.num_rows)
+    repeat = query.shape[1] // group.kv.shape.num_kv_heads
+    keys = group.kv.slab[layer, 0, :, :end].repeat_interleave(repeat, 0)
+    values = group.kv.slab[layer, 1, :, :end].repeat_interleave(repeat, 0)
+    attended = F.scaled_dot_product_attention(query[rows].transpose(0, 1)[None], keys[None], values[None],
+                                              attn_mask=causal_lower_right(group.num_rows, end), scale=scaling)
+    out[rows] = attended[0].transpose(0, 1)
