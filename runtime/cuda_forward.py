@@ -23,6 +23,7 @@ import structlog
 import torch
 
 from .attention import RowGroup, StepLayout
+from .cuda_decoder import FusedDecoder
 from .model_loader import LoadedModel
 from .step_logits import StepLogits
 
@@ -124,6 +125,8 @@ class CudaForward:
 
             fuse_pointwise(loaded.model)
             loaded.model.kakeya_fused = True
+        # Llama-family models run on the fused decoder; others on transformers' modules.
+        self.decoder = FusedDecoder.build(loaded.model) if fusion else None
         self.device = loaded.device
         self.deterministic = deterministic
         self.use_graphs = graphs
@@ -141,6 +144,9 @@ class CudaForward:
     def run_model(self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout,
                   keep: torch.Tensor | None) -> torch.Tensor:
         """The model on [1, rows] inputs; logits of `keep` rows (None: all rows)."""
+        if self.decoder is not None:
+            hidden = self.decoder(ids[0], positions[0], layout)
+            return self.loaded.model.lm_head(hidden if keep is None else hidden[keep])
         out = self.loaded.model(input_ids=ids, position_ids=positions, attention_mask=NO_MASK, use_cache=False,
                                 logits_to_keep=0 if keep is None else keep, kakeya_layout=layout)
         return out.logits[0]
@@ -149,6 +155,12 @@ class CudaForward:
         """What a graph captures: all rows' logits (deterministic) or hidden states (fast)."""
         if self.deterministic:
             return self.run_model(ids, positions, layout, None)
+        return self.hidden(ids, positions, layout)
+
+    def hidden(self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout) -> torch.Tensor:
+        """[rows, hidden] final hidden states of [1, rows] inputs."""
+        if self.decoder is not None:
+            return self.decoder(ids[0], positions[0], layout)
         out = self.loaded.model.model(input_ids=ids, position_ids=positions, attention_mask=NO_MASK,
                                       use_cache=False, kakeya_layout=layout)
         return out.last_hidden_state[0]
@@ -197,8 +209,7 @@ class CudaForward:
         cuda = CudaRows(staged[2:], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa)
         layout = StepLayout(groups, len(ids), False, cuda)
         if not keep_rows:
-            self.loaded.model.model(input_ids=staged[0:1], position_ids=staged[1:2], attention_mask=NO_MASK,
-                                    use_cache=False, kakeya_layout=layout)
+            self.hidden(staged[0:1], staged[1:2], layout)
             return StepLogits(torch.empty(0, device=self.device))
         keep = torch.tensor(keep_rows, device=self.device)
         return StepLogits(self.run_model(staged[0:1], staged[1:2], layout, keep))

@@ -9,78 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
-import kakeya.runtime.attention  # noqa: F401  (registers the "kakeya" attention function)
-from kakeya.runtime.kv_memory import KVPool, KVShape
-from kakeya.runtime.model_loader import describe
-from kakeya.runtime.model_runner import ModelRunner, WorkItem
-from kakeya.runtime.sampler import Sampler, SamplingParams
+from cuda_models import CUDA, build, pool_for, prompt, run_sessions
+from kakeya.runtime.model_runner import ModelRunner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="the CUDA path needs a CUDA device (run on the GPU machine)")
-CUDA = torch.device("cuda")
-VOCAB = 512
-
-
-def build(dtype: torch.dtype, layers: int = 4):
-    """(engine model on the kakeya attention, identical sdpa reference), both on the GPU."""
-    torch.manual_seed(0)
-    config = lambda: Qwen3Config(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=layers,
-                         num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=8192)
-    reference = Qwen3ForCausalLM(config()).to(CUDA, dtype).eval()
-    reference.set_attn_implementation("sdpa")
-    engine = Qwen3ForCausalLM(config()).to(CUDA, dtype).eval()
-    engine.load_state_dict(reference.state_dict())
-    engine.set_attn_implementation("kakeya")
-    return describe(engine, model_id="tiny-cuda", device=CUDA, dtype=dtype), reference
-
-
-def pool_for(loaded) -> KVPool:
-    shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, loaded.dtype, loaded.device)
-    return KVPool(shape, 1 << 32, 64, 0, 0, 256)
-
-
-def prompt(length: int, seed: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, VOCAB, (length,), generator=g).tolist()
-
-
-def last_token(emitted) -> int:
-    return emitted[-1] if isinstance(emitted, tuple) else emitted
-
-
-def run_sessions(runner: ModelRunner, pool: KVPool, prompts, count: int, split=None) -> list[list[int]]:
-    """Greedy streams of `count` tokens for sessions prefilled and decoded together, step by step.
-
-    split(i) gives the chunk sizes session i's prompt is appended in (default: one piece)."""
-    kvs = [pool.allocate() for _ in prompts]
-    for kv, p in zip(kvs, prompts):
-        pool.reserve(kv, len(p) + count)
-    chunks = [list(split(i)) if split else [len(p)] for i, p in enumerate(prompts)]
-    offsets = [0] * len(prompts)
-    streams: list[list[int]] = [[] for _ in prompts]
-    while any(len(s) < count for s in streams):
-        items, owners = [], []
-        for i, p in enumerate(prompts):
-            if chunks[i]:
-                size = chunks[i].pop(0)
-                last = not chunks[i]
-                items.append(WorkItem(kvs[i], tuple(p[offsets[i]:offsets[i] + size]),
-                                      Sampler(SamplingParams()) if last else None))
-                offsets[i] += size
-                owners.append((i, last))
-            elif len(streams[i]) < count:
-                items.append(WorkItem(kvs[i], (streams[i][-1],), Sampler(SamplingParams())))
-                owners.append((i, True))
-        for (i, samples), emitted in zip(owners, runner.step(items)):
-            if samples:
-                streams[i].append(last_token(emitted))
-    for kv in kvs:
-        pool.free(kv)
-    return streams
-
-
 @pytest.mark.parametrize("splits", [1, 16, 64])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_row_kernel_matches_sdpa(dtype, splits):
@@ -165,3 +99,24 @@ def test_long_chunks_over_long_histories_match_transformers(graphs):
         assert stream == expected[0, len(p):].tolist()
     runner.shutdown()
 
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_fused_decoder_matches_transformers_in_float32(arch):
+    """Both layer forms the fused decoder knows (Q/K norms; attention biases) equal transformers,
+    and the fused weights replace the per-projection ones instead of doubling them."""
+    loaded, reference = build(torch.float32, arch=arch)
+    runner = ModelRunner(loaded, deterministic=False)
+    assert runner.cuda.decoder is not None
+    attn = loaded.model.model.layers[1].self_attn
+    fused = loaded.model.model.layers[1].kakeya_fused
+    assert attn.q_proj.weight.data_ptr() == fused.qkv.data_ptr()
+    assert attn.v_proj.weight.data_ptr() + attn.v_proj.weight.numel() * 4 == fused.qkv.data_ptr() + fused.qkv.numel() * 4
+    prompts = [prompt(n, seed=n) for n in (3, 50, 200)]
+    streams = run_sessions(runner, pool_for(loaded), prompts, 16)
+    reference.generation_config.eos_token_id = None
+    for p, stream in zip(prompts, streams):
+        with torch.no_grad():
+            expected = reference.generate(torch.tensor([p], device=CUDA), max_new_tokens=16, do_sample=False)
+        assert stream == expected[0, len(p):].tolist()
+    runner.shutdown()
