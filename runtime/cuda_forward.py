@@ -40,6 +40,7 @@ ROW_KERNEL_WORK = 256 * 1024  # rows x visible keys
 def kernel_eligible(group: RowGroup) -> bool:
     rows = group.num_rows
     return rows <= SMALL_GROUP_ROWS or rows * (group.first_position + rows) <= ROW_KERNEL_WORK
+STAGED_ROWS = 7  # ids, positions, slab address, capacity, storage index, visible keys, kept rows
 NO_MASK = {"full_attention": None, "sliding_attention": None}
 
 
@@ -95,9 +96,11 @@ class _Graph:
     def __init__(self, owner: "CudaForward", rows: int, pool) -> None:
         device = owner.device
         self.rows = rows
-        self.inputs = torch.zeros(6, rows, dtype=torch.int64, device=device)  # ids, positions, meta
-        self.inputs[2:] = owner.scratch_meta[:, None]
-        cuda = CudaRows(self.inputs[2:], torch.arange(rows, device=device), ())
+        # ids, positions, 4 rows of meta, and the kept rows' indices (read after the replay).
+        self.inputs = torch.zeros(STAGED_ROWS, rows, dtype=torch.int64, device=device)
+        self.inputs[2:6] = owner.scratch_meta[:, None]
+        self.keep = self.inputs[6]
+        cuda = CudaRows(self.inputs[2:6], torch.arange(rows, device=device), ())
         # Kept: the graph reads these tensors' memory on every replay.
         self.layout = layout = StepLayout((), rows, owner.deterministic, cuda)
         side = torch.cuda.Stream(device)
@@ -138,7 +141,7 @@ class CudaForward:
         self._scratch_row = [self.scratch.data_ptr(), 1, 0, 1]
         self._graphs: dict[int, _Graph] = {}
         self._pool = torch.cuda.graph_pool_handle() if graphs else None
-        self._staging = torch.zeros(6, 0, dtype=torch.int64)
+        self._staging = torch.zeros(STAGED_ROWS, 0, dtype=torch.int64)
         self._staged_copied: torch.cuda.Event | None = None
 
     def run_model(self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout,
@@ -185,12 +188,12 @@ class CudaForward:
                          [rows.index(r) for r in keep_rows if r in rows]) for rows in plan]
         kept: list[torch.Tensor] = []
         for sub_ids, sub_positions, sub_meta, sub_keep in forwards:
-            rows = self.buckets[bisect.bisect_left(self.buckets, len(sub_ids))]
-            hidden = self._graph(rows).replay(self._stage(sub_ids, sub_positions, sub_meta, rows))
+            graph = self._graph(self.buckets[bisect.bisect_left(self.buckets, len(sub_ids))])
+            hidden = graph.replay(self._stage(sub_ids, sub_positions, sub_meta, graph.rows, sub_keep))
             self._mark_copied()
             if sub_keep:
                 # Copied out: the next replay of the same bucket overwrites the graph's output.
-                kept.append(hidden[torch.tensor(sub_keep, device=self.device)].clone())
+                kept.append(hidden[graph.keep[:len(sub_keep)]].clone())
         if not kept:
             return StepLogits(torch.empty(0, device=self.device))
         # Each session's sampled row is its last, which lies in the plan's last forward holding
@@ -202,17 +205,16 @@ class CudaForward:
         return StepLogits(self.loaded.model.lm_head(hidden))
 
     def _eager(self, ids, positions, meta, groups, keep_rows) -> StepLogits:
-        staged = self._stage(ids, positions, meta, len(ids)).to(self.device, non_blocking=True)
+        staged = self._stage(ids, positions, meta, len(ids), keep_rows).to(self.device, non_blocking=True)
         self._mark_copied()
         kernel_rows = [g.row_start + r for g in groups if kernel_eligible(g) for r in range(g.num_rows)]
         sdpa = tuple(g for g in groups if not kernel_eligible(g))
-        cuda = CudaRows(staged[2:], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa)
+        cuda = CudaRows(staged[2:6], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa)
         layout = StepLayout(groups, len(ids), False, cuda)
         if not keep_rows:
             self.hidden(staged[0:1], staged[1:2], layout)
             return StepLogits(torch.empty(0, device=self.device))
-        keep = torch.tensor(keep_rows, device=self.device)
-        return StepLogits(self.run_model(staged[0:1], staged[1:2], layout, keep))
+        return StepLogits(self.run_model(staged[0:1], staged[1:2], layout, staged[6, :len(keep_rows)]))
 
     def _deterministic(self, ids, positions, meta, keep_rows) -> StepLogits:
         """Forwards of exactly det_rows rows each, in order: later rows see the keys earlier ones wrote."""
@@ -220,18 +222,21 @@ class CudaForward:
         kept: list[torch.Tensor] = []
         padded = -(-len(ids) // n) * n
         all_staged = self._stage(ids, positions, meta, padded)
-        for lo in range(0, len(ids), n):
-            chunk_keep = [r - lo for r in keep_rows if lo <= r < lo + n]
+        chunk_keeps = [[r - lo for r in keep_rows if lo <= r < lo + n] for lo in range(0, len(ids), n)]
+        for lo, chunk_keep in zip(range(0, len(ids), n), chunk_keeps):
+            all_staged[6, lo:lo + len(chunk_keep)] = torch.tensor(chunk_keep, dtype=torch.int64)
+        for lo, chunk_keep in zip(range(0, len(ids), n), chunk_keeps):
             staged = all_staged[:, lo:lo + n]
             if self.use_graphs:
                 logits = self._graph(n).replay(staged)
             else:
-                cuda = CudaRows(staged[2:].to(self.device), torch.arange(n, device=self.device), ())
-                inputs = staged[:2].to(self.device)
+                inputs = staged.to(self.device)
+                cuda = CudaRows(inputs[2:6], torch.arange(n, device=self.device), ())
                 logits = self.run_model(inputs[0:1], inputs[1:2], StepLayout((), n, True, cuda), None)
             self._mark_copied()
             if chunk_keep:
-                kept.append(logits[torch.tensor(chunk_keep, device=self.device)].clone())
+                index = self._graph(n).keep if self.use_graphs else inputs[6]
+                kept.append(logits[index[:len(chunk_keep)]].clone())
         return StepLogits(torch.cat(kept) if kept else torch.empty(0, device=self.device))
 
     def warm_up(self, max_rows: int) -> None:
@@ -265,21 +270,25 @@ class CudaForward:
                 meta[0][r], meta[1][r], meta[2][r], meta[3][r] = address, capacity, index, index + 1
         return meta
 
-    def _stage(self, ids, positions, meta, rows: int) -> torch.Tensor:
-        """Pinned [6, rows] inputs; rows past the real ones are padding on the scratch slab."""
+    def _stage(self, ids, positions, meta, rows: int, keep=()) -> torch.Tensor:
+        """Pinned [STAGED_ROWS, rows] inputs; rows past the real ones are padding on the scratch slab.
+        The kept rows' indices travel in the same copy: indexing with a tensor built from a list
+        would copy from pageable memory, which waits for the whole replay."""
         n = len(ids)
         if self._staged_copied is not None:
             # The previous step's copy out of this pinned buffer must be done before it is reused.
             self._staged_copied.synchronize()
         if self._staging.shape[1] < rows:
-            self._staging = torch.zeros(6, max(rows, 1024), dtype=torch.int64).pin_memory()
+            self._staging = torch.zeros(STAGED_ROWS, max(rows, 1024), dtype=torch.int64).pin_memory()
         staging = self._staging[:, :rows]
         staging[0, :n] = torch.tensor(ids, dtype=torch.int64)
         staging[1, :n] = torch.tensor(positions, dtype=torch.int64)
-        staging[2:, :n] = torch.tensor(meta, dtype=torch.int64)
+        staging[2:6, :n] = torch.tensor(meta, dtype=torch.int64)
+        if keep:
+            staging[6, :len(keep)] = torch.tensor(keep, dtype=torch.int64)
         if rows > n:
             staging[0:2, n:] = 0
-            staging[2:, n:] = torch.tensor(self._scratch_row, dtype=torch.int64)[:, None]
+            staging[2:6, n:] = torch.tensor(self._scratch_row, dtype=torch.int64)[:, None]
         return staging
 
     def _mark_copied(self) -> None:
