@@ -134,9 +134,11 @@ def store_rows(key: torch.Tensor, value: torch.Tensor, meta: torch.Tensor, layer
 
 
 def attend_rows(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor,
-                layer: int, scale: float, num_kv: int, dtype: torch.dtype, splits: int) -> None:
+                layer: int, scale: float, num_kv: int, dtype: torch.dtype, splits: int,
+                block: int = BLOCK_N, num_warps: int = 4, num_stages: int = 3) -> None:
     """query/out: [rows, heads, head_dim]; attends each listed row to its slab's first `keys` keys,
-    in at most `splits` (a power of two) chunks."""
+    in at most `splits` (a power of two) chunks. block/num_warps/num_stages: launch settings
+    (ops/bench/attention_kernel.py compares them; block changes the reduction order)."""
     num_rows = rows.shape[0]
     num_heads, head_dim = query.shape[1], query.shape[2]
     group = num_heads // num_kv
@@ -146,7 +148,8 @@ def attend_rows(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta
     _attend_kernel[(num_rows, num_kv, splits)](
         query, query.stride(0), query.stride(1), rows, meta, meta.stride(0), layer, scale, part_acc, part_ml,
         NUM_KV=num_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK=BLOCK_N, SPLITS=splits, MIN_SPLIT=MIN_SPLIT_KEYS, DTYPE=_TL_DTYPE[dtype], PRECISION=precision,
+        BLOCK=block, SPLITS=splits, MIN_SPLIT=MIN_SPLIT_KEYS, DTYPE=_TL_DTYPE[dtype], PRECISION=precision,
+        num_warps=num_warps, num_stages=num_stages,
     )
     _combine_kernel[(num_rows, num_heads)](out, out.stride(0), out.stride(1), rows, part_acc, part_ml,
                                           NUM_HEADS=num_heads, HEAD_DIM=head_dim, SPLITS=splits)
