@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bitwise-stable streams whatever the append pattern or batch (default on CPU)")
     det.add_argument("--no-deterministic", dest="deterministic", action="store_false")
     for name, what in (("cuda-graphs", "replay decode steps as CUDA graphs"),
-                       ("cuda-fusion", "compile the pointwise work around the GEMMs (RMSNorm, SwiGLU, RoPE)")):
+                       ("cuda-fusion", "fused decoder layers (QKV and gate/up GEMMs, norms fused with adds and RoPE)")):
         env = env_default(name)
         serve.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false",
                            default=env is None or env.lower() in ("1", "true", "yes", "on"),

@@ -35,7 +35,7 @@ class EngineConfig:
     max_step_tokens: int = 1024
     deterministic: bool | None = None  # None: on for CPU, off elsewhere
     cuda_graphs: bool = True  # CUDA: replay decode steps as captured graphs
-    cuda_fusion: bool = True  # CUDA: compiled pointwise kernels around the GEMMs
+    cuda_fusion: bool = True  # CUDA: fused decoder layers (runtime/cuda_decoder.py), compiled pointwise kernels
     sink_tokens: int = 0
     window_tokens: int = 0
     mailbox_size: int = 1024
