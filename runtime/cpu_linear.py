@@ -1,10 +1,11 @@
 """CPU linear layers on oneDNN with each weight reordered once, when the model runner is built.
 
-Two reasons. Speed: plain `F.linear` (MKL) repacks the weight on every call, which at the few
-rows of a decode step costs as much as the product itself (an 8-row step ran its GEMMs about 15%
-faster prepacked, its lm_head about 2x). Determinism: with a prepacked weight, a row's result does
-not depend on how many rows share the call once there are at least MIN_INVARIANT_ROWS of them;
-MKL's results change between 8 and 16 rows on some CPUs. Tested in unit/test_cpu_linear.py.
+Two reasons. Speed: plain `F.linear` (MKL) repacks the weight on every call, which at a few rows
+costs about as much as the product (measured alone: SmolLM2's GEMMs at 8 rows 1.2-2x faster
+prepacked, its lm_head 2x; a whole 8-row step gains less, its attention and norms unchanged).
+Determinism: with a prepacked weight, a row's result does not depend on how many rows share the
+call once there are at least MIN_INVARIANT_ROWS of them; MKL's results change between 8 and 16
+rows on some CPUs. Tested in unit/test_cpu_linear.py.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class PrepackedLinear(torch.nn.Linear):
     packed: _PackedWeight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is None:
+        # One row (fast mode's lone decode row; deterministic steps never have one): MKL's gemv
+        # is faster than oneDNN there (46 vs 61 ms a SmolLM2 step).
+        if self.packed is None or x.numel() == x.shape[-1]:
             return super().forward(x)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed.tensor, self.bias, "none", [], "")

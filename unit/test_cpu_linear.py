@@ -49,6 +49,14 @@ def test_values_match_nn_linear_with_bias():
         torch.testing.assert_close(packed(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
+def test_a_single_row_runs_the_stock_linear():
+    model = torch.nn.Sequential(_linear(96, 64))
+    assert prepack_linears(model)
+    x = torch.randn(1, 1, 64)
+    with torch.inference_mode():
+        assert torch.equal(model(x), torch.nn.functional.linear(x, model[0].weight))
+
+
 def test_prepacking_twice_keeps_the_first_packed_weight():
     model = torch.nn.Sequential(_linear(8, 8))
     assert prepack_linears(model)
