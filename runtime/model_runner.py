@@ -14,15 +14,13 @@ import torch
 
 from .attention import RowGroup, StepLayout
 from .cpu_attention import plan_group
-from .cpu_linear import MIN_INVARIANT_ROWS, prepack_linears
 from .kv_memory import SessionKV
 from .model_loader import LoadedModel
 from .sampler import Sampler
 from .verify import accept
 
-# Without prepacked linears, GEMMs and the lm_head see a multiple of this many rows in
-# deterministic mode: on the MKL kernels first measured, a row's result was bitwise stable once
-# M >= 8 (BATCHING.md §3). Prepacked oneDNN linears need only MIN_INVARIANT_ROWS (cpu_linear.py).
+# GEMMs and the lm_head see a multiple of this many rows in deterministic mode: on the CPU
+# kernels we measured, a row's result is bitwise stable once M >= 8 (BATCHING.md §3).
 DETERMINISTIC_ROW_MULTIPLE = 8
 
 
@@ -62,9 +60,6 @@ class ModelRunner:
         if loaded.device.type == "cuda" and not bounded:
             from .cuda_forward import CudaForward  # needs triton, which CPU builds of torch lack
             self.cuda = CudaForward(loaded, deterministic, cuda_graphs, cuda_fusion)
-        # On the CPU, linears run on weights prepacked once (faster small-row GEMMs, and row results
-        # that do not depend on the row count, so deterministic steps need far less padding).
-        self.prepacked = self.cuda is None and prepack_linears(loaded.model)
         # Fault injection for tests only: while set to an unset Event, every step blocks on it;
         # a set fault_error is raised by the next step, as a failing device would.
         self.fault_gate: threading.Event | None = None
@@ -112,11 +107,11 @@ class ModelRunner:
                 keep_rows.extend(range(len(ids) - len(item.draft) - 1, len(ids)))
         num_real = len(ids)
         if self.deterministic and self.cuda is None:
-            pad = self._pad(num_real)
+            pad = -num_real % DETERMINISTIC_ROW_MULTIPLE
             ids.extend([0] * pad)
             positions.extend([0] * pad)
             if keep_rows:
-                keep_rows.extend([keep_rows[-1]] * self._pad(len(keep_rows)))
+                keep_rows.extend([keep_rows[-1]] * (-len(keep_rows) % DETERMINISTIC_ROW_MULTIPLE))
         layout = StepLayout(tuple(groups), len(ids), self.deterministic)
         if self.deterministic and self.cuda is None:
             # Full-attention groups attend in bucketed calls; a bounded group row by row.
@@ -128,12 +123,6 @@ class ModelRunner:
         for group in groups:
             group.kv.num_positions = group.first_position + group.num_rows
         return logits
-
-    def _pad(self, num_rows: int) -> int:
-        """Padding rows that give a deterministic step's GEMMs a row count whose results are stable."""
-        if self.prepacked:
-            return max(0, MIN_INVARIANT_ROWS - num_rows)
-        return -num_rows % DETERMINISTIC_ROW_MULTIPLE
 
     def _forward(self, ids, positions, layout: StepLayout, keep_rows: list[int]) -> torch.Tensor:
         if self.cuda is not None:
