@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from . import cpu_attention
 from .kv_memory import SessionKV
 
 ATTENTION_NAME = "kakeya"
@@ -35,6 +36,9 @@ class StepLayout:
     num_rows: int  # including padding rows, which attend to nothing and write nothing
     deterministic: bool
     cuda: Any = None  # CudaRows when the step runs on the CUDA kernels (cuda_forward.py)
+    # Deterministic CPU steps: per group, its bucketed calls (cpu_attention.py), or None for a
+    # bounded-mode group, which attends row by row.
+    cpu_plans: tuple[cpu_attention.GroupPlan | None, ...] | None = None
 
 
 def kakeya_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -49,9 +53,12 @@ def kakeya_attention(module, query, key, value, attention_mask, scaling=None, dr
                      value[0].transpose(0, 1), scaling)
         return out[None], None
     out = query.new_zeros(1, query.shape[2], query.shape[1], query.shape[3])
-    for group in kakeya_layout.groups:
+    plans = kakeya_layout.cpu_plans or (None,) * len(kakeya_layout.groups)
+    for group, plan in zip(kakeya_layout.groups, plans):
         _write(group, layer, key, value)
-        if kakeya_layout.deterministic or group.num_rows == 1:
+        if plan is not None:
+            cpu_attention.attend(plan, group.kv.slab, layer, query, out, scaling)
+        elif kakeya_layout.deterministic or group.num_rows == 1:
             for row in range(group.num_rows):
                 _attend_row(group, layer, row, query, out, scaling)
         else:

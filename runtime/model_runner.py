@@ -5,6 +5,7 @@ Only this module touches the device. It is called on one dedicated thread and ho
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import RowGroup, StepLayout
+from .cpu_attention import plan_group
 from .kv_memory import SessionKV
 from .model_loader import LoadedModel
 from .sampler import Sampler
@@ -110,7 +112,14 @@ class ModelRunner:
             positions.extend([0] * pad)
             if keep_rows:
                 keep_rows.extend([keep_rows[-1]] * (-len(keep_rows) % DETERMINISTIC_ROW_MULTIPLE))
-        logits = self._forward(ids, positions, StepLayout(tuple(groups), len(ids), self.deterministic), keep_rows)
+        layout = StepLayout(tuple(groups), len(ids), self.deterministic)
+        if self.deterministic and self.cuda is None:
+            # Full-attention groups attend in bucketed calls; a bounded group row by row.
+            dtype = self.loaded.dtype
+            layout = dataclasses.replace(layout, cpu_plans=tuple(
+                None if g.kv.window_tokens else plan_group(g.row_start, g.num_rows, g.first_position, dtype)
+                for g in groups))
+        logits = self._forward(ids, positions, layout, keep_rows)
         for group in groups:
             group.kv.num_positions = group.first_position + group.num_rows
         return logits
