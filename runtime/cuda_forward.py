@@ -23,7 +23,6 @@ import structlog
 import torch
 
 from .attention import RowGroup, StepLayout
-from .cuda_decoder import FusedDecoder
 from .model_loader import LoadedModel
 from .step_logits import StepLogits
 
@@ -128,7 +127,10 @@ class CudaForward:
 
             fuse_pointwise(loaded.model)
             loaded.model.kakeya_fused = True
-        # Llama-family models run on the fused decoder; others on transformers' modules.
+        # Llama-family models run on the fused decoder; others on transformers' modules. Imported
+        # here: it needs triton, and this module's planning helpers are used without a GPU.
+        from .cuda_decoder import FusedDecoder
+
         self.decoder = FusedDecoder.build(loaded.model) if fusion else None
         self.device = loaded.device
         self.deterministic = deterministic

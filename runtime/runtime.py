@@ -16,6 +16,7 @@ from kakeya.actors.session_rules import SessionRules
 from kakeya.actors.speculator import Speculator
 
 from .attention import ATTENTION_NAME
+from .blas_probe import warn_if_row_dependent
 from .config import RuntimeConfig
 from .draft_model import DraftRunner, load_draft
 from .kv_memory import KVPool, KVShape
@@ -108,6 +109,8 @@ class Runtime:
         executor.submit(runtime.runner.warm_up, config.engine.max_step_tokens).result()
         if runtime.draft_runner is not None:
             executor.submit(runtime.draft_runner.warm_up, config.engine.max_step_tokens).result()
+        if runtime.deterministic and loaded.device.type == "cpu":
+            executor.submit(warn_if_row_dependent, loaded.model).result()
         return runtime
 
     def start(self) -> None:
