@@ -19,8 +19,9 @@ from .model_loader import LoadedModel
 from .sampler import Sampler
 from .verify import accept
 
-# GEMMs and the lm_head see a multiple of this many rows in deterministic mode: on the CPU
-# kernels we measured, a row's result is bitwise stable once M >= 8 (BATCHING.md §3).
+# GEMMs and the lm_head see a multiple of this many rows in deterministic mode: on the AMD EPYC
+# first measured, MKL gives a row one result once M >= 8 (BATCHING.md §3). Not on every CPU: on
+# an Intel Xeon (AVX-512) some shapes change again from 16 rows; blas_probe.py warns at start-up.
 DETERMINISTIC_ROW_MULTIPLE = 8
 
 
