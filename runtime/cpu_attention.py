@@ -44,8 +44,10 @@ def num_keys(position: int) -> int:
     return (position // BUCKET_TOKENS + 1) * BUCKET_TOKENS
 
 
-def plan_group(row_start: int, num_rows: int, first_position: int, dtype: torch.dtype) -> GroupPlan:
-    """Made once per step (masks are shared by every layer); positions are storage indices."""
+def plan_group(row_start: int, num_rows: int, first_position: int, dtype: torch.dtype,
+               device: torch.device | str = "cpu") -> GroupPlan:
+    """Made once per step (masks are shared by every layer, on the slab's device, e.g. MPS with
+    --deterministic); positions are storage indices."""
     calls = []
     row, position, last = row_start, first_position, first_position + num_rows - 1
     while position <= last:
@@ -55,7 +57,7 @@ def plan_group(row_start: int, num_rows: int, first_position: int, dtype: torch.
         visible = torch.arange(keys)[None] <= positions[:, None]
         mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))
         count = stop - position + 1
-        calls.append(BucketCall(row, row + count, keys, mask[:, None, None]))
+        calls.append(BucketCall(row, row + count, keys, mask[:, None, None].to(device)))
         row, position = row + count, stop + 1
     return GroupPlan(first_position + num_rows, tuple(calls))
 

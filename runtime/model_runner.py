@@ -116,9 +116,9 @@ class ModelRunner:
         layout = StepLayout(tuple(groups), len(ids), self.deterministic)
         if self.deterministic and self.cuda is None:
             # Full-attention groups attend in bucketed calls; a bounded group row by row.
-            dtype = self.loaded.dtype
+            dtype, device = self.loaded.dtype, self.loaded.device
             layout = dataclasses.replace(layout, cpu_plans=tuple(
-                None if g.kv.window_tokens else plan_group(g.row_start, g.num_rows, g.first_position, dtype)
+                None if g.kv.window_tokens else plan_group(g.row_start, g.num_rows, g.first_position, dtype, device)
                 for g in groups))
         logits = self._forward(ids, positions, layout, keep_rows)
         for group in groups:
