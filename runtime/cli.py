@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bitwise-stable streams whatever the append pattern or batch (default on CPU)")
     det.add_argument("--no-deterministic", dest="deterministic", action="store_false")
     for name, what in (("cuda-graphs", "replay decode steps as CUDA graphs"),
-                       ("cuda-fusion", "fused decoder layers (QKV and gate/up GEMMs, norms fused with adds and RoPE)")):
+                       ("cuda-fusion", "fused decoder layers (QKV and gate/up GEMMs, norms fused with adds and RoPE)"),
+                       ("cuda-run-ahead", "launch the next greedy decode step before the scheduler asks for it")):
         env = env_default(name)
         serve.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false",
                            default=env is None or env.lower() in ("1", "true", "yes", "on"),
@@ -79,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         engine=EngineConfig(kv_budget_bytes=args.kv_budget_bytes, prefill_chunk_tokens=args.prefill_chunk,
                             max_step_tokens=max(1024, args.prefill_chunk), deterministic=args.deterministic,
                             cuda_graphs=args.cuda_graphs, cuda_fusion=args.cuda_fusion,
+                            cuda_run_ahead=args.cuda_run_ahead,
                             sink_tokens=args.sink, window_tokens=args.window,
                             consumer_stall_timeout_s=args.consumer_stall_timeout_s),
         limits=SessionLimits(max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,

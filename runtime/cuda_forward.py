@@ -39,6 +39,9 @@ ROW_KERNEL_WORK = 256 * 1024  # rows x visible keys
 def kernel_eligible(group: RowGroup) -> bool:
     rows = group.num_rows
     return rows <= SMALL_GROUP_ROWS or rows * (group.first_position + rows) <= ROW_KERNEL_WORK
+# Rows x visible keys of long chunks up to which slicing them into graph replays beats one eager
+# forward (ops/bench/long_turn.py measures both).
+SLICED_WORK_LIMIT = 1 << 62
 STAGED_ROWS = 7  # ids, positions, slab address, capacity, storage index, visible keys, kept rows
 NO_MASK = {"full_attention": None, "sliding_attention": None}
 
@@ -112,8 +115,11 @@ class _Graph:
         with torch.cuda.graph(self.graph, pool=pool):
             self.output = owner.run_captured(self.inputs[0:1], self.inputs[1:2], layout)
 
-    def replay(self, staged: torch.Tensor) -> torch.Tensor:
+    def replay(self, staged: torch.Tensor, gather_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """gather_ids: the staged ids are indices into this device tensor (run-ahead decoding)."""
         self.inputs.copy_(staged, non_blocking=True)
+        if gather_ids is not None:
+            self.inputs[0].copy_(gather_ids[self.inputs[0]])
         self.graph.replay()
         return self.output
 
@@ -135,6 +141,7 @@ class CudaForward:
         self.device = loaded.device
         self.deterministic = deterministic
         self.use_graphs = graphs
+        self.sliced_work_limit = SLICED_WORK_LIMIT
         self.det_rows = det_rows
         self.buckets = tuple(b for b in BUCKETS if b <= max_graph_rows)
         self.scratch = torch.zeros(loaded.num_layers, 2, loaded.num_kv_heads, 1, loaded.head_dim,
@@ -176,10 +183,16 @@ class CudaForward:
         with torch.inference_mode():
             if self.deterministic:
                 return self._deterministic(ids, positions, meta, keep_rows)
-            plan = graph_plan(groups) if self.use_graphs else None
+            plan = graph_plan(groups) if self.use_graphs and self._slicing_pays(groups) else None
             if plan is not None and all(len(rows) <= self.buckets[-1] for rows in plan):
                 return self._replay_plan(plan, ids, positions, meta, keep_rows)
             return self._eager(ids, positions, meta, groups, keep_rows)
+
+    def _slicing_pays(self, groups: tuple[RowGroup, ...]) -> bool:
+        """Whether long chunks should be sliced into graph replays rather than run eagerly on SDPA:
+        each sliced row reads every key it sees, where SDPA reads a chunk's keys once."""
+        work = sum(g.num_rows * (g.first_position + g.num_rows) for g in groups if not kernel_eligible(g))
+        return work <= self.sliced_work_limit
 
     def _replay_plan(self, plan: list[list[int]], ids, positions, meta, keep_rows) -> StepLogits:
         """Replays one graph per forward of the plan, in order; keeps the hidden states of keep_rows."""
@@ -205,6 +218,16 @@ class CudaForward:
         if order != keep_rows:
             hidden = hidden[torch.tensor([order.index(r) for r in keep_rows], device=self.device)]
         return StepLogits(self.loaded.model.lm_head(hidden))
+
+    def decode_gathered(self, source: torch.Tensor, rows: list[int], positions: list[int],
+                        groups: tuple[RowGroup, ...]) -> torch.Tensor:
+        """Logits of a one-row-per-session forward whose input ids are source[rows], gathered on the
+        GPU: the host does not wait for the tokens it feeds (run_ahead.py)."""
+        graph = self._graph(self.buckets[bisect.bisect_left(self.buckets, len(rows))])
+        staged = self._stage(rows, positions, self._row_meta(groups, len(rows)), graph.rows, range(len(rows)))
+        hidden = graph.replay(staged, gather_ids=source)
+        self._mark_copied()
+        return self.loaded.model.lm_head(hidden[graph.keep[:len(rows)]])
 
     def _eager(self, ids, positions, meta, groups, keep_rows) -> StepLogits:
         staged = self._stage(ids, positions, meta, len(ids), keep_rows).to(self.device, non_blocking=True)

@@ -51,7 +51,8 @@ def model_thread() -> ThreadPoolExecutor:
 
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, deterministic: bool, executor: ThreadPoolExecutor | None = None,
-                 cuda_graphs: bool = True, cuda_fusion: bool = True, bounded: bool = False) -> None:
+                 cuda_graphs: bool = True, cuda_fusion: bool = True, bounded: bool = False,
+                 run_ahead: bool = False) -> None:
         self.loaded = loaded
         self.deterministic = deterministic
         self.executor = executor or model_thread()
@@ -61,6 +62,12 @@ class ModelRunner:
         if loaded.device.type == "cuda" and not bounded:
             from .cuda_forward import CudaForward  # needs triton, which CPU builds of torch lack
             self.cuda = CudaForward(loaded, deterministic, cuda_graphs, cuda_fusion)
+        # Fast-mode graphs only: deterministic steps are cut into fixed-size forwards instead.
+        self.run_ahead = None
+        if run_ahead and self.cuda is not None and cuda_graphs and not deterministic:
+            from .run_ahead import RunAhead
+
+            self.run_ahead = RunAhead(self.cuda)
         # Fault injection for tests only: while set to an unset Event, every step blocks on it;
         # a set fault_error is raised by the next step, as a failing device would.
         self.fault_gate: threading.Event | None = None
@@ -73,8 +80,16 @@ class ModelRunner:
             self.fault_gate.wait()
         if self.fault_error is not None:
             raise self.fault_error
+        if self.run_ahead is not None:
+            claimed = self.run_ahead.claim(items)
+            if claimed is not None:
+                return claimed
         firsts = [item.kv.num_positions for item in items]
         logits = self.feed(items)
+        if self.run_ahead is not None:
+            emitted = self.run_ahead.after_step(items, logits.rows)
+            if emitted is not None:
+                return emitted  # greedy decode rows: feed() already moved num_positions
         results: list[tuple[int, ...]] = []
         row = 0
         for item, first in zip(items, firsts):

@@ -83,7 +83,9 @@ class Runtime:
                            engine.window_tokens, engine.prefill_chunk_tokens, draft_shape)
         runner_options = dict(cuda_graphs=engine.cuda_graphs, cuda_fusion=engine.cuda_fusion,
                               bounded=engine.is_bounded)
-        self.runner = ModelRunner(loaded, self.deterministic, executor, **runner_options)
+        # Speculative steps feed drafts, which a launched-ahead plain decode step never matches.
+        run_ahead = engine.cuda_run_ahead and not config.speculative.is_enabled
+        self.runner = ModelRunner(loaded, self.deterministic, executor, run_ahead=run_ahead, **runner_options)
         self.metrics = Metrics()
         self.draft_runner = None
         if self.draft is not None:

@@ -1,0 +1,94 @@
+"""Engine-level turn latency of one long session on CUDA: append 64 tokens, generate 32, at growing history.
+
+Isolates what the suite's long-session ratio (turn 200 / turn 1) is made of: the prefill step of
+the appended chunk over the whole history, and the decode steps. Long chunks run either sliced
+into graph replays of the row kernel or as one eager forward on SDPA; both are measured in the
+same run, with the same Qwen3-0.6B-shaped random-weight model. Prints one JSON document.
+
+    python ops/bench/long_turn.py --histories 0 4800 19200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import structlog
+import torch
+
+from engine_step import SHAPES
+from kakeya.runtime.attention import ATTENTION_NAME
+from kakeya.runtime.kv_memory import KVPool, KVShape
+from kakeya.runtime.model_loader import describe
+from kakeya.runtime.model_runner import ModelRunner, WorkItem
+from kakeya.runtime.sampler import Sampler, SamplingParams
+
+POLICIES = {"sliced": 1 << 62, "eager": 0}
+
+
+def turn(runner: ModelRunner, kv, append: list[int], generate: int) -> tuple[float, float]:
+    """(seconds of the append step, seconds per decode step) of one turn."""
+    sampler = Sampler(SamplingParams())
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    token = runner.step([WorkItem(kv, tuple(append), sampler)])[0][-1]
+    torch.cuda.synchronize()
+    prefill = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(generate - 1):
+        token = runner.step([WorkItem(kv, (token,), sampler)])[0][-1]
+    torch.cuda.synchronize()
+    return prefill, (time.perf_counter() - started) / (generate - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--histories", type=int, nargs="+", default=[0, 4800, 19200])
+    parser.add_argument("--append", type=int, default=64)
+    parser.add_argument("--generate", type=int, default=32)
+    parser.add_argument("--turns", type=int, default=3, help="timed turns per history (the first is a warm-up)")
+    parser.add_argument("--dtype", default="bfloat16")
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    device, dtype = torch.device("cuda"), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    model = SHAPES["qwen3-0.6b"]().to(device, dtype).eval()
+    model.set_attn_implementation(ATTENTION_NAME)
+    loaded = describe(model, model_id="qwen3-0.6b-random", device=device, dtype=dtype)
+    runner = ModelRunner(loaded, deterministic=False)
+    shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, dtype, device)
+    pool = KVPool(shape, 1 << 40, 256, 0, 0, 512)
+    ids = torch.randint(3, loaded.vocab_size, (max(args.histories) + args.append * (args.turns + 1),)).tolist()
+    results = []
+    for history in args.histories:
+        kv = pool.allocate()
+        pool.reserve(kv, history + (args.append + args.generate) * (args.turns + 1) * len(POLICIES))
+        for start in range(0, history, 256):
+            runner.step([WorkItem(kv, tuple(ids[start:min(history, start + 256)]), None)])
+        point = {"history": history}
+        for name, limit in POLICIES.items():
+            runner.cuda.sliced_work_limit = limit
+            timings = []
+            for k in range(args.turns):
+                kv.num_positions = history  # every turn appends the same chunk at the same place
+                append = ids[history:history + args.append]
+                timings.append(turn(runner, kv, append, args.generate))
+            prefill = sorted(t[0] for t in timings[1:])[len(timings[1:]) // 2]
+            decode = sorted(t[1] for t in timings[1:])[len(timings[1:]) // 2]
+            point[name] = {"append_step_ms": round(prefill * 1e3, 2), "decode_step_ms": round(decode * 1e3, 3),
+                           "turn_ms": round((prefill + decode * (args.generate - 1)) * 1e3, 1)}
+        results.append(point)
+        pool.free(kv)
+    first = results[0]
+    for point in results:
+        for name in POLICIES:
+            point[name]["vs_first"] = round(point[name]["turn_ms"] / first[name]["turn_ms"], 2)
+    print(json.dumps({"benchmark": "long_turn", "device_name": torch.cuda.get_device_name(), "dtype": args.dtype,
+                      "append": args.append, "generate": args.generate, "torch": torch.__version__,
+                      "note": "median of timed turns; turn_ms = append step + (generate - 1) decode steps",
+                      "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
