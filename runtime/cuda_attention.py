@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from .attention import RowGroup, StepLayout
+from .cuda_forward import BLOCK_ROWS
 from .cuda_kernels import attend_rows, split_limit, store_rows
 
 
@@ -24,7 +25,13 @@ def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tenso
     if rows.kernel_rows.numel():
         q = query if query.stride(-1) == 1 else query.contiguous()
         splits = split_limit(rows.kernel_rows.shape[0], key.shape[1], layout.deterministic)
-        attend_rows(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], key.dtype, splits)
+        attend_rows(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], key.dtype, splits,
+                    blocks=rows.blocks)
+        if rows.blocks:
+            from .cuda_block_kernel import attend_blocks
+
+            attend_blocks(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], key.dtype,
+                          BLOCK_ROWS)
     for group in rows.sdpa_groups:
         _attend_causal(group, layer, query, out, scaling)
     return out

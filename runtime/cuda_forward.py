@@ -33,16 +33,17 @@ BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 102
 # or see few keys (a prompt chunk early in a conversation); a long chunk over a long history goes
 # to SDPA, which reads the shared keys once instead of once per row.
 SMALL_GROUP_ROWS = 8
-ROW_KERNEL_WORK = 256 * 1024  # rows x visible keys
+ROW_KERNEL_WORK = 256 * 1024  # key reads: blocks x visible keys
+# Fast mode: a chunk's rows attend in blocks of this many rows, each block reading its keys once
+# (cuda_block_kernel.py).
+BLOCK_ROWS = 16
 
 
 def kernel_eligible(group: RowGroup) -> bool:
     rows = group.num_rows
-    return rows <= SMALL_GROUP_ROWS or rows * (group.first_position + rows) <= ROW_KERNEL_WORK
-# Rows x visible keys of long chunks up to which slicing them into graph replays beats one eager
-# forward (ops/bench/long_turn.py measures both).
-SLICED_WORK_LIMIT = 1 << 62
-STAGED_ROWS = 7  # ids, positions, slab address, capacity, storage index, visible keys, kept rows
+    return rows <= SMALL_GROUP_ROWS or -(-rows // BLOCK_ROWS) * (group.first_position + rows) <= ROW_KERNEL_WORK
+# ids, positions, then meta (slab address, capacity, storage index, visible keys, block lead), kept rows
+STAGED_ROWS = 8
 NO_MASK = {"full_attention": None, "sliding_attention": None}
 
 
@@ -50,9 +51,10 @@ NO_MASK = {"full_attention": None, "sliding_attention": None}
 class CudaRows:
     """Per-row device metadata of one forward, read by the attention function."""
 
-    meta: torch.Tensor  # [4, rows] int64: slab address, capacity, storage index, visible keys
-    kernel_rows: torch.Tensor  # [n] int64: rows that attend through the row kernel
+    meta: torch.Tensor  # [5, rows] int64: slab address, capacity, storage index, visible keys, block lead
+    kernel_rows: torch.Tensor  # [n] int64: rows that attend through the row (or block) kernel
     sdpa_groups: tuple[RowGroup, ...]  # sessions whose rows attend through SDPA
+    blocks: bool = False  # some rows attend in blocks (lead >= 2): the block kernel runs too
 
 
 def graph_plan(groups: tuple[RowGroup, ...]) -> list[list[int]]:
@@ -79,8 +81,8 @@ def _slice_sizes(group: RowGroup) -> list[int]:
     sizes, done = [], 0
     while done < group.num_rows:
         keys = group.first_position + done
-        size = SMALL_GROUP_ROWS
-        while size * 2 * (keys + size * 2) <= ROW_KERNEL_WORK:
+        size = BLOCK_ROWS  # slices start on block boundaries, so no block straddles two forwards
+        while -(-size * 2 // BLOCK_ROWS) * (keys + size * 2) <= ROW_KERNEL_WORK:
             size *= 2
         size = min(size, group.num_rows - done)
         sizes.append(size)
@@ -95,14 +97,14 @@ class _Graph:
     1024-row bucket holds no [1024, vocab] buffer); deterministic mode captures the lm_head too,
     because its GEMM must always see det_rows rows."""
 
-    def __init__(self, owner: "CudaForward", rows: int, pool) -> None:
+    def __init__(self, owner: "CudaForward", rows: int, pool, blocks: bool) -> None:
         device = owner.device
         self.rows = rows
-        # ids, positions, 4 rows of meta, and the kept rows' indices (read after the replay).
+        # ids, positions, 5 rows of meta, and the kept rows' indices (read after the replay).
         self.inputs = torch.zeros(STAGED_ROWS, rows, dtype=torch.int64, device=device)
-        self.inputs[2:6] = owner.scratch_meta[:, None]
-        self.keep = self.inputs[6]
-        cuda = CudaRows(self.inputs[2:6], torch.arange(rows, device=device), ())
+        self.inputs[2:7] = owner.scratch_meta[:, None]
+        self.keep = self.inputs[7]
+        cuda = CudaRows(self.inputs[2:7], torch.arange(rows, device=device), (), blocks)
         # Kept: the graph reads these tensors' memory on every replay.
         self.layout = layout = StepLayout((), rows, owner.deterministic, cuda)
         side = torch.cuda.Stream(device)
@@ -141,14 +143,13 @@ class CudaForward:
         self.device = loaded.device
         self.deterministic = deterministic
         self.use_graphs = graphs
-        self.sliced_work_limit = SLICED_WORK_LIMIT
         self.det_rows = det_rows
         self.buckets = tuple(b for b in BUCKETS if b <= max_graph_rows)
         self.scratch = torch.zeros(loaded.num_layers, 2, loaded.num_kv_heads, 1, loaded.head_dim,
                                    dtype=loaded.dtype, device=self.device)
-        self.scratch_meta = torch.tensor([self.scratch.data_ptr(), 1, 0, 1], dtype=torch.int64, device=self.device)
-        self._scratch_row = [self.scratch.data_ptr(), 1, 0, 1]
-        self._graphs: dict[int, _Graph] = {}
+        self._scratch_row = [self.scratch.data_ptr(), 1, 0, 1, 1]
+        self.scratch_meta = torch.tensor(self._scratch_row, dtype=torch.int64, device=self.device)
+        self._graphs: dict[tuple[int, bool], _Graph] = {}
         self._pool = torch.cuda.graph_pool_handle() if graphs else None
         self._staging = torch.zeros(STAGED_ROWS, 0, dtype=torch.int64)
         self._staged_copied: torch.cuda.Event | None = None
@@ -179,20 +180,14 @@ class CudaForward:
 
     def forward(self, ids: list[int], positions: list[int], groups: tuple[RowGroup, ...],
                 keep_rows: list[int]) -> StepLogits:
-        meta = self._row_meta(groups, len(ids))
+        meta = self._row_meta(groups, len(ids), blocks=not self.deterministic)
         with torch.inference_mode():
             if self.deterministic:
                 return self._deterministic(ids, positions, meta, keep_rows)
-            plan = graph_plan(groups) if self.use_graphs and self._slicing_pays(groups) else None
+            plan = graph_plan(groups) if self.use_graphs else None
             if plan is not None and all(len(rows) <= self.buckets[-1] for rows in plan):
                 return self._replay_plan(plan, ids, positions, meta, keep_rows)
             return self._eager(ids, positions, meta, groups, keep_rows)
-
-    def _slicing_pays(self, groups: tuple[RowGroup, ...]) -> bool:
-        """Whether long chunks should be sliced into graph replays rather than run eagerly on SDPA:
-        each sliced row reads every key it sees, where SDPA reads a chunk's keys once."""
-        work = sum(g.num_rows * (g.first_position + g.num_rows) for g in groups if not kernel_eligible(g))
-        return work <= self.sliced_work_limit
 
     def _replay_plan(self, plan: list[list[int]], ids, positions, meta, keep_rows) -> StepLogits:
         """Replays one graph per forward of the plan, in order; keeps the hidden states of keep_rows."""
@@ -203,7 +198,8 @@ class CudaForward:
                          [rows.index(r) for r in keep_rows if r in rows]) for rows in plan]
         kept: list[torch.Tensor] = []
         for sub_ids, sub_positions, sub_meta, sub_keep in forwards:
-            graph = self._graph(self.buckets[bisect.bisect_left(self.buckets, len(sub_ids))])
+            blocks = any(lead > 1 for lead in sub_meta[4])
+            graph = self._graph(self.buckets[bisect.bisect_left(self.buckets, len(sub_ids))], blocks)
             hidden = graph.replay(self._stage(sub_ids, sub_positions, sub_meta, graph.rows, sub_keep))
             self._mark_copied()
             if sub_keep:
@@ -223,8 +219,8 @@ class CudaForward:
                         groups: tuple[RowGroup, ...]) -> torch.Tensor:
         """Logits of a one-row-per-session forward whose input ids are source[rows], gathered on the
         GPU: the host does not wait for the tokens it feeds (run_ahead.py)."""
-        graph = self._graph(self.buckets[bisect.bisect_left(self.buckets, len(rows))])
-        staged = self._stage(rows, positions, self._row_meta(groups, len(rows)), graph.rows, range(len(rows)))
+        graph = self._graph(self.buckets[bisect.bisect_left(self.buckets, len(rows))], False)
+        staged = self._stage(rows, positions, self._row_meta(groups, len(rows), False), graph.rows, range(len(rows)))
         hidden = graph.replay(staged, gather_ids=source)
         self._mark_copied()
         return self.loaded.model.lm_head(hidden[graph.keep[:len(rows)]])
@@ -234,12 +230,13 @@ class CudaForward:
         self._mark_copied()
         kernel_rows = [g.row_start + r for g in groups if kernel_eligible(g) for r in range(g.num_rows)]
         sdpa = tuple(g for g in groups if not kernel_eligible(g))
-        cuda = CudaRows(staged[2:6], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa)
+        cuda = CudaRows(staged[2:7], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa,
+                        any(lead > 1 for lead in meta[4]))
         layout = StepLayout(groups, len(ids), False, cuda)
         if not keep_rows:
             self.hidden(staged[0:1], staged[1:2], layout)
             return StepLogits(torch.empty(0, device=self.device))
-        return StepLogits(self.run_model(staged[0:1], staged[1:2], layout, staged[6, :len(keep_rows)]))
+        return StepLogits(self.run_model(staged[0:1], staged[1:2], layout, staged[7, :len(keep_rows)]))
 
     def _deterministic(self, ids, positions, meta, keep_rows) -> StepLogits:
         """Forwards of exactly det_rows rows each, in order: later rows see the keys earlier ones wrote."""
@@ -249,18 +246,18 @@ class CudaForward:
         all_staged = self._stage(ids, positions, meta, padded)
         chunk_keeps = [[r - lo for r in keep_rows if lo <= r < lo + n] for lo in range(0, len(ids), n)]
         for lo, chunk_keep in zip(range(0, len(ids), n), chunk_keeps):
-            all_staged[6, lo:lo + len(chunk_keep)] = torch.tensor(chunk_keep, dtype=torch.int64)
+            all_staged[7, lo:lo + len(chunk_keep)] = torch.tensor(chunk_keep, dtype=torch.int64)
         for lo, chunk_keep in zip(range(0, len(ids), n), chunk_keeps):
             staged = all_staged[:, lo:lo + n]
             if self.use_graphs:
-                logits = self._graph(n).replay(staged)
+                logits = self._graph(n, False).replay(staged)
             else:
                 inputs = staged.to(self.device)
-                cuda = CudaRows(inputs[2:6], torch.arange(n, device=self.device), ())
+                cuda = CudaRows(inputs[2:7], torch.arange(n, device=self.device), ())
                 logits = self.run_model(inputs[0:1], inputs[1:2], StepLayout((), n, True, cuda), None)
             self._mark_copied()
             if chunk_keep:
-                index = self._graph(n).keep if self.use_graphs else inputs[6]
+                index = self._graph(n, False).keep if self.use_graphs else inputs[7]
                 kept.append(logits[index[:len(chunk_keep)]].clone())
         return StepLogits(torch.cat(kept) if kept else torch.empty(0, device=self.device))
 
@@ -270,22 +267,26 @@ class CudaForward:
             return
         started = time.monotonic()
         if self.deterministic:
-            self._graph(self.det_rows)
+            self._graph(self.det_rows, False)
         else:
             for rows in self.buckets[:bisect.bisect_left(self.buckets, max_rows) + 1]:
-                self._graph(rows)
+                self._graph(rows, False)
+                if rows > 1:
+                    self._graph(rows, True)
         log.info("cuda_warm_up", graphs=len(self._graphs), seconds=round(time.monotonic() - started, 1))
 
-    def _graph(self, rows: int) -> _Graph:
-        graph = self._graphs.get(rows)
+    def _graph(self, rows: int, blocks: bool) -> _Graph:
+        graph = self._graphs.get((rows, blocks))
         if graph is None:
-            log.info("cuda_graph_capture", rows=rows, deterministic=self.deterministic)
-            graph = self._graphs[rows] = _Graph(self, rows, self._pool)
+            log.info("cuda_graph_capture", rows=rows, blocks=blocks, deterministic=self.deterministic)
+            graph = self._graphs[rows, blocks] = _Graph(self, rows, self._pool, blocks)
         return graph
 
-    def _row_meta(self, groups: tuple[RowGroup, ...], num_rows: int) -> list[list[int]]:
-        """[4][rows]: slab address, capacity, storage index, visible keys (full attention)."""
-        meta = [[0] * num_rows for _ in range(4)]
+    def _row_meta(self, groups: tuple[RowGroup, ...], num_rows: int, blocks: bool) -> list[list[int]]:
+        """[5][rows]: slab address, capacity, storage index, visible keys (full attention), block lead
+        (with blocks, a group's rows attend in blocks of BLOCK_ROWS: the first row holds the
+        block's size, the others 0; else every row holds 1)."""
+        meta = [[0] * num_rows for _ in range(4)] + [[1] * num_rows]
         for g in groups:
             kv = g.kv
             address, capacity = kv.slab.data_ptr(), kv.capacity
@@ -293,6 +294,9 @@ class CudaForward:
                 r = g.row_start + i
                 index = kv.storage_index(g.first_position + i)
                 meta[0][r], meta[1][r], meta[2][r], meta[3][r] = address, capacity, index, index + 1
+            if blocks and g.num_rows > 1:
+                for i in range(g.num_rows):
+                    meta[4][g.row_start + i] = min(BLOCK_ROWS, g.num_rows - i) if i % BLOCK_ROWS == 0 else 0
         return meta
 
     def _stage(self, ids, positions, meta, rows: int, keep=()) -> torch.Tensor:
@@ -308,12 +312,12 @@ class CudaForward:
         staging = self._staging[:, :rows]
         staging[0, :n] = torch.tensor(ids, dtype=torch.int64)
         staging[1, :n] = torch.tensor(positions, dtype=torch.int64)
-        staging[2:6, :n] = torch.tensor(meta, dtype=torch.int64)
+        staging[2:7, :n] = torch.tensor(meta, dtype=torch.int64)
         if keep:
-            staging[6, :len(keep)] = torch.tensor(keep, dtype=torch.int64)
+            staging[7, :len(keep)] = torch.tensor(keep, dtype=torch.int64)
         if rows > n:
             staging[0:2, n:] = 0
-            staging[2:6, n:] = torch.tensor(self._scratch_row, dtype=torch.int64)[:, None]
+            staging[2:7, n:] = torch.tensor(self._scratch_row, dtype=torch.int64)[:, None]
         return staging
 
     def _mark_copied(self) -> None:

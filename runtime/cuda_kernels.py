@@ -61,11 +61,15 @@ def _attend_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta_strid
                    part_acc_ptr, part_ml_ptr,
                    NUM_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr,
-                   MIN_SPLIT: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+                   MIN_SPLIT: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                   HAS_LEAD: tl.constexpr):
     i = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.program_id(2)
     r = tl.load(rows_ptr + i)
+    if HAS_LEAD:
+        if tl.load(meta_ptr + 4 * meta_stride + r) != 1:
+            return  # a row of a block: cuda_block_kernel.py attends it
     base = tl.load(meta_ptr + r).to(tl.pointer_type(DTYPE))
     cap = tl.load(meta_ptr + meta_stride + r)
     n = tl.load(meta_ptr + 3 * meta_stride + r)
@@ -108,11 +112,14 @@ def _attend_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta_strid
 
 
 @triton.jit
-def _combine_kernel(out_ptr, o_stride_t, o_stride_h, rows_ptr, part_acc_ptr, part_ml_ptr,
-                    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+def _combine_kernel(out_ptr, o_stride_t, o_stride_h, rows_ptr, meta_ptr, meta_stride, part_acc_ptr, part_ml_ptr,
+                    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, HAS_LEAD: tl.constexpr):
     i = tl.program_id(0)
     hq = tl.program_id(1)
     r = tl.load(rows_ptr + i)
+    if HAS_LEAD:
+        if tl.load(meta_ptr + 4 * meta_stride + r) != 1:
+            return
     sp = tl.arange(0, SPLITS)
     d = tl.arange(0, HEAD_DIM)
     part = (i * NUM_HEADS + hq) * SPLITS + sp
@@ -135,9 +142,10 @@ def store_rows(key: torch.Tensor, value: torch.Tensor, meta: torch.Tensor, layer
 
 def attend_rows(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor,
                 layer: int, scale: float, num_kv: int, dtype: torch.dtype, splits: int,
-                block: int = BLOCK_N, num_warps: int = 4, num_stages: int = 3) -> None:
+                block: int = BLOCK_N, num_warps: int = 4, num_stages: int = 3, blocks: bool = False) -> None:
     """query/out: [rows, heads, head_dim]; attends each listed row to its slab's first `keys` keys,
-    in at most `splits` (a power of two) chunks. block/num_warps/num_stages: launch settings
+    in at most `splits` (a power of two) chunks. blocks: meta has a fifth row (lead) and rows whose
+    lead is not 1 are left to the block kernel. block/num_warps/num_stages: launch settings
     (ops/bench/attention_kernel.py compares them; block changes the reduction order)."""
     num_rows = rows.shape[0]
     num_heads, head_dim = query.shape[1], query.shape[2]
@@ -149,7 +157,8 @@ def attend_rows(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta
         query, query.stride(0), query.stride(1), rows, meta, meta.stride(0), layer, scale, part_acc, part_ml,
         NUM_KV=num_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK=block, SPLITS=splits, MIN_SPLIT=MIN_SPLIT_KEYS, DTYPE=_TL_DTYPE[dtype], PRECISION=precision,
-        num_warps=num_warps, num_stages=num_stages,
+        HAS_LEAD=blocks, num_warps=num_warps, num_stages=num_stages,
     )
-    _combine_kernel[(num_rows, num_heads)](out, out.stride(0), out.stride(1), rows, part_acc, part_ml,
-                                          NUM_HEADS=num_heads, HEAD_DIM=head_dim, SPLITS=splits)
+    _combine_kernel[(num_rows, num_heads)](out, out.stride(0), out.stride(1), rows, meta, meta.stride(0),
+                                          part_acc, part_ml, NUM_HEADS=num_heads, HEAD_DIM=head_dim,
+                                          SPLITS=splits, HAS_LEAD=blocks)

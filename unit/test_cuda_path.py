@@ -42,6 +42,35 @@ def test_row_kernel_matches_sdpa(dtype, splits):
         torch.testing.assert_close(out[r].float(), expected, atol=tolerance, rtol=tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_block_kernel_matches_sdpa(dtype):
+    """A 37-row chunk after 900 keys attends in blocks (16, 16, 5), causally, next to two decode rows
+    that the row kernel serves in the same launch pair."""
+    from kakeya.runtime.cuda_block_kernel import attend_blocks
+    from kakeya.runtime.cuda_forward import BLOCK_ROWS
+    from kakeya.runtime.cuda_kernels import attend_rows
+
+    torch.manual_seed(2)
+    layers, kvh, heads, hd, history, chunk = 2, 2, 8, 64, 900, 37
+    slabs = [torch.randn(layers, 2, kvh, n, hd, dtype=dtype, device=CUDA) for n in (history + chunk, 50, 3000)]
+    counts = [history + i + 1 for i in range(chunk)] + [50, 3000]
+    owner = [0] * chunk + [1, 2]
+    leads = [min(BLOCK_ROWS, chunk - i) if i % BLOCK_ROWS == 0 else 0 for i in range(chunk)] + [1, 1]
+    meta = torch.tensor([[slabs[o].data_ptr() for o in owner], [slabs[o].shape[3] for o in owner],
+                         [n - 1 for n in counts], counts, leads], dtype=torch.int64, device=CUDA)
+    rows = torch.arange(len(counts), device=CUDA)
+    query = torch.randn(len(counts), heads, hd, dtype=dtype, device=CUDA)
+    out = torch.full_like(query, float("nan"))
+    attend_rows(query, out, rows, meta, 1, 0.125, kvh, dtype, 4, blocks=True)
+    attend_blocks(query, out, rows, meta, 1, 0.125, kvh, dtype, BLOCK_ROWS)
+    for r, (o, n) in enumerate(zip(owner, counts)):
+        keys, values = slabs[o][1, 0, :, :n].float(), slabs[o][1, 1, :, :n].float()
+        expected = F.scaled_dot_product_attention(query[r, :, None].float()[None], keys[None], values[None],
+                                                  scale=0.125, enable_gqa=True)[0, :, 0]
+        tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-4
+        torch.testing.assert_close(out[r].float(), expected, atol=tolerance, rtol=tolerance)
+
+
 def test_graphs_equal_eager_in_deterministic_mode():
     """10 prompts decoded together: captured graphs give exactly the eager path's tokens."""
     loaded, _ = build(torch.bfloat16)

@@ -1,9 +1,9 @@
 """Engine-level turn latency of one long session on CUDA: append 64 tokens, generate 32, at growing history.
 
 Isolates what the suite's long-session ratio (turn 200 / turn 1) is made of: the prefill step of
-the appended chunk over the whole history, and the decode steps. Long chunks run either sliced
-into graph replays of the row kernel or as one eager forward on SDPA; both are measured in the
-same run, with the same Qwen3-0.6B-shaped random-weight model. Prints one JSON document.
+the appended chunk over the whole history, and the decode steps, on a Qwen3-0.6B-shaped
+random-weight model. Also reports the floor set by memory bandwidth: every decode step must read
+the whole history's K/V. Prints one JSON document.
 
     python ops/bench/long_turn.py --histories 0 4800 19200
 """
@@ -23,9 +23,6 @@ from kakeya.runtime.kv_memory import KVPool, KVShape
 from kakeya.runtime.model_loader import describe
 from kakeya.runtime.model_runner import ModelRunner, WorkItem
 from kakeya.runtime.sampler import Sampler, SamplingParams
-
-POLICIES = {"sliced": 1 << 62, "eager": 0}
-
 
 def turn(runner: ModelRunner, kv, append: list[int], generate: int) -> tuple[float, float]:
     """(seconds of the append step, seconds per decode step) of one turn."""
@@ -63,30 +60,28 @@ def main() -> None:
     results = []
     for history in args.histories:
         kv = pool.allocate()
-        pool.reserve(kv, history + (args.append + args.generate) * (args.turns + 1) * len(POLICIES))
+        pool.reserve(kv, history + (args.append + args.generate) * (args.turns + 1))
         for start in range(0, history, 256):
             runner.step([WorkItem(kv, tuple(ids[start:min(history, start + 256)]), None)])
-        point = {"history": history}
-        for name, limit in POLICIES.items():
-            runner.cuda.sliced_work_limit = limit
-            timings = []
-            for k in range(args.turns):
-                kv.num_positions = history  # every turn appends the same chunk at the same place
-                append = ids[history:history + args.append]
-                timings.append(turn(runner, kv, append, args.generate))
-            prefill = sorted(t[0] for t in timings[1:])[len(timings[1:]) // 2]
-            decode = sorted(t[1] for t in timings[1:])[len(timings[1:]) // 2]
-            point[name] = {"append_step_ms": round(prefill * 1e3, 2), "decode_step_ms": round(decode * 1e3, 3),
-                           "turn_ms": round((prefill + decode * (args.generate - 1)) * 1e3, 1)}
-        results.append(point)
+        timings = []
+        for _ in range(args.turns):
+            kv.num_positions = history  # every turn appends the same chunk at the same place
+            timings.append(turn(runner, kv, ids[history:history + args.append], args.generate))
+        prefill = sorted(t[0] for t in timings[1:])[len(timings[1:]) // 2]
+        decode = sorted(t[1] for t in timings[1:])[len(timings[1:]) // 2]
+        kv_bytes = history * shape.bytes_per_token
+        results.append({"history": history, "append_step_ms": round(prefill * 1e3, 2),
+                        "decode_step_ms": round(decode * 1e3, 3),
+                        "turn_ms": round((prefill + decode * (args.generate - 1)) * 1e3, 1),
+                        "kv_gb": round(kv_bytes / 1e9, 2),
+                        "decode_kv_tb_s": round(kv_bytes / max(1e-9, decode - results[0]["decode_step_ms"] / 1e3) / 1e12, 2)
+                        if results else None})
         pool.free(kv)
-    first = results[0]
     for point in results:
-        for name in POLICIES:
-            point[name]["vs_first"] = round(point[name]["turn_ms"] / first[name]["turn_ms"], 2)
+        point["vs_first"] = round(point["turn_ms"] / results[0]["turn_ms"], 2)
     print(json.dumps({"benchmark": "long_turn", "device_name": torch.cuda.get_device_name(), "dtype": args.dtype,
                       "append": args.append, "generate": args.generate, "torch": torch.__version__,
-                      "note": "median of timed turns; turn_ms = append step + (generate - 1) decode steps",
+                      "note": "median of timed turns; turn_ms = append step + (generate - 1) decode steps; decode_kv_tb_s: history K/V bytes over the decode step time added since the first history",
                       "results": results}, indent=1))
 
 

@@ -1,0 +1,133 @@
+"""Block attention on the session slabs: consecutive rows of one session share every key they load.
+
+A prompt chunk appended to a long conversation has many rows that all see (almost) the same keys.
+Through the row kernel each row reads the whole history again: a 64-token append over 19k keys
+read 64 x 2.2 GB on a Qwen3-0.6B shape. Here one program serves a block of up to ROWS consecutive
+rows of one session: it loads each key tile once and multiplies it with every row's queries, and
+each row masks the keys past its own position (causal).
+
+Blocks are marked in the step's row metadata (meta row 4, "lead"): the first row of a block holds
+the block's row count, the rest 0; a row attending alone (decode) holds 1 and is served by the row
+kernel, which skips the others. Only fast mode makes blocks: a block's split size follows its
+last row's key count, so a row's arithmetic depends on its neighbours.
+
+Needs triton (the CUDA path only).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .cuda_kernels import _TL_DTYPE, MIN_SPLIT_KEYS
+
+MAX_BLOCK_SPLITS = 16
+BLOCK_KEYS = 64
+
+
+def block_splits(num_rows: int) -> int:
+    """Splits per block: many when a step has few rows (one long append should still fill the
+    GPU), few when it has many; bounded so the partial buffers stay small (~16 MB)."""
+    wanted = max(1, 2048 // max(1, num_rows))
+    return min(MAX_BLOCK_SPLITS, 1 << (wanted.bit_length() - 1))
+
+
+@triton.jit
+def _attend_block_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta_stride, layer, scale,
+                         part_acc_ptr, part_ml_ptr,
+                         NUM_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, ROWS: tl.constexpr,
+                         HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr,
+                         MIN_SPLIT: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    r = tl.load(rows_ptr + tl.program_id(0))
+    h = tl.program_id(1)
+    s = tl.program_id(2)
+    count = tl.load(meta_ptr + 4 * meta_stride + r)
+    if count < 2:
+        return  # a follower (its leader's program serves it) or a row the row kernel serves
+    base = tl.load(meta_ptr + r).to(tl.pointer_type(DTYPE))
+    cap = tl.load(meta_ptr + meta_stride + r)
+    n_last = tl.load(meta_ptr + 3 * meta_stride + r + count - 1)  # the block's last row sees the most keys
+    splits = tl.minimum(SPLITS, tl.cdiv(n_last, MIN_SPLIT))
+    per = tl.cdiv(tl.cdiv(n_last, splits), BLOCK) * BLOCK
+    lo = s * per
+    hi = tl.minimum(n_last, lo + per)
+
+    # Query tile: ROWS rows x GROUP_PAD heads, flattened; row j of the block is packed row r + j.
+    m_idx = tl.arange(0, ROWS * GROUP_PAD)
+    j = m_idx // GROUP_PAD
+    g = m_idx % GROUP_PAD
+    valid = (j < count) & (g < GROUP)
+    row = r + j
+    n_row = tl.load(meta_ptr + 3 * meta_stride + row, mask=valid, other=0)
+    heads = h * GROUP + g
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + row[:, None] * q_stride_t + heads[:, None] * q_stride_h + d[None, :],
+                mask=valid[:, None], other=0.0)
+    k_base = base + (layer * 2 * NUM_KV + h) * cap * HEAD_DIM
+    v_base = base + ((layer * 2 + 1) * NUM_KV + h) * cap * HEAD_DIM
+    m = tl.full([ROWS * GROUP_PAD], float("-inf"), tl.float32)
+    l = tl.zeros([ROWS * GROUP_PAD], tl.float32)
+    acc = tl.zeros([ROWS * GROUP_PAD, HEAD_DIM], tl.float32)
+    for start in range(lo, hi, BLOCK):
+        t = start + tl.arange(0, BLOCK)
+        inside = t < hi
+        k = tl.load(k_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0)
+        v = tl.load(v_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+        scores = tl.where(inside[None, :] & (t[None, :] < n_row[:, None]), scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, 1))
+        # A row that has seen no key yet keeps m = -inf; shifting by 0 keeps its p and alpha at 0.
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(scores - shift[:, None])
+        alpha = tl.exp(m - shift)
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(DTYPE), v, input_precision=PRECISION)
+        m = m_new
+    part = (row * (NUM_KV * GROUP) + heads) * SPLITS + s
+    tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=valid[:, None])
+    tl.store(part_ml_ptr + part * 2, m, mask=valid)
+    tl.store(part_ml_ptr + part * 2 + 1, l, mask=valid)
+
+
+@triton.jit
+def _combine_block_kernel(out_ptr, o_stride_t, o_stride_h, rows_ptr, meta_ptr, meta_stride, part_acc_ptr,
+                          part_ml_ptr, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+    r = tl.load(rows_ptr + tl.program_id(0))
+    hq = tl.program_id(1)
+    if tl.load(meta_ptr + 4 * meta_stride + r) == 1:
+        return  # the row kernel's row
+    sp = tl.arange(0, SPLITS)
+    d = tl.arange(0, HEAD_DIM)
+    part = (r * NUM_HEADS + hq) * SPLITS + sp
+    m = tl.load(part_ml_ptr + part * 2)
+    l = tl.load(part_ml_ptr + part * 2 + 1)
+    top = tl.max(m, 0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp(m - top))
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + d[None, :])
+    total = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
+    tl.store(out_ptr + r * o_stride_t + hq * o_stride_h + d, total.to(out_ptr.dtype.element_ty))
+
+
+def attend_blocks(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor, layer: int,
+                  scale: float, num_kv: int, dtype: torch.dtype, rows_per_block: int) -> None:
+    """query/out: [rows, heads, head_dim]; meta: [5, rows] (address, capacity, store, keys, lead).
+    Every listed row that leads a block (lead >= 2) attends with its block's rows; rows with
+    lead 1 are left to the row kernel."""
+    num_rows, (num_heads, head_dim) = rows.shape[0], query.shape[1:]
+    group = num_heads // num_kv
+    group_pad = triton.next_power_of_2(group)
+    splits = block_splits(query.shape[0])
+    # Indexed by packed row (not by position in `rows`): a block's programs write its followers' rows.
+    part_acc = torch.empty(query.shape[0] * num_heads * splits, head_dim, dtype=torch.float32, device=query.device)
+    part_ml = torch.empty(query.shape[0] * num_heads * splits, 2, dtype=torch.float32, device=query.device)
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+    _attend_block_kernel[(num_rows, num_kv, splits)](
+        query, query.stride(0), query.stride(1), rows, meta, meta.stride(0), layer, scale, part_acc, part_ml,
+        NUM_KV=num_kv, GROUP=group, GROUP_PAD=group_pad, ROWS=rows_per_block, HEAD_DIM=head_dim,
+        BLOCK=BLOCK_KEYS, SPLITS=splits, MIN_SPLIT=MIN_SPLIT_KEYS, DTYPE=_TL_DTYPE[dtype], PRECISION=precision,
+        num_warps=4, num_stages=2,
+    )
+    _combine_block_kernel[(num_rows, num_heads)](out, out.stride(0), out.stride(1), rows, meta, meta.stride(0),
+                                                part_acc, part_ml, NUM_HEADS=num_heads, HEAD_DIM=head_dim,
+                                                SPLITS=splits)
