@@ -15,6 +15,10 @@ from .attention import RowGroup, StepLayout
 from .cuda_forward import BLOCK_ROWS
 from .cuda_kernels import attend_rows, split_limit, store_rows
 
+# Which row kernel decode rows attend through (cuda_kernels.VARIANTS); read when graphs are captured.
+# ops/bench/attention_kernel.py and long_turn.py compare them.
+ROW_VARIANT = "dot"
+
 
 def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
            scaling: float) -> torch.Tensor:
@@ -26,7 +30,7 @@ def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tenso
         q = query if query.stride(-1) == 1 else query.contiguous()
         splits = split_limit(rows.kernel_rows.shape[0], key.shape[1], layout.deterministic)
         attend_rows(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], key.dtype, splits,
-                    blocks=rows.blocks)
+                    variant=ROW_VARIANT, blocks=rows.blocks)
         if rows.blocks:
             from .cuda_block_kernel import attend_blocks
 

@@ -45,7 +45,9 @@ def _attend_block_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta
     count = tl.load(meta_ptr + 4 * meta_stride + r)
     if count < 2:
         return  # a follower (its leader's program serves it) or a row the row kernel serves
-    base = tl.load(meta_ptr + r).to(tl.pointer_type(DTYPE))
+    # Slabs are whole torch allocations (16-byte aligned); without the hint, an address read from
+    # memory is taken as unaligned and K/V load one element at a time.
+    base = tl.multiple_of(tl.load(meta_ptr + r).to(tl.pointer_type(DTYPE)), 16)
     cap = tl.load(meta_ptr + meta_stride + r)
     n_last = tl.load(meta_ptr + 3 * meta_stride + r + count - 1)  # the block's last row sees the most keys
     splits = tl.minimum(SPLITS, tl.cdiv(n_last, MIN_SPLIT))

@@ -15,9 +15,10 @@ from kakeya.runtime.model_runner import ModelRunner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="the CUDA path needs a CUDA device (run on the GPU machine)")
+@pytest.mark.parametrize("variant", ["dot", "dot_aligned", "cc"])
 @pytest.mark.parametrize("splits", [1, 16, 64])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_row_kernel_matches_sdpa(dtype, splits):
+def test_row_kernel_matches_sdpa(dtype, splits, variant):
     from kakeya.runtime.cuda_kernels import attend_rows, store_rows
 
     torch.manual_seed(1)
@@ -32,7 +33,8 @@ def test_row_kernel_matches_sdpa(dtype, splits):
     store_rows(new_k, new_v, meta, 1, dtype)
     query = torch.randn(rows, heads, hd, dtype=dtype, device=CUDA)
     out = torch.empty_like(query)
-    attend_rows(query, out, torch.arange(rows, device=CUDA), meta, 1, 0.125, kvh, dtype, splits)
+    attend_rows(query, out, torch.arange(rows, device=CUDA), meta, 1, 0.125, kvh, dtype, splits,
+                variant=variant)
     for r, (slab, n) in enumerate(zip(slabs, counts)):
         assert torch.equal(slab[1, 0, :, n - 1], new_k[r]) and torch.equal(slab[1, 1, :, n - 1], new_v[r])
         keys, values = slab[1, 0, :, :n].float(), slab[1, 1, :, :n].float()

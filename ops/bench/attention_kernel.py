@@ -1,11 +1,13 @@
-"""The row-attention kernel (runtime/cuda_kernels.py) against SDPA, per launch setting, on one GPU.
+"""The row-attention kernels (runtime/cuda_kernels.py) against SDPA, per variant and setting, on one GPU.
 
 Decode attention only: each row attends to `keys` keys of its own slab (Qwen3-0.6B heads: 16 query
-heads, 8 KV heads, head_dim 128, bf16). Every variant is timed as 20 launches inside a CUDA graph,
-as the runtime runs it, and checked against float32 SDPA. The baseline, same run, is SDPA's own
-kernel on the same rows as one padded batch. Prints one JSON document.
+heads, 8 KV heads, head_dim 128, bf16). Every kernel variant ("dot", "dot_aligned", "cc"; see
+attend_rows) runs with each of its launch settings, timed as 20 launches inside a CUDA graph, as
+the runtime runs it, and checked against float32 SDPA. The baseline, same run, is SDPA's own kernel
+on the same rows as one padded batch. Prints one JSON document; "best" gives each variant's
+fastest setting per case.
 
-    python ops/bench/attention_kernel.py
+    python ops/bench/attention_kernel.py [--variants dot,cc]
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import torch.nn.functional as F
 
 HEADS, KV_HEADS, HEAD_DIM = 16, 8, 128
 CASES = ((1, 19300), (1, 4096), (8, 4096), (64, 640), (64, 4096))
-SETTINGS = ((64, 4, 3), (64, 4, 4), (64, 8, 3), (32, 4, 3), (128, 4, 3), (128, 8, 3), (128, 8, 4))
+# (block, num_warps, num_stages) per variant. "cc" keeps K/V in registers, so stages do nothing
+# for it and larger blocks (more loads in flight per program) are the setting that matters;
+# "dot_aligned" stages K/V in shared memory, so fewer stages let more programs share an SM.
+SETTINGS = {
+    "dot": ((64, 4, 3), (64, 4, 4), (64, 8, 3), (32, 4, 3), (128, 4, 3), (128, 8, 3), (128, 8, 4)),
+    "dot_aligned": ((64, 4, 3), (64, 4, 2), (32, 4, 3), (32, 4, 2), (128, 4, 2), (128, 8, 3)),
+    "cc": ((32, 4, 1), (64, 4, 1), (128, 4, 1), (64, 8, 1), (128, 8, 1), (256, 8, 1)),
+}
 LAUNCHES = 20
 
 
@@ -43,7 +52,7 @@ def timed_us(fn, repeats: int = 10) -> float:
     return start.elapsed_time(end) * 1000 / (repeats * LAUNCHES)
 
 
-def case(rows: int, keys: int, dtype: torch.dtype) -> dict:
+def case(rows: int, keys: int, dtype: torch.dtype, kernels: list[str]) -> dict:
     from kakeya.runtime.cuda_kernels import attend_rows, split_limit
 
     cuda = torch.device("cuda")
@@ -63,27 +72,40 @@ def case(rows: int, keys: int, dtype: torch.dtype) -> dict:
     splits = split_limit(rows, KV_HEADS, False)
     kv_bytes = rows * keys * KV_HEADS * HEAD_DIM * 2 * query.element_size()
     variants = []
-    for block, warps, stages in SETTINGS:
-        def run():
-            attend_rows(query, out, index, meta, 0, HEAD_DIM ** -0.5, KV_HEADS, dtype, splits,
-                        block=block, num_warps=warps, num_stages=stages)
-        run()
-        error = float((out.float() - expected).abs().max())
-        us = timed_us(run)
-        variants.append({"block": block, "num_warps": warps, "num_stages": stages, "us": round(us, 2),
-                         "tb_s": round(kv_bytes / us / 1e6, 2), "max_abs_error": round(error, 5),
-                         "speedup_vs_sdpa": round(baseline / us, 2)})
+    for kernel in kernels:
+        for block, warps, stages in SETTINGS[kernel]:
+            def run():
+                attend_rows(query, out, index, meta, 0, HEAD_DIM ** -0.5, KV_HEADS, dtype, splits,
+                            block=block, num_warps=warps, num_stages=stages, variant=kernel)
+            out.fill_(float("nan"))  # a variant that skips an element cannot inherit the previous one's
+            run()
+            error = float((out.float() - expected).abs().max())
+            us = timed_us(run)
+            variants.append({"variant": kernel, "block": block, "num_warps": warps, "num_stages": stages,
+                             "us": round(us, 2), "tb_s": round(kv_bytes / us / 1e6, 2),
+                             "max_abs_error": round(error, 5), "speedup_vs_sdpa": round(baseline / us, 2)})
+    best = {}
+    for v in variants:
+        if v["variant"] not in best or v["us"] < best[v["variant"]]["us"]:
+            best[v["variant"]] = {k: v[k] for k in ("block", "num_warps", "num_stages", "us", "tb_s",
+                                                    "speedup_vs_sdpa")}
     return {"rows": rows, "keys": keys, "splits": splits, "kv_mb": round(kv_bytes / 1e6, 1),
-            "sdpa_us": round(baseline, 2), "sdpa_tb_s": round(kv_bytes / baseline / 1e6, 2), "variants": variants}
+            "sdpa_us": round(baseline, 2), "sdpa_tb_s": round(kv_bytes / baseline / 1e6, 2), "best": best,
+            "variants": variants}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--variants", default=",".join(SETTINGS), help="comma-separated kernel variants")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    kernels = args.variants.split(",")
+    unknown = sorted(set(kernels) - set(SETTINGS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {sorted(SETTINGS)}")
     torch.manual_seed(0)
-    results = [case(rows, keys, dtype) for rows, keys in CASES]
+    results = [case(rows, keys, dtype, kernels) for rows, keys in CASES]
     print(json.dumps({"benchmark": "attention_kernel", "device_name": torch.cuda.get_device_name(),
                       "dtype": args.dtype, "torch": torch.__version__, "heads": HEADS, "kv_heads": KV_HEADS,
                       "head_dim": HEAD_DIM, "note": "per-layer decode attention; us per launch inside a CUDA graph",

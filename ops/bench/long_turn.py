@@ -46,7 +46,12 @@ def main() -> None:
     parser.add_argument("--generate", type=int, default=32)
     parser.add_argument("--turns", type=int, default=3, help="timed turns per history (the first is a warm-up)")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--variant", help="row kernel of decode rows (cuda_kernels.VARIANTS; default: the runtime's)")
     args = parser.parse_args()
+    if args.variant:
+        from kakeya.runtime import cuda_attention
+
+        cuda_attention.ROW_VARIANT = args.variant
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     device, dtype = torch.device("cuda"), getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -80,7 +85,7 @@ def main() -> None:
     for point in results:
         point["vs_first"] = round(point["turn_ms"] / results[0]["turn_ms"], 2)
     print(json.dumps({"benchmark": "long_turn", "device_name": torch.cuda.get_device_name(), "dtype": args.dtype,
-                      "append": args.append, "generate": args.generate, "torch": torch.__version__,
+                      "variant": args.variant or "default", "append": args.append, "generate": args.generate, "torch": torch.__version__,
                       "note": "median of timed turns; turn_ms = append step + (generate - 1) decode steps; decode_kv_tb_s: history K/V bytes over the decode step time added since the first history",
                       "results": results}, indent=1))
 
