@@ -16,8 +16,9 @@ from .cuda_forward import BLOCK_ROWS
 from .cuda_kernels import attend_rows, split_limit, store_rows
 
 # Which row kernel decode rows attend through (cuda_kernels.VARIANTS); read when graphs are captured.
-# ops/bench/attention_kernel.py and long_turn.py compare them.
-ROW_VARIANT = "dot"
+# On an H200 the aligned one read K/V at 3.0-4.5 TB/s, the other at 1.1-2.3 (ops/bench/attention_kernel.py).
+ROW_VARIANT = "dot_aligned"
+ROW_STAGES = 2  # the aligned kernel's best or near-best stage count in every case measured
 
 
 def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -30,7 +31,7 @@ def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tenso
         q = query if query.stride(-1) == 1 else query.contiguous()
         splits = split_limit(rows.kernel_rows.shape[0], key.shape[1], layout.deterministic)
         attend_rows(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], key.dtype, splits,
-                    variant=ROW_VARIANT, blocks=rows.blocks)
+                    num_stages=ROW_STAGES, variant=ROW_VARIANT, blocks=rows.blocks)
         if rows.blocks:
             from .cuda_block_kernel import attend_blocks
 

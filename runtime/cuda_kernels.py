@@ -10,11 +10,11 @@ With a fixed split limit the chunking depends only on the row's own key count, s
 is the same whatever else shares the launch: the deterministic mode builds on that. Fast mode
 lets few rows use more splits, so one long session still keeps the whole GPU busy.
 
-Three row kernels compute the same thing (`attend_rows`'s variant): "dot", the tensor-core kernel;
-"dot_aligned", the same kernel told that slab addresses are 16-byte aligned, so that its K/V loads
-become vector copies that triton can pipeline (an address read from memory is otherwise assumed
-unaligned, and each element is loaded on its own); "cc", a CUDA-core kernel for small query groups
-(cuda_core_attention.py). ops/bench/attention_kernel.py measures them against each other.
+Two variants of the row kernel compute the same thing (`attend_rows`'s variant): "dot_aligned", the
+runtime's, is told that slab addresses are 16-byte aligned, so its K/V loads become vector copies
+that triton pipelines; "dot" lacks the hint: an address read from memory is taken as unaligned and
+each element is loaded on its own, at half the bandwidth (ops/bench/attention_kernel.py measures both;
+a CUDA-core kernel without tl.dot was measured 3-6x slower still and dropped).
 
 Importing this module needs triton (shipped with the CUDA builds of torch); the CPU path never
 imports it.
@@ -25,8 +25,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from .cuda_core_attention import attend_cc_kernel, lanes_per_key
 
 DETERMINISTIC_SPLITS = 16  # at most; how many a row uses depends on its key count alone
 MAX_SPLITS = 64
@@ -150,7 +148,7 @@ def store_rows(key: torch.Tensor, value: torch.Tensor, meta: torch.Tensor, layer
                                   NUM_KV=num_kv, HEAD_DIM=head_dim, DTYPE=_TL_DTYPE[dtype])
 
 
-VARIANTS = ("dot", "dot_aligned", "cc")
+VARIANTS = ("dot", "dot_aligned")
 
 
 def attend_rows(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor,
@@ -161,9 +159,8 @@ def attend_rows(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta
     in at most `splits` (a power of two) chunks. blocks: meta has a fifth row (lead) and rows whose
     lead is not 1 are left to the block kernel. block/num_warps/num_stages: launch settings
     (ops/bench/attention_kernel.py compares them; block changes the reduction order). variant:
-    which kernel (see the module docstring); "dot_aligned" and "cc" need 16-byte aligned slabs,
-    which torch allocations are. "cc" rounds block up to num_warps times the lanes a key row leaves
-    free, and ignores num_stages in effect (it stages nothing in shared memory)."""
+    which kernel (see the module docstring); "dot_aligned" needs 16-byte aligned slabs, which torch
+    allocations are."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown row attention variant {variant!r}; expected one of {VARIANTS}")
     num_rows = rows.shape[0]
@@ -173,20 +170,12 @@ def attend_rows(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta
     part_ml = torch.empty(num_rows * num_heads * splits, 2, dtype=torch.float32, device=query.device)
     grid = (num_rows, num_kv, splits)
     common = (query, query.stride(0), query.stride(1), rows, meta, meta.stride(0), layer, scale, part_acc, part_ml)
-    if variant == "cc":
-        lanes = lanes_per_key(head_dim, query.element_size())
-        attend_cc_kernel[grid](
-            *common, NUM_KV=num_kv, GROUP=group, GROUP_PAD=triton.next_power_of_2(group), HEAD_DIM=head_dim,
-            BLOCK=max(block, num_warps * lanes), SPLITS=splits, MIN_SPLIT=MIN_SPLIT_KEYS, DTYPE=_TL_DTYPE[dtype],
-            WARPS=num_warps, LANES=lanes, HAS_LEAD=blocks, num_warps=num_warps, num_stages=num_stages,
-        )
-    else:
-        precision = "ieee" if dtype == torch.float32 else "tf32"
-        _attend_kernel[grid](
-            *common, NUM_KV=num_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-            BLOCK=block, SPLITS=splits, MIN_SPLIT=MIN_SPLIT_KEYS, DTYPE=_TL_DTYPE[dtype], PRECISION=precision,
-            HAS_LEAD=blocks, ALIGN=16 if variant == "dot_aligned" else 1, num_warps=num_warps, num_stages=num_stages,
-        )
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+    _attend_kernel[grid](
+        *common, NUM_KV=num_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK=block, SPLITS=splits, MIN_SPLIT=MIN_SPLIT_KEYS, DTYPE=_TL_DTYPE[dtype], PRECISION=precision,
+        HAS_LEAD=blocks, ALIGN=16 if variant == "dot_aligned" else 1, num_warps=num_warps, num_stages=num_stages,
+    )
     _combine_kernel[(num_rows, num_heads)](out, out.stride(0), out.stride(1), rows, meta, meta.stride(0),
                                           part_acc, part_ml, NUM_HEADS=num_heads, HEAD_DIM=head_dim,
                                           SPLITS=splits, HAS_LEAD=blocks)

@@ -1,13 +1,13 @@
 """The row-attention kernels (runtime/cuda_kernels.py) against SDPA, per variant and setting, on one GPU.
 
 Decode attention only: each row attends to `keys` keys of its own slab (Qwen3-0.6B heads: 16 query
-heads, 8 KV heads, head_dim 128, bf16). Every kernel variant ("dot", "dot_aligned", "cc"; see
+heads, 8 KV heads, head_dim 128, bf16). Every kernel variant ("dot", "dot_aligned"; see
 attend_rows) runs with each of its launch settings, timed as 20 launches inside a CUDA graph, as
 the runtime runs it, and checked against float32 SDPA. The baseline, same run, is SDPA's own kernel
 on the same rows as one padded batch. Prints one JSON document; "best" gives each variant's
 fastest setting per case.
 
-    python ops/bench/attention_kernel.py [--variants dot,cc]
+    python ops/bench/attention_kernel.py [--variants dot_aligned]
 """
 
 from __future__ import annotations
@@ -20,13 +20,11 @@ import torch.nn.functional as F
 
 HEADS, KV_HEADS, HEAD_DIM = 16, 8, 128
 CASES = ((1, 19300), (1, 4096), (8, 4096), (64, 640), (64, 4096))
-# (block, num_warps, num_stages) per variant. "cc" keeps K/V in registers, so stages do nothing
-# for it and larger blocks (more loads in flight per program) are the setting that matters;
-# "dot_aligned" stages K/V in shared memory, so fewer stages let more programs share an SM.
+# (block, num_warps, num_stages) per variant. "dot_aligned" stages K/V in shared memory, so fewer
+# stages let more programs share an SM.
 SETTINGS = {
     "dot": ((64, 4, 3), (64, 4, 4), (64, 8, 3), (32, 4, 3), (128, 4, 3), (128, 8, 3), (128, 8, 4)),
     "dot_aligned": ((64, 4, 3), (64, 4, 2), (32, 4, 3), (32, 4, 2), (128, 4, 2), (128, 8, 3)),
-    "cc": ((32, 4, 1), (64, 4, 1), (128, 4, 1), (64, 8, 1), (128, 8, 1), (256, 8, 1)),
 }
 LAUNCHES = 20
 
