@@ -178,7 +178,7 @@ def write(args, described: str, runtime: dict | None, sections: dict, samples: l
     document = build_document(meta(args, described, runtime), done)
     problems = check_document(document)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    json_path = args.out.with_suffix(".json")
+    json_path = args.out.parent / f"{args.out.name}.json"  # not with_suffix: names like qwen3-0.6b hold dots
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     print(f"[suite] wrote {json_path}" + (f" (problems: {problems})" if problems else ""), file=sys.stderr)
     return json_path, problems
