@@ -82,6 +82,10 @@ class Metrics:
         self.spec_accepted_per_position = Counter("kakeya_spec_decode_accepted_tokens_per_position",
                                                   "Draft tokens accepted, by position in the draft.", ["position"],
                                                   registry=r)
+        # Run-ahead decoding (model thread, CUDA): a launched step is claimed, or dropped when the
+        # scheduler asks for other rows (a session joined, a sampler has a temperature).
+        self.run_ahead_steps = Counter("kakeya_run_ahead_steps", "Decode steps launched ahead, by outcome.",
+                                       ["outcome"], registry=r)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 

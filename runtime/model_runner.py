@@ -9,6 +9,7 @@ import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -52,7 +53,7 @@ def model_thread() -> ThreadPoolExecutor:
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, deterministic: bool, executor: ThreadPoolExecutor | None = None,
                  cuda_graphs: bool = True, cuda_fusion: bool = True, bounded: bool = False,
-                 run_ahead: bool = False) -> None:
+                 run_ahead: bool = False, on_run_ahead: Callable[[str], None] | None = None) -> None:
         self.loaded = loaded
         self.deterministic = deterministic
         self.executor = executor or model_thread()
@@ -67,7 +68,7 @@ class ModelRunner:
         if run_ahead and self.cuda is not None and cuda_graphs and not deterministic:
             from .run_ahead import RunAhead
 
-            self.run_ahead = RunAhead(self.cuda)
+            self.run_ahead = RunAhead(self.cuda, on_run_ahead)
         # Fault injection for tests only: while set to an unset Event, every step blocks on it;
         # a set fault_error is raised by the next step, as a failing device would.
         self.fault_gate: threading.Event | None = None

@@ -19,7 +19,7 @@ it before the step that replaces it, which costs that step one forward.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -71,9 +71,10 @@ def _copy_to_host(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event]
 class RunAhead:
     """Owned by the model runner; used on the model thread only."""
 
-    def __init__(self, cuda: "CudaForward") -> None:
+    def __init__(self, cuda: "CudaForward", on_outcome: Callable[[str], None] | None = None) -> None:
         self._cuda = cuda
         self._launched: _Launched | None = None
+        self._on_outcome = on_outcome  # called with "claimed" or "dropped" (a metric)
         self.num_claimed = 0
         self.num_dropped = 0
 
@@ -86,8 +87,10 @@ class RunAhead:
         rows = launched.match(items) if items else None
         if rows is None:
             self.num_dropped += 1
+            self._report("dropped")
             return None
         self.num_claimed += 1
+        self._report("claimed")
         for item, row in zip(items, rows):
             item.kv.num_positions = launched.positions[row] + 1
         self._launch(items, launched.tokens, rows)
@@ -107,6 +110,10 @@ class RunAhead:
         if self._launched is not None:
             self._launched.fed = emitted
         return [(token,) for token in emitted]
+
+    def _report(self, outcome: str) -> None:
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
 
     def _launch(self, items: Sequence["WorkItem"], tokens: torch.Tensor, rows: list[int]) -> None:
         kvs = [item.kv for item in items]

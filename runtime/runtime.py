@@ -85,8 +85,11 @@ class Runtime:
                               bounded=engine.is_bounded)
         # Speculative steps feed drafts, which a launched-ahead plain decode step never matches.
         run_ahead = engine.cuda_run_ahead and not config.speculative.is_enabled
-        self.runner = ModelRunner(loaded, self.deterministic, executor, run_ahead=run_ahead, **runner_options)
         self.metrics = Metrics()
+        outcomes = self.metrics.run_ahead_steps
+        self.runner = ModelRunner(loaded, self.deterministic, executor, run_ahead=run_ahead,
+                                  on_run_ahead=lambda outcome: outcomes.labels(outcome=outcome).inc(),
+                                  **runner_options)
         self.draft_runner = None
         if self.draft is not None:
             self.draft_runner = DraftRunner(self.draft, self.deterministic, self.runner.executor, **runner_options)
