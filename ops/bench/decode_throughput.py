@@ -83,13 +83,14 @@ async def runtime_run(stub, batch: list[list[int]], new_tokens: int) -> dict[str
 
 
 @contextlib.contextmanager
-def served(deterministic: bool):
-    """A `kakeya serve` process of its own (as users run it), on a unix socket; yields its address."""
+def served(deterministic: bool, env: dict[str, str] | None = None):
+    """A `kakeya serve` process of its own (as users run it), on a unix socket; yields its address.
+    env: variables set for the server only (the baseline runs in this process)."""
     with tempfile.TemporaryDirectory() as tmp:
         socket_path = os.path.join(tmp, "kakeya.sock")
         flag = "--deterministic" if deterministic else "--no-deterministic"
         process = subprocess.Popen([sys.executable, "-m", "kakeya.runtime.cli", "serve", "--unix-socket", socket_path,
-                                    flag, "--log-level", "warning"])
+                                    flag, "--log-level", "warning"], env={**os.environ, **(env or {})})
         address = f"unix:{socket_path}"
         try:
             wait_serving(address, process)
@@ -124,7 +125,10 @@ async def main() -> None:
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--deterministic", choices=("on", "off", "both"), default="both")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment of the kakeya server only, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")
     args = parser.parse_args()
+    server_env = dict(item.split("=", 1) for item in args.server_env)
     if args.threads:
         torch.set_num_threads(args.threads)
     configure_logging("console", "warning")
@@ -140,7 +144,7 @@ async def main() -> None:
                "baseline_generate_sequential_tok_s": round(n * args.new / base_s, 2),
                "baseline_generate_sequential_decode_tok_s": round(n * (args.new - 1) / base_decode_s, 2)}
         for deterministic in modes:
-            with served(deterministic) as address:
+            with served(deterministic, server_env) as address:
                 async with grpc.aio.insecure_channel(address) as channel:
                     stub = runtime_pb2_grpc.RuntimeServiceStub(channel)
                     await runtime_run(stub, batch[:1], 4)  # warm-up
@@ -157,7 +161,7 @@ async def main() -> None:
         "benchmark": "decode_throughput",
         "model": loaded.model_id, "device": str(loaded.device), "dtype": str(loaded.dtype),
         "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
-        "prompt_tokens": args.prompt, "new_tokens": args.new,
+        "prompt_tokens": args.prompt, "new_tokens": args.new, "server_env": server_env,
         "note": ("tok_s: generated tokens over wall time including prefill, both sides; decode_tok_s: "
                  "tokens while every session decodes (kakeya) vs generate's time less its prefill+first token"),
         "results": results,
