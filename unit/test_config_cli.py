@@ -115,6 +115,16 @@ def test_env_fallback_and_flag_precedence(monkeypatch):
     assert cli.config_from_args(args).server.port == 6000
 
 
+def test_cuda_switches_default_on_and_turn_off_by_flag_or_env(monkeypatch):
+    engine = cli.config_from_args(cli.build_parser().parse_args(["serve"])).engine
+    assert (engine.cuda_graphs, engine.cuda_fusion, engine.cuda_run_ahead) == (True, True, True)
+    args = cli.build_parser().parse_args(["serve", "--no-cuda-run-ahead", "--no-cuda-graphs"])
+    engine = cli.config_from_args(args).engine
+    assert (engine.cuda_graphs, engine.cuda_fusion, engine.cuda_run_ahead) == (False, True, False)
+    monkeypatch.setenv("KAKEYA_CUDA_RUN_AHEAD", "0")
+    assert cli.config_from_args(cli.build_parser().parse_args(["serve"])).engine.cuda_run_ahead is False
+
+
 def test_command_is_required_and_bad_values_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as info:
         cli.build_parser().parse_args([])
