@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false",
                            default=env is None or env.lower() in ("1", "true", "yes", "on"),
                            help=f"CUDA only: do not {what} [env KAKEYA_{name.upper().replace('-', '_')}=0]")
+    env = env_default("cpu-packed-linears")
+    serve.add_argument("--no-cpu-packed-linears", dest="cpu_packed_linears", action="store_false",
+                       default=env is None or env.lower() in ("1", "true", "yes", "on"),
+                       help="CPU only: plain linears instead of MKL-packed weights, which double the "
+                            "weights' memory [env KAKEYA_CPU_PACKED_LINEARS=0]")
     # The client side lives in the SDK, which imports neither torch nor the server.
     from kakeya import repl
 
@@ -80,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         engine=EngineConfig(kv_budget_bytes=args.kv_budget_bytes, prefill_chunk_tokens=args.prefill_chunk,
                             max_step_tokens=max(1024, args.prefill_chunk), deterministic=args.deterministic,
                             cuda_graphs=args.cuda_graphs, cuda_fusion=args.cuda_fusion,
-                            cuda_run_ahead=args.cuda_run_ahead,
+                            cuda_run_ahead=args.cuda_run_ahead, cpu_packed_linears=args.cpu_packed_linears,
                             sink_tokens=args.sink, window_tokens=args.window,
                             consumer_stall_timeout_s=args.consumer_stall_timeout_s),
         limits=SessionLimits(max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,

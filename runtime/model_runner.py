@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from . import cpu_linear
 from .attention import RowGroup, StepLayout
 from .cpu_attention import plan_group
 from .kv_memory import SessionKV
@@ -20,9 +21,11 @@ from .model_loader import LoadedModel
 from .sampler import Sampler
 from .verify import accept
 
-# GEMMs and the lm_head see a multiple of this many rows in deterministic mode: on the AMD EPYC
-# first measured, MKL gives a row one result once M >= 8 (BATCHING.md §3). Not on every CPU: on
-# an Intel Xeon (AVX-512) some shapes change again from 16 rows; blas_probe.py warns at start-up.
+# Without packed weights (cpu_linear.py), GEMMs and the lm_head see a multiple of this many rows in
+# deterministic mode: on the AMD EPYC first measured, MKL gives a row one result once M >= 8
+# (BATCHING.md §3). Not on every CPU: on an Intel Xeon (AVX-512) some shapes change again from 16
+# or 64 rows; blas_probe.py warns at start-up. Packed GEMMs need no padding: a row's bits do not
+# depend on the row count there.
 DETERMINISTIC_ROW_MULTIPLE = 8
 
 
@@ -53,7 +56,8 @@ def model_thread() -> ThreadPoolExecutor:
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, deterministic: bool, executor: ThreadPoolExecutor | None = None,
                  cuda_graphs: bool = True, cuda_fusion: bool = True, bounded: bool = False,
-                 run_ahead: bool = False, on_run_ahead: Callable[[str], None] | None = None) -> None:
+                 run_ahead: bool = False, on_run_ahead: Callable[[str], None] | None = None,
+                 cpu_packed_linears: bool = True) -> None:
         self.loaded = loaded
         self.deterministic = deterministic
         self.executor = executor or model_thread()
@@ -69,6 +73,9 @@ class ModelRunner:
             from .run_ahead import RunAhead
 
             self.run_ahead = RunAhead(self.cuda, on_run_ahead)
+        # CPU: packed on the model thread, at warm-up or the first step (OpenMP teams are per thread).
+        self.pack_linears = cpu_packed_linears and cpu_linear.available(loaded.model)
+        self.packed: cpu_linear.PackedMode | None = None
         # Fault injection for tests only: while set to an unset Event, every step blocks on it;
         # a set fault_error is raised by the next step, as a failing device would.
         self.fault_gate: threading.Event | None = None
@@ -123,7 +130,8 @@ class ModelRunner:
             if item.sampler is not None:
                 keep_rows.extend(range(len(ids) - len(item.draft) - 1, len(ids)))
         num_real = len(ids)
-        if self.deterministic and self.cuda is None:
+        self._set_packed_mode()
+        if self.deterministic and self.cuda is None and self.packed is None:
             pad = -num_real % DETERMINISTIC_ROW_MULTIPLE
             ids.extend([0] * pad)
             positions.extend([0] * pad)
@@ -164,10 +172,18 @@ class ModelRunner:
             )
         return out.logits[0].float().cpu()
 
+    def _set_packed_mode(self) -> None:
+        if self.pack_linears and self.packed is None:
+            self.packed = cpu_linear.pack_linears(self.loaded.model)
+        if self.packed is not None:
+            # Runners of both modes may share one model (benchmarks): each sets the rule it needs.
+            self.packed.deterministic = self.deterministic
+
     def warm_up(self, max_rows: int) -> None:
-        """Prepares the fast path for steps of up to max_rows rows (CUDA only; elsewhere nothing)."""
+        """Prepares the fast path for steps of up to max_rows rows: CUDA graphs, or the CPU's packed weights."""
         if self.cuda is not None:
             self.cuda.warm_up(max_rows)
+        self._set_packed_mode()
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -82,7 +82,7 @@ class Runtime:
         self.pool = KVPool(shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
                            engine.window_tokens, engine.prefill_chunk_tokens, draft_shape)
         runner_options = dict(cuda_graphs=engine.cuda_graphs, cuda_fusion=engine.cuda_fusion,
-                              bounded=engine.is_bounded)
+                              bounded=engine.is_bounded, cpu_packed_linears=engine.cpu_packed_linears)
         # Speculative steps feed drafts, which a launched-ahead plain decode step never matches.
         run_ahead = engine.cuda_run_ahead and not config.speculative.is_enabled
         self.metrics = Metrics()
@@ -114,7 +114,7 @@ class Runtime:
         executor.submit(runtime.runner.warm_up, config.engine.max_step_tokens).result()
         if runtime.draft_runner is not None:
             executor.submit(runtime.draft_runner.warm_up, config.engine.max_step_tokens).result()
-        if runtime.deterministic and loaded.device.type == "cpu":
+        if runtime.deterministic and loaded.device.type == "cpu" and runtime.runner.packed is None:
             executor.submit(warn_if_row_dependent, loaded.model).result()
         return runtime
 

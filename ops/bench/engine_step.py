@@ -44,14 +44,15 @@ def sync(device: torch.device) -> None:
 _RUNNERS: dict[tuple[bool, bool], ModelRunner] = {}
 
 
-def engine_decode(loaded, prompts, new_tokens, deterministic, fusion=True):
+def engine_decode(loaded, prompts, new_tokens, deterministic, fusion=True, packed=True):
     """(decode seconds per step, tokens per session) for all prompts decoded together."""
     shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, loaded.dtype, loaded.device)
     pool = KVPool(shape, 1 << 40, 256, 0, 0, 512)
     # One runner per mode: on CUDA it keeps the graphs captured by the warm-up.
     runner = _RUNNERS.get((deterministic, fusion))
     if runner is None:
-        runner = _RUNNERS[deterministic, fusion] = ModelRunner(loaded, deterministic, cuda_fusion=fusion)
+        runner = _RUNNERS[deterministic, fusion] = ModelRunner(loaded, deterministic, cuda_fusion=fusion,
+                                                                  cpu_packed_linears=packed)
     slabs = [pool.allocate() for _ in prompts]
     for kv, prompt in zip(slabs, prompts):
         pool.reserve(kv, len(prompt) + new_tokens)
@@ -95,9 +96,11 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--no-cuda-fusion", action="store_true",
                         help="transformers' modules instead of the fused decoder (for comparison)")
+    parser.add_argument("--no-cpu-packed-linears", action="store_true",
+                        help="plain linears instead of MKL-packed weights on CPU (for comparison)")
     parser.add_argument("--check-sessions", type=int, default=4, help="sessions in the batched-vs-alone check")
     args = parser.parse_args()
-    fusion = not args.no_cuda_fusion
+    fusion, packed = not args.no_cuda_fusion, not args.no_cpu_packed_linears
     # The JSON document owns stdout; the engine's log lines go to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -115,8 +118,8 @@ def main() -> None:
         prompts = [torch.randint(10, vocab - 10, (args.prompt,), generator=generator).tolist() for _ in range(n)]
         row = {"sessions": n}
         for deterministic in (False, True):
-            engine_decode(loaded, prompts, 4, deterministic, fusion)  # warm-up, graph capture included
-            step_s, _ = engine_decode(loaded, prompts, args.new, deterministic, fusion)
+            engine_decode(loaded, prompts, 4, deterministic, fusion, packed)  # warm-up, graph capture included
+            step_s, _ = engine_decode(loaded, prompts, args.new, deterministic, fusion, packed)
             key = "deterministic" if deterministic else "fast"
             row[f"kakeya_{key}_step_ms"] = round(step_s * 1000, 3)
             row[f"kakeya_{key}_tok_s"] = round(n / step_s, 1)
@@ -129,13 +132,13 @@ def main() -> None:
              for i in range(args.check_sessions)]
     identical = {}
     for deterministic in (False, True):
-        _, together = engine_decode(loaded, check, 32, deterministic, fusion)
-        alone = [engine_decode(loaded, [p], 32, deterministic, fusion)[1][0] for p in check]
+        _, together = engine_decode(loaded, check, 32, deterministic, fusion, packed)
+        alone = [engine_decode(loaded, [p], 32, deterministic, fusion, packed)[1][0] for p in check]
         identical["deterministic" if deterministic else "fast"] = sum(a == b for a, b in zip(together, alone))
     print(json.dumps({
         "benchmark": "engine_step", "shape": args.shape, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "dtype": args.dtype, "cuda_fusion": fusion, "torch": torch.__version__, "prompt_tokens": args.prompt, "new_tokens": args.new,
+        "dtype": args.dtype, "cuda_fusion": fusion, "cpu_packed_linears": packed, "torch": torch.__version__, "prompt_tokens": args.prompt, "new_tokens": args.new,
         "note": "decode-phase step time; random weights (throughput depends only on shapes)",
         "results": results,
         "batched_equals_alone": {k: f"{v}/{len(check)} sessions" for k, v in identical.items()},
