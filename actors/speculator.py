@@ -77,7 +77,9 @@ class Speculator:
             tokens = tuple(job.inputs[piece.start:piece.stop])
             sampler = samplers[id(job)] if piece.samples else None
             draft = self._ngram_proposals.get(id(job), ())[:piece.num_draft] if self.mode == "ngram" else ()
-            items.append(WorkItem(job.kv, tokens, sampler, draft))
+            # The job's last token: nothing will ask for the step after it (run_ahead.py).
+            final = sampler is not None and len(job.generated) + len(draft) + 1 >= job.max_tokens
+            items.append(WorkItem(job.kv, tokens, sampler, draft, final=final))
             if self.mode == "draft":
                 requests.append((len(items) - 1, self._draft_request(job.kv, tokens, piece.num_draft, sampler)))
         self._ngram_proposals.clear()

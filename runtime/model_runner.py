@@ -44,6 +44,8 @@ class WorkItem:
     draft: tuple[int, ...] = ()
     # [len(draft), vocab]: what each draft token was drawn from; None: proposed with certainty.
     draft_probs: torch.Tensor | None = None
+    # The token sampled here is its request's last (max_tokens): run-ahead launches no step for it.
+    final: bool = False
 
 
 def model_thread() -> ThreadPoolExecutor:

@@ -31,13 +31,15 @@ if TYPE_CHECKING:  # the CUDA path only
 
 
 class _Launched:
-    """A forward on the GPU: rows[i] feeds fed[i] (known on the host once the previous step's tokens
-    are read) to session kvs[i] at positions[i]; its sampled tokens arrive in `host` at `ready`."""
+    """A forward on the GPU: row i feeds the previous step's token sources[i] (known on the host once
+    that step's tokens are read, as fed[i]) to session kvs[i] at positions[i]; its sampled tokens
+    arrive in `host` at `ready`."""
 
-    def __init__(self, kvs: list, positions: list[int], tokens: torch.Tensor) -> None:
+    def __init__(self, kvs: list, positions: list[int], sources: list[int], tokens: torch.Tensor) -> None:
         self.kvs = kvs  # held, so a kv_id stays unique while this forward can be claimed
         self.rows = {kv.kv_id: i for i, kv in enumerate(kvs)}
         self.positions = positions
+        self.sources = sources
         self.fed: list[int] = []
         self.tokens = tokens  # [rows] int64 on the device
         self.host, self.ready = _copy_to_host(tokens)
@@ -107,8 +109,7 @@ class RunAhead:
         self._launch(items, tokens, list(range(len(items))))
         ready.synchronize()
         emitted = host.tolist()
-        if self._launched is not None:
-            self._launched.fed = emitted
+        self._set_fed(emitted)
         return [(token,) for token in emitted]
 
     def _report(self, outcome: str) -> None:
@@ -116,19 +117,30 @@ class RunAhead:
             self._on_outcome(outcome)
 
     def _launch(self, items: Sequence["WorkItem"], tokens: torch.Tensor, rows: list[int]) -> None:
-        kvs = [item.kv for item in items]
+        """Launches the step after `items`, row j feeding tokens[rows[j]], for the items whose
+        request goes on: one that samples its last token here would only be dropped, and the next
+        step (the session's next turn, say) would wait for it."""
+        going_on = [(item.kv, row) for item, row in zip(items, rows) if not item.final]
+        if not going_on:
+            return
+        kvs = [kv for kv, _ in going_on]
+        sources = [row for _, row in going_on]
         positions = [kv.num_positions for kv in kvs]
         if len(kvs) > self._cuda.buckets[-1] or any(kv.storage_index(p) >= kv.capacity
                                                    for kv, p in zip(kvs, positions)):
             return  # a slab would need to grow: only the scheduler's reserve may do that
         groups = tuple(RowGroup(kv, i, 1, p) for i, (kv, p) in enumerate(zip(kvs, positions)))
         with torch.inference_mode():
-            next_tokens = self._cuda.decode_gathered(tokens, rows, positions, groups).argmax(-1)
-        self._launched = _Launched(kvs, positions, next_tokens)
+            next_tokens = self._cuda.decode_gathered(tokens, sources, positions, groups).argmax(-1)
+        self._launched = _Launched(kvs, positions, sources, next_tokens)
+
+    def _set_fed(self, tokens: list[int]) -> None:
+        """Once the step the launched one follows has its tokens on the host."""
+        if self._launched is not None:
+            self._launched.fed = [tokens[source] for source in self._launched.sources]
 
     def _read(self, launched: _Launched, rows: list[int]) -> list[tuple[int, ...]]:
         launched.ready.synchronize()
         tokens = launched.host.tolist()
-        if self._launched is not None:
-            self._launched.fed = [tokens[row] for row in rows]
+        self._set_fed(tokens)
         return [(tokens[row],) for row in rows]

@@ -18,8 +18,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="the CUDA path needs a CUDA device (run on the GPU machine)")
 
 
-def drive(runner: ModelRunner, prompts, counts, joins, sampling) -> tuple[list[list[int]], list[int]]:
-    """Streams and final slab positions; session i joins at step joins[i] and stops after counts[i] tokens."""
+def drive(runner: ModelRunner, prompts, counts, joins, sampling,
+          mark_final: bool = False) -> tuple[list[list[int]], list[int]]:
+    """Streams and final slab positions; session i joins at step joins[i] and stops after counts[i]
+    tokens. mark_final: flag each session's last token, as the scheduler does for max_tokens."""
     pool = pool_for(runner.loaded)
     kvs = [pool.allocate() for _ in prompts]
     for kv, p, n in zip(kvs, prompts, counts):
@@ -33,7 +35,8 @@ def drive(runner: ModelRunner, prompts, counts, joins, sampling) -> tuple[list[l
             if step < joins[i] or len(streams[i]) >= counts[i]:
                 continue
             tokens = tuple(p) if not streams[i] else (streams[i][-1],)
-            items.append(WorkItem(kvs[i], tokens, samplers[i]))
+            final = mark_final and len(streams[i]) + 1 >= counts[i]
+            items.append(WorkItem(kvs[i], tokens, samplers[i], final=final))
             owners.append(i)
         for i, emitted in zip(owners, runner.step(items)):
             streams[i].extend(emitted)
@@ -50,15 +53,20 @@ def test_run_ahead_gives_the_plain_streams_in_float32():
     counts = [24, 6, 15, 24, 10]
     joins = [0, 0, 0, 9, 17]  # session 3 joins mid-stream; session 4 joins after session 1 stopped
     greedy = [SamplingParams()] * 4 + [SamplingParams(temperature=0.8, seed=7)]
-    results = []
-    for run_ahead in (False, True):
+    results, outcomes = [], []
+    for run_ahead, mark_final in ((False, False), (True, False), (True, True)):
         runner = ModelRunner(loaded, deterministic=False, run_ahead=run_ahead)
-        results.append(drive(runner, prompts, counts, joins, greedy))
+        results.append(drive(runner, prompts, counts, joins, greedy, mark_final))
         if run_ahead:
-            claimed, dropped = runner.run_ahead.num_claimed, runner.run_ahead.num_dropped
+            outcomes.append((runner.run_ahead.num_claimed, runner.run_ahead.num_dropped))
+            # Once every session took its last token nothing is left running ahead, if they said so.
+            assert (runner.run_ahead._launched is None) == mark_final
         runner.shutdown()
-    (plain, plain_positions), (ahead, ahead_positions) = results
-    assert ahead == plain
+    (plain, plain_positions), (ahead, ahead_positions), (finals, finals_positions) = results
+    (claimed, dropped), (_, finals_dropped) = outcomes
+    assert ahead == plain and finals == plain
+    assert finals_positions == plain_positions
+    assert finals_dropped <= dropped
     assert [len(s) for s in ahead] == counts
     # Every committed token but the last was fed: the slab holds exactly the session's positions.
     assert ahead_positions == plain_positions == [len(p) + n - 1 for p, n in zip(prompts, counts)]

@@ -33,8 +33,8 @@ def turn(runner: ModelRunner, kv, append: list[int], generate: int) -> tuple[flo
     torch.cuda.synchronize()
     prefill = time.perf_counter() - started
     started = time.perf_counter()
-    for _ in range(generate - 1):
-        token = runner.step([WorkItem(kv, (token,), sampler)])[0][-1]
+    for i in range(generate - 1):
+        token = runner.step([WorkItem(kv, (token,), sampler, final=i == generate - 2)])[0][-1]
     torch.cuda.synchronize()
     return prefill, (time.perf_counter() - started) / (generate - 1)
 
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--generate", type=int, default=32)
     parser.add_argument("--turns", type=int, default=3, help="timed turns per history (the first is a warm-up)")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--run-ahead", action="store_true", help="launch each decode step early, as the server does")
     parser.add_argument("--variant", help="row kernel of decode rows (cuda_kernels.VARIANTS; default: the runtime's)")
     args = parser.parse_args()
     if args.variant:
@@ -58,7 +59,7 @@ def main() -> None:
     model = SHAPES["qwen3-0.6b"]().to(device, dtype).eval()
     model.set_attn_implementation(ATTENTION_NAME)
     loaded = describe(model, model_id="qwen3-0.6b-random", device=device, dtype=dtype)
-    runner = ModelRunner(loaded, deterministic=False)
+    runner = ModelRunner(loaded, deterministic=False, run_ahead=args.run_ahead)
     shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, dtype, device)
     pool = KVPool(shape, 1 << 40, 256, 0, 0, 512)
     ids = torch.randint(3, loaded.vocab_size, (max(args.histories) + args.append * (args.turns + 1),)).tolist()
@@ -85,7 +86,7 @@ def main() -> None:
     for point in results:
         point["vs_first"] = round(point["turn_ms"] / results[0]["turn_ms"], 2)
     print(json.dumps({"benchmark": "long_turn", "device_name": torch.cuda.get_device_name(), "dtype": args.dtype,
-                      "variant": args.variant or "default", "append": args.append, "generate": args.generate, "torch": torch.__version__,
+                      "variant": args.variant or "default", "run_ahead": args.run_ahead, "append": args.append, "generate": args.generate, "torch": torch.__version__,
                       "note": "median of timed turns; turn_ms = append step + (generate - 1) decode steps; decode_kv_tb_s: history K/V bytes over the decode step time added since the first history",
                       "results": results}, indent=1))
 
