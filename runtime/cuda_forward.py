@@ -57,6 +57,18 @@ class CudaRows:
     blocks: bool = False  # some rows attend in blocks (lead >= 2): the block kernel runs too
 
 
+def block_leads(num_rows: int, one_forward: bool) -> list[int]:
+    """Each row's lead when a group attends in blocks: the block's size on its first row, 0 on the
+    others. A lone last row (lead 1) would go to the row kernel, whose splits are sized for a block
+    step and so few that its one row over a long history cost more than the whole append (20 ms
+    against 6 at 19k keys); when the group runs in one forward its last two blocks share the rows
+    instead (16 + 1 -> 9 + 8). Sliced groups keep whole blocks: slices start on block boundaries."""
+    sizes = [BLOCK_ROWS] * (num_rows // BLOCK_ROWS) + ([num_rows % BLOCK_ROWS] if num_rows % BLOCK_ROWS else [])
+    if one_forward and len(sizes) > 1 and sizes[-1] == 1:
+        sizes[-2:] = [BLOCK_ROWS // 2 + 1, BLOCK_ROWS // 2]
+    return [lead for size in sizes for lead in (size, *[0] * (size - 1))]
+
+
 def graph_plan(groups: tuple[RowGroup, ...]) -> list[list[int]]:
     """Packed rows of the forwards that run a step on the row kernel, in order.
 
@@ -295,8 +307,7 @@ class CudaForward:
                 index = kv.storage_index(g.first_position + i)
                 meta[0][r], meta[1][r], meta[2][r], meta[3][r] = address, capacity, index, index + 1
             if blocks and g.num_rows > 1:
-                for i in range(g.num_rows):
-                    meta[4][g.row_start + i] = min(BLOCK_ROWS, g.num_rows - i) if i % BLOCK_ROWS == 0 else 0
+                meta[4][g.row_start:g.row_start + g.num_rows] = block_leads(g.num_rows, kernel_eligible(g))
         return meta
 
     def _stage(self, ids, positions, meta, rows: int, keep=()) -> torch.Tensor:

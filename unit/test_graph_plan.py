@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kakeya.runtime.attention import RowGroup
-from kakeya.runtime.cuda_forward import BLOCK_ROWS, ROW_KERNEL_WORK, SMALL_GROUP_ROWS, graph_plan
+from kakeya.runtime.cuda_forward import BLOCK_ROWS, ROW_KERNEL_WORK, SMALL_GROUP_ROWS, block_leads, graph_plan
 
 
 class Slab:  # graph_plan reads rows and positions only
@@ -28,3 +28,23 @@ def test_long_chunk_over_long_history_is_sliced_in_order():
         assert len(mine) <= SMALL_GROUP_ROWS or blocks * (30000 + seen + len(mine)) <= ROW_KERNEL_WORK
         assert seen % BLOCK_ROWS == 0  # a slice starts on a block boundary
         seen += len(mine)
+
+
+def blocks_of(leads: list[int]) -> list[int]:
+    """Block sizes read back from leads; checks every block's other rows hold 0."""
+    sizes, i = [], 0
+    while i < len(leads):
+        assert 1 <= leads[i] <= BLOCK_ROWS and leads[i + 1:i + leads[i]] == [0] * (leads[i] - 1)
+        sizes.append(leads[i])
+        i += leads[i]
+    return sizes
+
+
+def test_block_leads_leave_no_lone_row_to_the_row_kernel():
+    assert blocks_of(block_leads(64, True)) == [16, 16, 16, 16]
+    assert blocks_of(block_leads(37, True)) == [16, 16, 5]
+    # The last generated token plus a 64-token append: 65 rows, none left alone.
+    assert blocks_of(block_leads(65, True)) == [16, 16, 16, 9, 8]
+    assert blocks_of(block_leads(17, True)) == [9, 8]
+    # A sliced group keeps whole blocks, so no block straddles two forwards.
+    assert blocks_of(block_leads(65, False)) == [16, 16, 16, 16, 1]
