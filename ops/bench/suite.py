@@ -29,6 +29,7 @@ import suite_kakeya as kakeya
 from suite_report import build_document, check_document, long_section, memory_section, multi_row
 
 SECTIONS = ("multi", "long", "memory")
+RUN_AHEAD_COUNTER = "kakeya_run_ahead_steps_total"
 CUDA_KV_BUDGET_BYTES = 16 * 1024**3  # room for 64 sessions of 256 tokens and one 19k-token session of Qwen3-0.6B
 
 
@@ -90,8 +91,12 @@ def run_multi(args, server, sampler, model, vocab: int, rng: random.Random) -> d
         prompts = random_ids(rng, n, args.prompt, vocab)
         print(f"[suite] multi N={n}: kakeya", file=sys.stderr, flush=True)
         sampler.phase = f"multi_kakeya_n{n}"
+        before = kakeya.counter_values(server, RUN_AHEAD_COUNTER)
         measured = baselines.guarded(lambda: kakeya.multi_session(server.address, prompts, args.new,
                                                                   min(args.new, 8)))
+        after = kakeya.counter_values(server, RUN_AHEAD_COUNTER)
+        if after:  # CUDA fast mode: launched-ahead decode steps the scheduler claimed or dropped
+            measured["run_ahead_steps"] = {key: after[key] - before.get(key, 0.0) for key in after}
         rows_by_name = {}
         for name, run in (
                 ("generate_dynamic", lambda: baselines.generate_baseline(model, prompts, args.new, static=False,

@@ -8,11 +8,13 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 from kakeya import Client, KakeyaError, SyncClient
@@ -27,6 +29,7 @@ RPC_TIMEOUT_S = 600
 class Server:
     address: str
     pid: int
+    metrics_url: str
 
 
 @contextlib.contextmanager
@@ -35,11 +38,13 @@ def served(model: str, device: str, dtype: str, max_sessions: int, extra_args: l
     `extra_args` come last and so override the suite's own."""
     with tempfile.TemporaryDirectory(prefix="kakeya-bench-") as tmp:
         socket_path = os.path.join(tmp, "kakeya.sock")
+        port = free_port()
         command = [sys.executable, "-m", "kakeya.runtime.cli", "serve", "--unix-socket", socket_path,
                    "--model", model, "--device", device, "--dtype", dtype, "--log-level", "warning",
-                   "--metrics-port", "-1", "--max-sessions", str(max_sessions), *extra_args]
+                   "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+                   "--max-sessions", str(max_sessions), *extra_args]
         process = subprocess.Popen(command)
-        server = Server(f"unix:{socket_path}", process.pid)
+        server = Server(f"unix:{socket_path}", process.pid, f"http://127.0.0.1:{port}/metrics")
         try:
             wait_ready(server.address, process)
             yield server
@@ -50,6 +55,28 @@ def served(model: str, device: str, dtype: str, max_sessions: int, extra_args: l
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(30)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def counter_values(server: Server, name: str) -> dict[str, float]:
+    """Every sample of a counter from the server's /metrics, keyed by its label text ("" when it has
+    none); {} when the endpoint does not answer."""
+    try:
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, _, value = line.rpartition(" ")
+            values[key[len(name):]] = float(value)
+    return values
 
 
 def wait_ready(address: str, process: subprocess.Popen) -> None:
