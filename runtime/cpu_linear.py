@@ -16,6 +16,8 @@ The packed copy adds about the weights' own size to the resident memory (+516 MB
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -46,6 +48,16 @@ class PackedLinear(torch.nn.Linear):
         with torch.inference_mode():
             self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), PACK_ROWS_HINT)
 
+    def __deepcopy__(self, memo: dict) -> torch.nn.Linear:
+        """A copy is a plain nn.Linear: MKL's packed weight is an opaque tensor that cannot be
+        copied, and a copied model (a reference model in a test, say) is packed again if it runs
+        in the engine."""
+        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                                 device="meta")
+        linear.weight = copy.deepcopy(self.weight, memo)
+        linear.bias = copy.deepcopy(self.bias, memo)
+        return linear
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if not self.mode.deterministic and rows > FAST_MAX_ROWS:
@@ -68,13 +80,12 @@ class PackedMode:
 
 def pack_linears(model: torch.nn.Module) -> PackedMode:
     """Replaces every nn.Linear of the model with a PackedLinear, once; returns the shared mode."""
-    mode = getattr(model, "_kakeya_packed_mode", None)
-    if mode is not None:
-        return mode
+    for module in model.modules():
+        if isinstance(module, PackedLinear):
+            return module.mode
     mode = PackedMode()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is torch.nn.Linear:
                 setattr(parent, name, PackedLinear(child, mode))
-    model._kakeya_packed_mode = mode
     return mode

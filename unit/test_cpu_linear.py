@@ -3,6 +3,8 @@ and deterministic mode gives a row the same bits at any row count and whatever e
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,12 @@ def test_packing_keeps_parameters_and_is_done_once():
     assert model.lm_head.weight is model.get_input_embeddings().weight
     assert cpu_linear.pack_linears(model) is mode  # a second runner on the same model re-uses it
     assert all(type(m.weight) is torch.nn.Parameter for m in packed.values())
+    # A deep copy (a test's reference model) is plain transformers again, tied weights included.
+    twin = copy.deepcopy(model)
+    assert not any(isinstance(m, cpu_linear.PackedLinear) for m in twin.modules())
+    assert twin.lm_head.weight is twin.get_input_embeddings().weight
+    assert torch.equal(twin.model.layers[0].mlp.down_proj.weight, model.model.layers[0].mlp.down_proj.weight)
+    assert cpu_linear.pack_linears(twin) is not mode
 
 
 @pytest.mark.parametrize("shape", [(64, 48), (200, 48), (48, 130), (1536, 576)])
