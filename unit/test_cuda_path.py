@@ -46,7 +46,7 @@ def test_row_kernel_matches_sdpa(dtype, splits, variant):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_block_kernel_matches_sdpa(dtype):
-    """A 37-row chunk after 900 keys attends in blocks (16, 16, 5), causally, next to two decode rows
+    """A 37-row chunk after 900 keys attends in blocks of BLOCK_ROWS rows, causally, next to two decode rows
     that the row kernel serves in the same launch pair."""
     from kakeya.runtime.cuda_block_kernel import attend_blocks
     from kakeya.runtime.cuda_forward import BLOCK_ROWS

@@ -41,10 +41,11 @@ def blocks_of(leads: list[int]) -> list[int]:
 
 
 def test_block_leads_leave_no_lone_row_to_the_row_kernel():
-    assert blocks_of(block_leads(64, True)) == [16, 16, 16, 16]
-    assert blocks_of(block_leads(37, True)) == [16, 16, 5]
-    # The last generated token plus a 64-token append: 65 rows, none left alone.
-    assert blocks_of(block_leads(65, True)) == [16, 16, 16, 9, 8]
-    assert blocks_of(block_leads(17, True)) == [9, 8]
+    b = BLOCK_ROWS
+    assert blocks_of(block_leads(2 * b, True)) == [b, b]
+    assert blocks_of(block_leads(2 * b + 5, True)) == [b, b, 5]
+    # The last generated token plus an append of whole blocks: none of its rows left alone.
+    assert blocks_of(block_leads(2 * b + 1, True)) == [b, b // 2 + 1, b // 2]
+    assert blocks_of(block_leads(b + 1, True)) == [b // 2 + 1, b // 2]
     # A sliced group keeps whole blocks, so no block straddles two forwards.
-    assert blocks_of(block_leads(65, False)) == [16, 16, 16, 16, 1]
+    assert blocks_of(block_leads(2 * b + 1, False)) == [b, b, 1]
