@@ -94,8 +94,7 @@ class SchedulerActor(Actor):
                 raise
             self._recorder.step(slices, self._running, time.monotonic() - started)
             # 5. Publish: commit fed rows and emitted tokens, finish jobs that hit a stop.
-            for piece, tokens in zip(slices, emitted):
-                self._commit(piece, tokens)
+            self._recorder.tokens(sum(self._commit(piece, tokens) for piece, tokens in zip(slices, emitted)))
 
     def _accept(self, message: object) -> None:
         match message:
@@ -121,9 +120,10 @@ class SchedulerActor(Actor):
             case _:
                 raise TypeError(f"scheduler got an unknown message {message!r}")
 
-    def _commit(self, piece: Slice, emitted: tuple[int, ...]) -> None:
+    def _commit(self, piece: Slice, emitted: tuple[int, ...]) -> int:
         """Applies stop conditions to the emitted tokens in order; tokens after a stop are dropped
-        and their rows rolled back, so the slab holds exactly the committed tokens."""
+        and their rows rolled back, so the slab holds exactly the committed tokens. Returns how
+        many tokens it kept."""
         job = piece.job
         job.num_fed = piece.stop
         reason: StopReason | None = None
@@ -149,6 +149,7 @@ class SchedulerActor(Actor):
         self._speculator.commit(piece, emitted, num_kept)
         if reason is not None:
             self._finish(job, reason)
+        return num_kept
 
     def _finish_cancelled(self) -> None:
         for job in list(self._running):

@@ -55,14 +55,18 @@ class StepRecorder:
                 m.queue_time.observe(job.scheduled_at - job.submitted_at)
 
     def token(self, job: Job, now: float) -> None:
+        """Latency figures of one emitted token; the token count is added once a step (`tokens`)."""
         m = self._metrics
-        m.generation_tokens.inc()
         if job.first_token_at is None:
             job.first_token_at = now
             m.time_to_first_token.observe(now - job.submitted_at)
         else:
             m.inter_token_latency.observe(now - job.last_token_at)
         job.last_token_at = now
+
+    def tokens(self, count: int) -> None:
+        if count:
+            self._metrics.generation_tokens.inc(count)
 
     def memory(self) -> None:
         pool = self._pool
