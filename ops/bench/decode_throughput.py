@@ -2,9 +2,11 @@
 
 The runtime is a `kakeya serve` process of its own; the baseline, in the same run, is the same N
 sessions served one after another with `generate` (transformers' own sdpa attention and dynamic
-cache) in this process. Prints one JSON document.
+cache) in this process. Prints one JSON document. On a shared machine the baseline alone moves by
+20% between runs: `--rounds R` measures baseline and runtime R times, interleaved, against servers
+started once, and reports medians.
 
-    python ops/bench/decode_throughput.py --sessions 1 4 8 --prompt 128 --new 64
+    python ops/bench/decode_throughput.py --sessions 1 4 8 --prompt 128 --new 64 [--rounds 3]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import copy
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +26,6 @@ import time
 
 import grpc
 import torch
-
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
 from kakeya.runtime.attention import ATTENTION_NAME
@@ -90,7 +92,7 @@ def served(deterministic: bool, env: dict[str, str] | None = None):
         socket_path = os.path.join(tmp, "kakeya.sock")
         flag = "--deterministic" if deterministic else "--no-deterministic"
         process = subprocess.Popen([sys.executable, "-m", "kakeya.runtime.cli", "serve", "--unix-socket", socket_path,
-                                    flag, "--log-level", "warning"], env={**os.environ, **(env or {})})
+                                    flag, "--log-level", "warning", "--metrics-port", "-1"], env={**os.environ, **(env or {})})
         address = f"unix:{socket_path}"
         try:
             wait_serving(address, process)
@@ -118,6 +120,32 @@ def wait_serving(address: str, process: subprocess.Popen, timeout_s: float = 300
     raise TimeoutError("kakeya serve did not become ready")
 
 
+async def one_round(n: int, batch: list[list[int]], new_tokens: int, reference, stubs: dict, reverse: bool) -> dict:
+    """The baseline, then each mode's runtime, back to back: every ratio is against the baseline
+    measured next to it. Odd rounds run the modes in reverse order."""
+    base_s, base_decode_s = baseline(reference, batch, new_tokens)
+    row = {"baseline_generate_sequential_tok_s": round(n * new_tokens / base_s, 2),
+           "baseline_generate_sequential_decode_tok_s": round(n * (new_tokens - 1) / base_decode_s, 2)}
+    for deterministic in sorted(stubs, reverse=not reverse):
+        measured = await runtime_run(stubs[deterministic], batch, new_tokens)
+        key = "deterministic" if deterministic else "fast"
+        row[f"kakeya_{key}_tok_s"] = round(n * new_tokens / measured["wall_s"], 2)
+        row[f"kakeya_{key}_ratio_vs_baseline"] = round(base_s / measured["wall_s"], 2)
+        row[f"kakeya_{key}_decode_tok_s"] = round(measured["decode_tok_s"], 2)
+        row[f"kakeya_{key}_decode_ratio_vs_baseline"] = round(
+            measured["decode_tok_s"] / row["baseline_generate_sequential_decode_tok_s"], 2)
+        row[f"kakeya_{key}_ttft_p50_s"] = round(measured["ttft_p50_s"], 3)
+    return row
+
+
+def summarise(n: int, rounds: list[dict]) -> dict:
+    """Each figure's median over the rounds (the round itself when there is one), and every round."""
+    summary = {"sessions": n, **{key: round(statistics.median(r[key] for r in rounds), 3) for key in rounds[0]}}
+    if len(rounds) > 1:
+        summary["rounds"] = rounds
+    return summary
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 8])
@@ -125,6 +153,8 @@ async def main() -> None:
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--deterministic", choices=("on", "off", "both"), default="both")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure baseline and runtime this many times, interleaved; figures are medians")
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment of the kakeya server only, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")
     args = parser.parse_args()
@@ -139,31 +169,25 @@ async def main() -> None:
     results = []
     for n in args.sessions:
         batch = prompts(n, args.prompt, loaded.vocab_size)
-        base_s, base_decode_s = baseline(reference, batch, args.new)
-        row = {"sessions": n,
-               "baseline_generate_sequential_tok_s": round(n * args.new / base_s, 2),
-               "baseline_generate_sequential_decode_tok_s": round(n * (args.new - 1) / base_decode_s, 2)}
-        for deterministic in modes:
-            with served(deterministic, server_env) as address:
-                async with grpc.aio.insecure_channel(address) as channel:
-                    stub = runtime_pb2_grpc.RuntimeServiceStub(channel)
-                    await runtime_run(stub, batch[:1], 4)  # warm-up
-                    measured = await runtime_run(stub, batch, args.new)
-            key = "deterministic" if deterministic else "fast"
-            row[f"kakeya_{key}_tok_s"] = round(n * args.new / measured["wall_s"], 2)
-            row[f"kakeya_{key}_ratio_vs_baseline"] = round(base_s / measured["wall_s"], 2)
-            row[f"kakeya_{key}_decode_tok_s"] = round(measured["decode_tok_s"], 2)
-            row[f"kakeya_{key}_decode_ratio_vs_baseline"] = round(
-                measured["decode_tok_s"] / row["baseline_generate_sequential_decode_tok_s"], 2)
-            row[f"kakeya_{key}_ttft_p50_s"] = round(measured["ttft_p50_s"], 3)
-        results.append(row)
+        async with contextlib.AsyncExitStack() as servers:
+            stubs = {}
+            for deterministic in modes:
+                address = servers.enter_context(served(deterministic, server_env))
+                channel = await servers.enter_async_context(grpc.aio.insecure_channel(address))
+                stubs[deterministic] = runtime_pb2_grpc.RuntimeServiceStub(channel)
+                await runtime_run(stubs[deterministic], batch[:1], 4)  # warm-up
+            rounds = [await one_round(n, batch, args.new, reference, stubs, reverse=r % 2 == 1)
+                      for r in range(args.rounds)]
+        results.append(summarise(n, rounds))
     print(json.dumps({
         "benchmark": "decode_throughput",
         "model": loaded.model_id, "device": str(loaded.device), "dtype": str(loaded.dtype),
         "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
         "prompt_tokens": args.prompt, "new_tokens": args.new, "server_env": server_env,
+        "rounds": args.rounds,
         "note": ("tok_s: generated tokens over wall time including prefill, both sides; decode_tok_s: "
-                 "tokens while every session decodes (kakeya) vs generate's time less its prefill+first token"),
+                 "tokens while every session decodes (kakeya) vs generate's time less its prefill+first token; "
+                 "with rounds > 1 each figure is the median over rounds, each round's ratios against its own baseline"),
         "results": results,
     }, indent=2))
 
