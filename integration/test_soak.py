@@ -4,7 +4,7 @@ The traffic is ops/soak/soak.py's (the standalone runner, loaded here from its f
 exercises it): create, append, generate (1-3 tokens), a Generate cancelled after its first token,
 info, runtime info, close. Every answer is checked against a model of each session's history;
 errors must be 0. The server runs in this process, so the RSS sampled every 100 requests is this
-process's (/proc/self/status VmRSS); after a warm-up its least-squares slope must stay under
+process's (/proc/self/status VmRSS); after a warm-up the rise of its floor must stay under
 RSS_SLOPE_LIMIT_MB MiB per 1,000 requests, and KV bytes, sessions and running jobs must all be back
 to 0 at the end. Prints the runner's one-line JSON summary (run pytest with -s to see it).
 
@@ -28,7 +28,9 @@ SESSIONS = 8
 RSS_SLOPE_LIMIT_MB = 20.0  # per 1,000 requests, after the warm-up
 # Measured: RSS climbs ~50 MB over the first ~700 requests, then saw-tooths within ~40 MB (freed
 # memory goes back to the OS in bursts); a 10-minute run (5,877 requests) gave 2.4 MB/1,000 requests
-# past its first quarter. A 30 s run sees only ~1,500 requests, so it skips the first half.
+# past its first quarter. A 30 s run sees only ~1,500 requests, so it skips the first half, and it
+# checks the rise of the RSS floor: over ten samples the least-squares slope follows the teeth (one
+# CI run gave 24 MB/1,000 requests with RSS ending 16 MB below where it started).
 WARMUP_FRACTION = 0.5 if SOAK_MINUTES <= 0 else 0.25
 MIN_REQUESTS = 1000  # on a slow machine the run goes past SECONDS until there are enough samples
 RUNNER = Path(__file__).resolve().parents[1] / "ops" / "soak" / "soak.py"
@@ -59,8 +61,8 @@ async def test_mixed_traffic_soak(loaded_model):
         ops = summary["operations"]
         assert all(ops[op] > 0 for op in ("append", "generate", "cancel", "info", "recycle")), ops
         assert summary["requests"] >= MIN_REQUESTS and summary["samples"] >= 10  # enough for a slope
-        assert summary["rss_slope_mb_per_1000_requests"] is not None
-        assert summary["rss_slope_mb_per_1000_requests"] < RSS_SLOPE_LIMIT_MB, summary
+        rise = summary["rss_floor_rise_mb_per_1000_requests"]
+        assert rise is not None and rise < RSS_SLOPE_LIMIT_MB, summary
         assert summary["kv_bytes_max"] > 0 and summary["kv_bytes_end"] == 0
         await eventually(lambda: runtime.scheduler.num_running == 0, TIMEOUT_S, "the scheduler to be idle")
         assert runtime.registry.num_active == 0, "the soak leaked sessions"

@@ -27,8 +27,9 @@ import triton
 import triton.language as tl
 
 DETERMINISTIC_SPLITS = 16  # at most; how many a row uses depends on its key count alone
-# One row over 19k keys: 25.6 us a layer in 32 splits against 26.4 in 64, and at a few thousand
-# keys 10.4 against 13.6 (H200; the unused splits of a graph's grid still launch).
+# One row over 19k keys: 25.6 us a layer in 32 splits (3 stages, cuda_attention.LONE_ROW_STAGES)
+# against 26.4 in 64 (2 stages), and at 4k keys 10.4 against 13.6; 64 splits with 3 stages took
+# 29.8 and 12.2 (H200). A graph's grid launches every split, used or not.
 MAX_SPLITS = 32
 MIN_SPLIT_KEYS = 256  # fewer keys than this per split would cost more in the combine than it saves
 BLOCK_N = 64

@@ -17,7 +17,9 @@ again: with no other clients on the server they must be 0.
 
 The report: requests, errors (and their kinds), rss_start_mb, rss_end_mb,
 rss_slope_mb_per_1000_requests (least squares over the samples after the first quarter, the
-warm-up), kv_bytes_end and counters of what ran. The exit status is 1 when there were errors, when
+warm-up), rss_floor_rise_mb_per_1000_requests (how far the lowest RSS rose from the first to the
+second half of those samples: steadier than the slope over a short run), kv_bytes_end and
+counters of what ran. The exit status is 1 when there were errors, when
 KV bytes are still held at the end, or when the RSS slope is above --max-rss-slope.
 
 Needs only the SDK install (grpcio, protobuf): `pip install kakeya` or the repository's .venv.
@@ -83,6 +85,18 @@ def slope_per_1000(points: list[tuple[int, float]]) -> float | None:
         return None
     cov = sum((x - mean_x) * (y - mean_y) for x, y in points)
     return cov / var_x * 1000
+
+
+def floor_rise_per_1000(points: list[tuple[int, float]]) -> float | None:
+    """How far the RSS floor rose, in MiB per 1,000 requests: the lowest sample of the second half
+    of `points` against the lowest of the first, over the requests between the halves' means.
+    Freed memory goes back to the OS in bursts, so RSS saw-tooths by tens of MiB, and over a short
+    run the least-squares slope follows the teeth; a leak lifts the floor. None under 4 points."""
+    if len(points) < 4:
+        return None
+    first, second = points[:len(points) // 2], points[len(points) // 2:]
+    span = sum(x for x, _ in second) / len(second) - sum(x for x, _ in first) / len(first)
+    return (min(y for _, y in second) - min(y for _, y in first)) / span * 1000
 
 
 class _Mismatch(Exception):
@@ -315,7 +329,8 @@ class Soak:
     def summary(self, duration_s: float) -> dict:
         rss = [(s["requests"], s["rss_mb"]) for s in self.samples if s["rss_mb"] is not None]
         kv = [s["kv_bytes"] for s in self.samples if s["kv_bytes"] is not None]
-        slope = slope_per_1000(rss[int(len(rss) * self.config.warmup_fraction):])
+        steady = rss[int(len(rss) * self.config.warmup_fraction):]
+        slope, floor_rise = slope_per_1000(steady), floor_rise_per_1000(steady)
         end = self.samples[-1] if self.samples else {}
         return {
             "requests": self.requests,
@@ -332,6 +347,7 @@ class Soak:
             "rss_end_mb": round(rss[-1][1], 1) if rss else None,
             "rss_max_mb": round(max(y for _, y in rss), 1) if rss else None,
             "rss_slope_mb_per_1000_requests": None if slope is None else round(slope, 3),
+            "rss_floor_rise_mb_per_1000_requests": None if floor_rise is None else round(floor_rise, 3),
             "kv_bytes_max": max(kv) if kv else None,
             "kv_bytes_end": end.get("kv_bytes"),
         }
