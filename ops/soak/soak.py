@@ -19,9 +19,7 @@ The report: requests, errors (and their kinds), rss_start_mb, rss_end_mb,
 rss_slope_mb_per_1000_requests (least squares over the samples after the first quarter, the
 warm-up), rss_floor_rise_mb_per_1000_requests (how far the lowest RSS rose from the first to the
 second half of those samples: steadier than the slope over a short run; also in MiB as
-rss_floor_rise_mb), kv_bytes_end and counters of what ran. An in-process caller can pass a
-live-object counter: objects_rise_per_1000_requests compares the counts of the first and last
-samples, which are taken with no request in flight. The exit status is 1 when there were errors, when
+rss_floor_rise_mb), kv_bytes_end and counters of what ran. The exit status is 1 when there were errors, when
 KV bytes are still held at the end, or when the RSS slope is above --max-rss-slope.
 
 Needs only the SDK install (grpcio, protobuf): `pip install kakeya` or the repository's .venv.
@@ -118,12 +116,10 @@ class Soak:
     """Drives the traffic through a RuntimeService stub (grpc.aio) and collects the report."""
 
     def __init__(self, stub: runtime_pb2_grpc.RuntimeServiceStub, config: SoakConfig,
-                 rss_mb: Callable[[], float | None] = lambda: None,
-                 live_objects: Callable[[], int | None] = lambda: None) -> None:
+                 rss_mb: Callable[[], float | None] = lambda: None) -> None:
         self.stub = stub
         self.config = config
         self.rss_mb = rss_mb
-        self.live_objects = live_objects  # only an in-process server can count its objects
         self.requests = 0
         self.errors: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
@@ -304,7 +300,7 @@ class Soak:
 
     async def _sample(self) -> None:
         reply = await self._runtime_info()
-        self.samples.append({"requests": self.requests, "rss_mb": self.rss_mb(), "objects": self.live_objects(),
+        self.samples.append({"requests": self.requests, "rss_mb": self.rss_mb(),
                              "kv_bytes": None if reply is None else reply.kv_used_bytes})
 
     async def _runtime_info(self):
@@ -342,13 +338,8 @@ class Soak:
     def summary(self, duration_s: float) -> dict:
         rss = [(s["requests"], s["rss_mb"]) for s in self.samples if s["rss_mb"] is not None]
         kv = [s["kv_bytes"] for s in self.samples if s["kv_bytes"] is not None]
-        objects = [(s["requests"], s["objects"]) for s in self.samples if s["objects"] is not None]
         steady = rss[int(len(rss) * self.config.warmup_fraction):]
         slope, floor_rise, floor_rise_abs = slope_per_1000(steady), floor_rise_per_1000(steady), floor_rise_mb(steady)
-        # The first and last samples are taken with no request in flight, so their object counts
-        # compare exactly; in between, in-flight requests move the count by hundreds.
-        objects_rise = ((objects[-1][1] - objects[0][1]) / self.requests * 1000
-                        if len(objects) >= 2 and self.requests else None)
         end = self.samples[-1] if self.samples else {}
         return {
             "requests": self.requests,
@@ -367,9 +358,6 @@ class Soak:
             "rss_slope_mb_per_1000_requests": None if slope is None else round(slope, 3),
             "rss_floor_rise_mb_per_1000_requests": None if floor_rise is None else round(floor_rise, 3),
             "rss_floor_rise_mb": None if floor_rise_abs is None else round(floor_rise_abs, 1),
-            "objects_start": objects[0][1] if objects else None,
-            "objects_end": objects[-1][1] if objects else None,
-            "objects_rise_per_1000_requests": None if objects_rise is None else round(objects_rise, 1),
             "kv_bytes_max": max(kv) if kv else None,
             "kv_bytes_end": end.get("kv_bytes"),
         }
