@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                        default=env is None or env.lower() in ("1", "true", "yes", "on"),
                        help="CPU only: plain linears instead of MKL-packed weights, which double the "
                             "weights' memory [env KAKEYA_CPU_PACKED_LINEARS=0]")
+    env = env_default("cpu-decoder")
+    serve.add_argument("--no-cpu-decoder", dest="cpu_decoder", action="store_false",
+                       default=env is None or env.lower() in ("1", "true", "yes", "on"),
+                       help="CPU only: run transformers' modules instead of the same ops called directly "
+                            "(same logits, slower) [env KAKEYA_CPU_DECODER=0]")
     # The client side lives in the SDK, which imports neither torch nor the server.
     from kakeya import repl
 
@@ -86,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
                             max_step_tokens=max(1024, args.prefill_chunk), deterministic=args.deterministic,
                             cuda_graphs=args.cuda_graphs, cuda_fusion=args.cuda_fusion,
                             cuda_run_ahead=args.cuda_run_ahead, cpu_packed_linears=args.cpu_packed_linears,
+                            cpu_decoder=args.cpu_decoder,
                             sink_tokens=args.sink, window_tokens=args.window,
                             consumer_stall_timeout_s=args.consumer_stall_timeout_s),
         limits=SessionLimits(max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,

@@ -38,6 +38,7 @@ class EngineConfig:
     cuda_fusion: bool = True  # CUDA: fused decoder layers (runtime/cuda_decoder.py), compiled pointwise kernels
     cuda_run_ahead: bool = True  # CUDA fast mode: launch the next greedy decode step early (runtime/run_ahead.py)
     cpu_packed_linears: bool = True  # CPU fp32 with MKL: linears on packed weights (runtime/cpu_linear.py)
+    cpu_decoder: bool = True  # CPU, packed linears: the forward without transformers' modules (cpu_decoder.py)
     sink_tokens: int = 0
     window_tokens: int = 0
     mailbox_size: int = 1024

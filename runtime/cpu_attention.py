@@ -63,8 +63,11 @@ def plan_group(row_start: int, num_rows: int, first_position: int, dtype: torch.
 
 
 def attend(plan: GroupPlan, slab: torch.Tensor, layer: int, query: torch.Tensor, out: torch.Tensor,
-           scaling: float | None) -> None:
-    """query: [1, heads, T, head_dim]; out: [1, T, heads, head_dim]; the group's K/V already written."""
+           scaling: float | None, layer_keys: torch.Tensor | None = None,
+           layer_values: torch.Tensor | None = None) -> None:
+    """query: [1, heads, T, head_dim]; out: [1, T, heads, head_dim]; the group's K/V already written.
+    layer_keys/values: this layer's slab entries, [kv_heads, n, head_dim] from entry 0, cut once a
+    step (attention.SlabCut); by default cut here."""
     capacity = slab.shape[3]
     clear_to = min(plan.calls[-1].num_keys, capacity)
     if layer == 0 and plan.num_written < clear_to:
@@ -72,8 +75,10 @@ def attend(plan: GroupPlan, slab: torch.Tensor, layer: int, query: torch.Tensor,
         # entries past the history may hold anything (fresh memory, rolled-back rows). Every layer
         # is cleared at once: no row past num_written is written in this step.
         slab[:, :, :, plan.num_written:clear_to].zero_()
+    if layer_keys is None:
+        layer_keys, layer_values = slab[layer, 0], slab[layer, 1]
     for call in plan.calls:
-        keys, values = slab[layer, 0, :, :call.num_keys], slab[layer, 1, :, :call.num_keys]
+        keys, values = layer_keys[:, :call.num_keys], layer_values[:, :call.num_keys]
         if call.num_keys > capacity:
             # A slab whose capacity is no multiple of the bucket (small KV blocks): pad with zeros,
             # which the kernel sees exactly as it would see cleared entries.

@@ -59,16 +59,23 @@ class PackedLinear(torch.nn.Linear):
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
-        if not self.mode.deterministic and rows > FAST_MAX_ROWS:
-            return F.linear(x, self.weight, self.bias)
-        flat = x.reshape(rows, self.in_features)
-        if rows == 1 and self.mode.deterministic:
-            # At small shapes (<= 128 features) MKL computes a lone row on another path, whose bits
-            # differ from the same row among others; from 2 rows on they agree.
-            flat = flat.expand(2, -1)
-        out = torch.ops.mkl._mkl_linear(flat.contiguous(), self.packed, self.weight, self.bias, len(flat))
-        return out[:rows].reshape(*x.shape[:-1], self.out_features)
+        return apply(x, self.packed, self.weight, self.bias, self.mode.deterministic)
+
+
+def apply(x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+          deterministic: bool) -> torch.Tensor:
+    """x @ weight.T + bias over the packed copy of weight, by the mode's rule (module docstring)."""
+    out_features, in_features = weight.shape
+    rows = x.numel() // in_features
+    if not deterministic and rows > FAST_MAX_ROWS:
+        return F.linear(x, weight, bias)
+    flat = x.reshape(rows, in_features)
+    if rows == 1 and deterministic:
+        # At small shapes (<= 128 features) MKL computes a lone row on another path, whose bits
+        # differ from the same row among others; from 2 rows on they agree.
+        flat = flat.expand(2, -1)
+    out = torch.ops.mkl._mkl_linear(flat.contiguous(), packed, weight, bias, len(flat))
+    return out[:rows].reshape(*x.shape[:-1], out_features)
 
 
 class PackedMode:

@@ -22,11 +22,10 @@ import torch.nn.functional as F
 
 from .attention import StepLayout
 from .cuda_attention import attend
+from .decoder_family import unsupported
 
 log = structlog.get_logger(__name__)
 
-LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"}
-NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
 TABLE_ROPE = {"default", "linear", "llama3", "yarn"}  # cos/sin depend on the position alone
 MAX_TABLE_POSITIONS = 1 << 18
 
@@ -120,24 +119,6 @@ def _layer(module) -> _Layer:
                    float(attn.scaling))
     module.kakeya_fused = fused
     return fused
-
-
-def unsupported(model) -> str | None:
-    """Why `model` cannot run on the fused decoder, or None."""
-    config = model.config
-    layers = model.model.layers
-    if getattr(config, "hidden_act", None) not in ("silu", "swish"):
-        return f"activation {config.hidden_act!r}"
-    for layer in layers:
-        if type(layer).__name__ not in LAYERS:
-            return f"layer {type(layer).__name__}"
-        if type(layer.input_layernorm).__name__ not in NORMS:
-            return f"norm {type(layer.input_layernorm).__name__}"
-        if layer.mlp.gate_proj.bias is not None or layer.mlp.down_proj.bias is not None:
-            return "MLP bias"
-        if getattr(layer.self_attn, "sliding_window", None):
-            return "sliding-window layers"
-    return None
 
 
 class FusedDecoder:

@@ -14,8 +14,9 @@ from typing import Callable
 import torch
 
 from . import cpu_linear
-from .attention import RowGroup, StepLayout
+from .attention import RowGroup, StepLayout, cut_slab
 from .cpu_attention import plan_group
+from .cpu_decoder import CpuDecoder
 from .kv_memory import SessionKV
 from .model_loader import LoadedModel
 from .sampler import Sampler
@@ -59,7 +60,7 @@ class ModelRunner:
     def __init__(self, loaded: LoadedModel, deterministic: bool, executor: ThreadPoolExecutor | None = None,
                  cuda_graphs: bool = True, cuda_fusion: bool = True, bounded: bool = False,
                  run_ahead: bool = False, on_run_ahead: Callable[[str], None] | None = None,
-                 cpu_packed_linears: bool = True) -> None:
+                 cpu_packed_linears: bool = True, cpu_decoder: bool = True) -> None:
         self.loaded = loaded
         self.deterministic = deterministic
         self.executor = executor or model_thread()
@@ -78,6 +79,8 @@ class ModelRunner:
         # CPU: packed on the model thread, at warm-up or the first step (OpenMP teams are per thread).
         self.pack_linears = cpu_packed_linears and cpu_linear.available(loaded.model)
         self.packed: cpu_linear.PackedMode | None = None
+        self.use_cpu_decoder = cpu_decoder
+        self.cpu_decoder: CpuDecoder | None = None
         # Fault injection for tests only: while set to an unset Event, every step blocks on it;
         # a set fault_error is raised by the next step, as a failing device would.
         self.fault_gate: threading.Event | None = None
@@ -146,6 +149,9 @@ class ModelRunner:
             layout = dataclasses.replace(layout, cpu_plans=tuple(
                 None if g.kv.window_tokens else plan_group(g.row_start, g.num_rows, g.first_position, dtype, device)
                 for g in groups))
+        if self.cuda is None:
+            plans = layout.cpu_plans or (None,) * len(groups)
+            layout = dataclasses.replace(layout, cpu_cuts=tuple(cut_slab(g, p) for g, p in zip(groups, plans)))
         logits = self._forward(ids, positions, layout, keep_rows)
         for group in groups:
             group.kv.num_positions = group.first_position + group.num_rows
@@ -155,6 +161,11 @@ class ModelRunner:
         if self.cuda is not None:
             return self.cuda.forward(ids, positions, layout.groups, keep_rows)
         device = self.loaded.device
+        if self.cpu_decoder is not None:
+            with torch.inference_mode():
+                logits = self.cpu_decoder(torch.tensor([ids]), torch.tensor([positions]), layout,
+                                          torch.tensor(keep_rows) if keep_rows else None)
+            return torch.empty(0) if logits is None else logits[0].float()
         with torch.inference_mode():
             if not keep_rows:
                 # Prefill-only step: the lm_head is skipped entirely.
@@ -177,6 +188,8 @@ class ModelRunner:
     def _set_packed_mode(self) -> None:
         if self.pack_linears and self.packed is None:
             self.packed = cpu_linear.pack_linears(self.loaded.model)
+            if self.use_cpu_decoder:
+                self.cpu_decoder = CpuDecoder.build(self.loaded.model, self.packed)
         if self.packed is not None:
             # Runners of both modes may share one model (benchmarks): each sets the rule it needs.
             self.packed.deterministic = self.deterministic

@@ -82,7 +82,8 @@ class Runtime:
         self.pool = KVPool(shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
                            engine.window_tokens, engine.prefill_chunk_tokens, draft_shape)
         runner_options = dict(cuda_graphs=engine.cuda_graphs, cuda_fusion=engine.cuda_fusion,
-                              bounded=engine.is_bounded, cpu_packed_linears=engine.cpu_packed_linears)
+                              bounded=engine.is_bounded, cpu_packed_linears=engine.cpu_packed_linears,
+                              cpu_decoder=engine.cpu_decoder)
         # Speculative steps feed drafts, which a launched-ahead plain decode step never matches.
         run_ahead = engine.cuda_run_ahead and not config.speculative.is_enabled
         self.metrics = Metrics()

@@ -125,12 +125,14 @@ def test_cuda_switches_default_on_and_turn_off_by_flag_or_env(monkeypatch):
     assert cli.config_from_args(cli.build_parser().parse_args(["serve"])).engine.cuda_run_ahead is False
 
 
-def test_cpu_packed_linears_default_on_and_turn_off_by_flag_or_env(monkeypatch):
-    assert cli.config_from_args(cli.build_parser().parse_args(["serve"])).engine.cpu_packed_linears is True
-    args = cli.build_parser().parse_args(["serve", "--no-cpu-packed-linears"])
-    assert cli.config_from_args(args).engine.cpu_packed_linears is False
-    monkeypatch.setenv("KAKEYA_CPU_PACKED_LINEARS", "0")
-    assert cli.config_from_args(cli.build_parser().parse_args(["serve"])).engine.cpu_packed_linears is False
+@pytest.mark.parametrize("name", ["cpu-packed-linears", "cpu-decoder"])
+def test_cpu_switches_default_on_and_turn_off_by_flag_or_env(monkeypatch, name):
+    field = name.replace("-", "_")
+    assert getattr(cli.config_from_args(cli.build_parser().parse_args(["serve"])).engine, field) is True
+    args = cli.build_parser().parse_args(["serve", f"--no-{name}"])
+    assert getattr(cli.config_from_args(args).engine, field) is False
+    monkeypatch.setenv(f"KAKEYA_{field.upper()}", "0")
+    assert getattr(cli.config_from_args(cli.build_parser().parse_args(["serve"])).engine, field) is False
 
 
 def test_command_is_required_and_bad_values_are_usage_errors(capsys):

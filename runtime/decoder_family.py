@@ -1,0 +1,28 @@
+"""Which models the hand-written decoder stacks (cuda_decoder.py, cpu_decoder.py) can run.
+
+Both replay transformers' Llama-family layer: RMSNorm, attention with optional Q/K norm and
+bias, rotary embedding, a SwiGLU MLP without bias, full attention. Anything else keeps
+transformers' own modules.
+"""
+
+from __future__ import annotations
+
+LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"}
+NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
+
+
+def unsupported(model) -> str | None:
+    """Why `model` cannot run on a hand-written decoder, or None."""
+    config = model.config
+    if getattr(config, "hidden_act", None) not in ("silu", "swish"):
+        return f"activation {config.hidden_act!r}"
+    for layer in model.model.layers:
+        if type(layer).__name__ not in LAYERS:
+            return f"layer {type(layer).__name__}"
+        if type(layer.input_layernorm).__name__ not in NORMS:
+            return f"norm {type(layer.input_layernorm).__name__}"
+        if layer.mlp.gate_proj.bias is not None or layer.mlp.down_proj.bias is not None:
+            return "MLP bias"
+        if getattr(layer.self_attn, "sliding_window", None):
+            return "sliding-window layers"
+    return None
