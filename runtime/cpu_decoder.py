@@ -4,8 +4,8 @@ A CPU decode step of a small model spends a large share of its time in Python: t
 modules, hooks, mask building and keyword plumbing around ~20 small ops a layer. This calls the
 same ops in the same order on the same tensors (the packed linears of cpu_linear.py, the slab
 attention of attention.py), without the modules. On SmolLM2-135M, 8 sessions decoding, 2 threads
-(Xeon), interleaved with transformers' forward (ops/bench/cpu_decoder_ab.py): 1.06x faster a step
-in fast mode and 1.09x in deterministic mode, every logit bitwise equal. unit/test_cpu_decoder.py
+(Xeon), interleaved with transformers' forward (ops/bench/cpu_decoder_ab.py): 1.02-1.06x faster a
+step in fast mode and 1.09-1.10x in deterministic mode (two runs each), every logit bitwise equal. unit/test_cpu_decoder.py
 checks logits and K/V on tiny models. What is left of a step is the packed GEMMs (about half),
 the attention calls and their slab indexing.
 
@@ -20,12 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import structlog
 import torch
 import torch.nn.functional as F
 
 from . import cpu_linear
 from .attention import StepLayout, attend_cpu
 from .decoder_family import unsupported
+
+log = structlog.get_logger(__name__)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -97,12 +100,16 @@ class CpuDecoder:
     @classmethod
     def build(cls, model, mode: cpu_linear.PackedMode) -> "CpuDecoder | None":
         """None where the model is not of the family, or a linear is not packed."""
-        if unsupported(model) is not None:
+        reason = unsupported(model)
+        if reason is not None:
+            log.info("cpu_decoder_skipped", reason=reason)
             return None
-        linears = [model.lm_head] + [m for layer in model.model.layers
-                                     for m in (layer.self_attn, layer.mlp) for m in m.children()
-                                     if isinstance(m, torch.nn.Linear)]
+        linears = [model.lm_head]
+        for layer in model.model.layers:
+            linears += [m for part in (layer.self_attn, layer.mlp) for m in part.children()
+                        if isinstance(m, torch.nn.Linear)]
         if not all(isinstance(m, cpu_linear.PackedLinear) for m in linears):
+            log.info("cpu_decoder_skipped", reason="a linear without packed weights")
             return None
         return cls(model, mode)
 
