@@ -25,6 +25,9 @@ class ModelConfig:
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
 
 
+KV_DTYPES = ("auto", "fp8")
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """What the scheduler and model thread need: batching, KV memory, bounded mode."""
@@ -39,6 +42,7 @@ class EngineConfig:
     cuda_run_ahead: bool = True  # CUDA fast mode: launch the next greedy decode step early (runtime/run_ahead.py)
     cpu_packed_linears: bool = True  # CPU fp32 with MKL: linears on packed weights (runtime/cpu_linear.py)
     cpu_decoder: bool = True  # CPU, packed linears: the forward without transformers' modules (cpu_decoder.py)
+    kv_dtype: str = "auto"  # auto: the model's dtype; fp8: e4m3 slabs (CUDA), half the KV bytes
     sink_tokens: int = 0
     window_tokens: int = 0
     mailbox_size: int = 1024
@@ -55,6 +59,8 @@ class EngineConfig:
             raise ValueError("--sink needs --window")
         if self.max_step_tokens < self.prefill_chunk_tokens:
             raise ValueError("max_step_tokens must be >= prefill_chunk_tokens")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, not {self.kv_dtype!r}")
 
     @property
     def is_bounded(self) -> bool:

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from .attention import RowGroup, StepLayout
-from .cuda_forward import BLOCK_ROWS
-from .cuda_kernels import attend_rows, split_limit, store_rows
+from .cuda_plan import BLOCK_ROWS
+from .cuda_kernels import BLOCK_N, FP8_BLOCK_N, attend_rows, dot_dtype, split_limit, store_rows
 
 # Which row kernel decode rows attend through (cuda_kernels.VARIANTS); read when graphs are captured.
 # On an H200 the aligned one read K/V at 3.0-4.5 TB/s, the other at 1.1-2.3 (ops/bench/attention_kernel.py).
@@ -28,7 +28,8 @@ def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tenso
            scaling: float) -> torch.Tensor:
     """Returns [rows, heads, head_dim] (contiguous) attention outputs of every row."""
     rows = layout.cuda
-    store_rows(key, value, rows.meta, layer, key.dtype)
+    kv_dtype = rows.kv_dtype or key.dtype
+    store_rows(key, value, rows.meta, layer, kv_dtype)
     out = query.new_empty(query.shape)
     if rows.kernel_rows.numel():
         q = query if query.stride(-1) == 1 else query.contiguous()
@@ -39,14 +40,18 @@ def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tenso
             # a 65-row append over 19k keys took 20 ms instead of 6. Count each block as one row.
             num_rows = -(-num_rows // BLOCK_ROWS)
         splits = split_limit(num_rows, key.shape[1], layout.deterministic)
-        attend_rows(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], key.dtype, splits,
-                    num_stages=ROW_STAGES if num_rows > 1 or layout.deterministic else LONE_ROW_STAGES, variant=ROW_VARIANT,
-                    blocks=rows.blocks)
+        dot = dot_dtype(key.dtype, kv_dtype)
+        lone = num_rows == 1 and not layout.deterministic
+        # Only the lone row's key tile was measured wider over fp8 slabs; the rest keep BLOCK_N.
+        block = FP8_BLOCK_N if lone and kv_dtype == torch.float8_e4m3fn else BLOCK_N
+        attend_rows(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], dot, splits,
+                    block=block, num_stages=LONE_ROW_STAGES if lone else ROW_STAGES, variant=ROW_VARIANT,
+                    blocks=rows.blocks, kv_dtype=kv_dtype)
         if rows.blocks:
             from .cuda_block_kernel import attend_blocks
 
-            attend_blocks(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], key.dtype,
-                          BLOCK_ROWS)
+            attend_blocks(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], dot,
+                          BLOCK_ROWS, kv_dtype)
     for group in rows.sdpa_groups:
         _attend_causal(group, layer, query, out, scaling)
     return out
@@ -54,12 +59,13 @@ def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tenso
 
 def _attend_causal(group: RowGroup, layer: int, query, out, scaling) -> None:
     """A long chunk of one full-attention session: bottom-right causal SDPA, which the flash
-    kernels take (a boolean mask, with grouped heads, falls back to the math kernel)."""
+    kernels take (a boolean mask, with grouped heads, falls back to the math kernel). Reads the
+    slab after the store, so an fp8 slab's chunk sees the same rounded keys a decode row would."""
     end = group.first_position + group.num_rows
     rows = slice(group.row_start, group.row_start + group.num_rows)
     repeat = query.shape[1] // group.kv.shape.num_kv_heads
-    keys = group.kv.slab[layer, 0, :, :end].repeat_interleave(repeat, 0)
-    values = group.kv.slab[layer, 1, :, :end].repeat_interleave(repeat, 0)
+    keys = group.kv.slab[layer, 0, :, :end].to(query.dtype).repeat_interleave(repeat, 0)
+    values = group.kv.slab[layer, 1, :, :end].to(query.dtype).repeat_interleave(repeat, 0)
     attended = F.scaled_dot_product_attention(query[rows].transpose(0, 1)[None], keys[None], values[None],
                                               attn_mask=causal_lower_right(group.num_rows, end), scale=scaling)
     out[rows] = attended[0].transpose(0, 1)

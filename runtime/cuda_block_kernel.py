@@ -20,13 +20,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .cuda_kernels import _TL_DTYPE, MIN_SPLIT_KEYS, load_partials
+from .cuda_kernels import _TL_DTYPE, MIN_SPLIT_KEYS, load_partials, to_dot
 
 # Measured on an H200 for a 65-row append (blocks of 32): at 19k keys 8 splits and 3 stages took
 # 74 us a layer, 16 splits 76-85; at 4k keys 30 against 33-35. Fewer splits also waste fewer
 # programs early in a conversation, where a block sees a few hundred keys and uses one split.
 MAX_BLOCK_SPLITS = 8
 BLOCK_KEYS = 64
+FP8_BLOCK_KEYS = 128  # fp8 slabs: 81 against 95 us a layer at 19k keys, 28 against 29 at 4k (H200)
 BLOCK_STAGES = 3
 
 
@@ -42,7 +43,8 @@ def _attend_block_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta
                          part_acc_ptr, part_ml_ptr,
                          NUM_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, ROWS: tl.constexpr,
                          HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr,
-                         MIN_SPLIT: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+                         MIN_SPLIT: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                         KV_DTYPE: tl.constexpr):
     r = tl.load(rows_ptr + tl.program_id(0))
     h = tl.program_id(1)
     s = tl.program_id(2)
@@ -51,7 +53,7 @@ def _attend_block_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta
         return  # a follower (its leader's program serves it) or a row the row kernel serves
     # Slabs are whole torch allocations (16-byte aligned); without the hint, an address read from
     # memory is taken as unaligned and K/V load one element at a time.
-    base = tl.multiple_of(tl.load(meta_ptr + r).to(tl.pointer_type(DTYPE)), 16)
+    base = tl.multiple_of(tl.load(meta_ptr + r).to(tl.pointer_type(KV_DTYPE)), 16)
     cap = tl.load(meta_ptr + meta_stride + r)
     n_last = tl.load(meta_ptr + 3 * meta_stride + r + count - 1)  # the block's last row sees the most keys
     splits = tl.minimum(SPLITS, tl.cdiv(n_last, MIN_SPLIT))
@@ -76,6 +78,7 @@ def _attend_block_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta
     d = tl.arange(0, HEAD_DIM)
     q = tl.load(q_ptr + row[:, None] * q_stride_t + heads[:, None] * q_stride_h + d[None, :],
                 mask=valid[:, None], other=0.0)
+    q = to_dot(q, DTYPE)
     k_base = base + (layer * 2 * NUM_KV + h) * cap * HEAD_DIM
     v_base = base + ((layer * 2 + 1) * NUM_KV + h) * cap * HEAD_DIM
     m = tl.full([ROWS * GROUP_PAD], float("-inf"), tl.float32)
@@ -84,8 +87,8 @@ def _attend_block_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta
     for start in range(lo, hi, BLOCK):
         t = start + tl.arange(0, BLOCK)
         inside = t < hi
-        k = tl.load(k_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0)
-        v = tl.load(v_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0)
+        k = tl.load(k_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0).to(DTYPE)
+        v = tl.load(v_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0).to(DTYPE)
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
         scores = tl.where(inside[None, :] & (t[None, :] < n_row[:, None]), scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, 1))
@@ -121,8 +124,10 @@ def _combine_block_kernel(out_ptr, o_stride_t, o_stride_h, rows_ptr, meta_ptr, m
 
 
 def attend_blocks(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor, layer: int,
-                  scale: float, num_kv: int, dtype: torch.dtype, rows_per_block: int) -> None:
-    """query/out: [rows, heads, head_dim]; meta: [5, rows] (address, capacity, store, keys, lead).
+                  scale: float, num_kv: int, dtype: torch.dtype, rows_per_block: int,
+                  kv_dtype: torch.dtype | None = None) -> None:
+    """query/out: [rows, heads, head_dim]; meta: [5, rows] (address, capacity, store, keys, lead);
+    dtype: what the dots multiply in (cuda_kernels.dot_dtype); kv_dtype: the slabs' when it differs (fp8).
     Every listed row that leads a block (lead >= 2) attends with its block's rows; rows with
     lead 1 are left to the row kernel."""
     num_rows, (num_heads, head_dim) = rows.shape[0], query.shape[1:]
@@ -136,8 +141,8 @@ def attend_blocks(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, me
     _attend_block_kernel[(num_rows, num_kv, splits)](
         query, query.stride(0), query.stride(1), rows, meta, meta.stride(0), layer, scale, part_acc, part_ml,
         NUM_KV=num_kv, GROUP=group, GROUP_PAD=group_pad, ROWS=rows_per_block, HEAD_DIM=head_dim,
-        BLOCK=BLOCK_KEYS, SPLITS=splits, MIN_SPLIT=MIN_SPLIT_KEYS, DTYPE=_TL_DTYPE[dtype], PRECISION=precision,
-        num_warps=4, num_stages=BLOCK_STAGES,
+        BLOCK=FP8_BLOCK_KEYS if kv_dtype == torch.float8_e4m3fn else BLOCK_KEYS, SPLITS=splits, MIN_SPLIT=MIN_SPLIT_KEYS, DTYPE=_TL_DTYPE[dtype], PRECISION=precision,
+        KV_DTYPE=_TL_DTYPE[kv_dtype or dtype], num_warps=4, num_stages=BLOCK_STAGES,
     )
     _combine_block_kernel[(num_rows, num_heads)](out, out.stride(0), out.stride(1), rows, meta, meta.stride(0),
                                                 part_acc, part_ml, NUM_HEADS=num_heads, HEAD_DIM=head_dim,

@@ -23,26 +23,12 @@ import structlog
 import torch
 
 from .attention import RowGroup, StepLayout
+from .cuda_plan import BUCKETS, block_leads, graph_plan, kernel_eligible
 from .model_loader import LoadedModel
 from .step_logits import StepLogits
 
 log = structlog.get_logger(__name__)
 
-BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-# A session's rows attend through the row kernel when they are few (decode, draft verification)
-# or see few keys (a prompt chunk early in a conversation); a long chunk over a long history goes
-# to SDPA, which reads the shared keys once instead of once per row.
-SMALL_GROUP_ROWS = 8
-ROW_KERNEL_WORK = 256 * 1024  # key reads: blocks x visible keys
-# Fast mode: a chunk's rows attend in blocks of this many rows, each block reading its keys once
-# (cuda_block_kernel.py). A 65-row append over 19k keys took 105 us a layer in blocks of 16 rows,
-# 74 in blocks of 32 and 96 in blocks of 64 (H200, Qwen3-0.6B heads).
-BLOCK_ROWS = 32
-
-
-def kernel_eligible(group: RowGroup) -> bool:
-    rows = group.num_rows
-    return rows <= SMALL_GROUP_ROWS or -(-rows // BLOCK_ROWS) * (group.first_position + rows) <= ROW_KERNEL_WORK
 # ids, positions, then meta (slab address, capacity, storage index, visible keys, block lead), kept rows
 STAGED_ROWS = 8
 NO_MASK = {"full_attention": None, "sliding_attention": None}
@@ -56,51 +42,7 @@ class CudaRows:
     kernel_rows: torch.Tensor  # [n] int64: rows that attend through the row (or block) kernel
     sdpa_groups: tuple[RowGroup, ...]  # sessions whose rows attend through SDPA
     blocks: bool = False  # some rows attend in blocks (lead >= 2): the block kernel runs too
-
-
-def block_leads(num_rows: int, one_forward: bool) -> list[int]:
-    """Each row's lead when a group attends in blocks: the block's size on its first row, 0 on the
-    others. A lone last row (lead 1) would go to the row kernel, whose splits are sized for a block
-    step and so few that its one row over a long history cost more than the whole append (20 ms
-    against 6 at 19k keys); when the group runs in one forward its last two blocks share the rows
-    instead (32 + 1 -> 17 + 16). Sliced groups keep whole blocks: slices start on block boundaries."""
-    sizes = [BLOCK_ROWS] * (num_rows // BLOCK_ROWS) + ([num_rows % BLOCK_ROWS] if num_rows % BLOCK_ROWS else [])
-    if one_forward and len(sizes) > 1 and sizes[-1] == 1:
-        sizes[-2:] = [BLOCK_ROWS // 2 + 1, BLOCK_ROWS // 2]
-    return [lead for size in sizes for lead in (size, *[0] * (size - 1))]
-
-
-def graph_plan(groups: tuple[RowGroup, ...]) -> list[list[int]]:
-    """Packed rows of the forwards that run a step on the row kernel, in order.
-
-    Usually one forward holding every row. A long chunk over a long history is cut into slices
-    small enough for the row kernel, one slice per forward, so a step never leaves the graphs:
-    rows of a later slice read the keys the earlier forwards stored.
-    """
-    rounds: list[list[int]] = []
-    for g in groups:
-        start = 0
-        for k, size in enumerate(_slice_sizes(g)):
-            if k == len(rounds):
-                rounds.append([])
-            rounds[k].extend(range(g.row_start + start, g.row_start + start + size))
-            start += size
-    return rounds
-
-
-def _slice_sizes(group: RowGroup) -> list[int]:
-    if kernel_eligible(group):
-        return [group.num_rows]
-    sizes, done = [], 0
-    while done < group.num_rows:
-        keys = group.first_position + done
-        size = BLOCK_ROWS  # slices start on block boundaries, so no block straddles two forwards
-        while -(-size * 2 // BLOCK_ROWS) * (keys + size * 2) <= ROW_KERNEL_WORK:
-            size *= 2
-        size = min(size, group.num_rows - done)
-        sizes.append(size)
-        done += size
-    return sizes
+    kv_dtype: torch.dtype | None = None  # the slabs' dtype where it is not the model's (fp8)
 
 
 class _Graph:
@@ -117,7 +59,7 @@ class _Graph:
         self.inputs = torch.zeros(STAGED_ROWS, rows, dtype=torch.int64, device=device)
         self.inputs[2:7] = owner.scratch_meta[:, None]
         self.keep = self.inputs[7]
-        cuda = CudaRows(self.inputs[2:7], torch.arange(rows, device=device), (), blocks)
+        cuda = CudaRows(self.inputs[2:7], torch.arange(rows, device=device), (), blocks, owner.kv_dtype)
         # Kept: the graph reads these tensors' memory on every replay.
         self.layout = layout = StepLayout((), rows, owner.deterministic, cuda)
         side = torch.cuda.Stream(device)
@@ -141,8 +83,9 @@ class _Graph:
 
 class CudaForward:
     def __init__(self, loaded: LoadedModel, deterministic: bool, graphs: bool, fusion: bool = True,
-                 det_rows: int = 64, max_graph_rows: int = 1024) -> None:
+                 det_rows: int = 64, max_graph_rows: int = 1024, kv_dtype: torch.dtype | None = None) -> None:
         self.loaded = loaded
+        self.kv_dtype = kv_dtype or loaded.dtype
         if fusion and not getattr(loaded.model, "kakeya_fused", False):
             from .cuda_fusion import fuse_pointwise
 
@@ -158,8 +101,9 @@ class CudaForward:
         self.use_graphs = graphs
         self.det_rows = det_rows
         self.buckets = tuple(b for b in BUCKETS if b <= max_graph_rows)
+        # Padding rows' one-token slab; every slab of a launch has one dtype, the kernels' pointer type.
         self.scratch = torch.zeros(loaded.num_layers, 2, loaded.num_kv_heads, 1, loaded.head_dim,
-                                   dtype=loaded.dtype, device=self.device)
+                                   dtype=self.kv_dtype, device=self.device)
         self._scratch_row = [self.scratch.data_ptr(), 1, 0, 1, 1]
         self.scratch_meta = torch.tensor(self._scratch_row, dtype=torch.int64, device=self.device)
         self._graphs: dict[tuple[int, bool], _Graph] = {}
@@ -244,7 +188,7 @@ class CudaForward:
         kernel_rows = [g.row_start + r for g in groups if kernel_eligible(g) for r in range(g.num_rows)]
         sdpa = tuple(g for g in groups if not kernel_eligible(g))
         cuda = CudaRows(staged[2:7], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa,
-                        any(lead > 1 for lead in meta[4]))
+                        any(lead > 1 for lead in meta[4]), self.kv_dtype)
         layout = StepLayout(groups, len(ids), False, cuda)
         if not keep_rows:
             self.hidden(staged[0:1], staged[1:2], layout)
@@ -266,7 +210,7 @@ class CudaForward:
                 logits = self._graph(n, False).replay(staged)
             else:
                 inputs = staged.to(self.device)
-                cuda = CudaRows(inputs[2:7], torch.arange(n, device=self.device), ())
+                cuda = CudaRows(inputs[2:7], torch.arange(n, device=self.device), (), False, self.kv_dtype)
                 logits = self.run_model(inputs[0:1], inputs[1:2], StepLayout((), n, True, cuda), None)
             self._mark_copied()
             if chunk_keep:

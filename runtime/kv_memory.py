@@ -15,7 +15,27 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import Overloaded
+from .errors import FailedPrecondition, Overloaded
+
+
+def slab_dtype(kv_dtype: str, model_dtype: torch.dtype, device: torch.device, bounded: bool) -> torch.dtype:
+    """The dtype session slabs hold (EngineConfig.kv_dtype), or FailedPrecondition where it cannot run.
+
+    fp8 slabs are e4m3 with no scale: K/V are stored rounded to 3 mantissa bits and saturated at
+    +-448, and widened back to the model's dtype as the CUDA kernels read them. Only those kernels
+    read fp8 slabs: the CPU/MPS path and bounded mode attend through SDPA on the slab itself."""
+    if kv_dtype == "auto":
+        return model_dtype
+    if device.type != "cuda":
+        raise FailedPrecondition(f"--kv-dtype {kv_dtype} needs a CUDA device; this runtime runs on {device.type}")
+    if bounded:
+        raise FailedPrecondition(f"--kv-dtype {kv_dtype} needs full attention (no --window): bounded mode "
+                                 "attends through SDPA on the slab")
+    if torch.cuda.get_device_capability(device) < (8, 9):
+        raise FailedPrecondition(f"--kv-dtype {kv_dtype} needs compute capability 8.9 or later (Ada, Hopper); "
+                                 f"{torch.cuda.get_device_name(device)} has "
+                                 "{}.{}".format(*torch.cuda.get_device_capability(device)))
+    return torch.float8_e4m3fn
 
 
 @dataclass(frozen=True, slots=True)

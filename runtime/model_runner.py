@@ -60,7 +60,8 @@ class ModelRunner:
     def __init__(self, loaded: LoadedModel, deterministic: bool, executor: ThreadPoolExecutor | None = None,
                  cuda_graphs: bool = True, cuda_fusion: bool = True, bounded: bool = False,
                  run_ahead: bool = False, on_run_ahead: Callable[[str], None] | None = None,
-                 cpu_packed_linears: bool = True, cpu_decoder: bool = True) -> None:
+                 cpu_packed_linears: bool = True, cpu_decoder: bool = True,
+                 kv_dtype: torch.dtype | None = None) -> None:
         self.loaded = loaded
         self.deterministic = deterministic
         self.executor = executor or model_thread()
@@ -69,7 +70,7 @@ class ModelRunner:
         self.cuda = None
         if loaded.device.type == "cuda" and not bounded:
             from .cuda_forward import CudaForward  # needs triton, which CPU builds of torch lack
-            self.cuda = CudaForward(loaded, deterministic, cuda_graphs, cuda_fusion)
+            self.cuda = CudaForward(loaded, deterministic, cuda_graphs, cuda_fusion, kv_dtype=kv_dtype)
         # Fast-mode graphs only: deterministic steps are cut into fixed-size forwards instead.
         self.run_ahead = None
         if run_ahead and self.cuda is not None and cuda_graphs and not deterministic:

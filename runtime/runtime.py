@@ -19,7 +19,7 @@ from .attention import ATTENTION_NAME
 from .blas_probe import warn_if_row_dependent
 from .config import RuntimeConfig
 from .draft_model import DraftRunner, load_draft
-from .kv_memory import KVPool, KVShape
+from .kv_memory import KVPool, KVShape, slab_dtype
 from .metrics import Metrics
 from .model_loader import LoadedModel, load_model
 from .model_runner import ModelRunner, model_thread
@@ -74,7 +74,8 @@ class Runtime:
         self.loaded = loaded
         self.deterministic = engine.deterministic if engine.deterministic is not None else loaded.device.type == "cpu"
         self.draft = draft or load_draft(config.speculative, config.model, loaded, ATTENTION_NAME)
-        shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, loaded.dtype, loaded.device)
+        kv_dtype = slab_dtype(engine.kv_dtype, loaded.dtype, loaded.device, engine.is_bounded)
+        shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, kv_dtype, loaded.device)
         draft_shape = None
         if self.draft is not None:
             d = self.draft
@@ -88,7 +89,8 @@ class Runtime:
         run_ahead = engine.cuda_run_ahead and not config.speculative.is_enabled
         self.metrics = Metrics()
         outcomes = self.metrics.run_ahead_steps
-        self.runner = ModelRunner(loaded, self.deterministic, executor, run_ahead=run_ahead,
+        # The draft model's slabs keep its own dtype: they are small, and its tokens are only proposals.
+        self.runner = ModelRunner(loaded, self.deterministic, executor, run_ahead=run_ahead, kv_dtype=kv_dtype,
                                   on_run_ahead=lambda outcome: outcomes.labels(outcome=outcome).inc(),
                                   **runner_options)
         self.draft_runner = None
@@ -123,7 +125,7 @@ class Runtime:
         self.scheduler.start()
         self.registry.start()
         log.info("runtime_started", deterministic=self.deterministic, kv_budget_bytes=self.pool.budget_bytes,
-                 speculative=self.config.speculative.mode,
+                 kv_dtype=str(self.pool.shape.dtype).removeprefix("torch."), speculative=self.config.speculative.mode,
                  draft_model=self.draft.model_id if self.draft is not None else None)
 
     async def stop(self) -> None:

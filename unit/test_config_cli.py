@@ -35,6 +35,7 @@ def clean_env(monkeypatch):
     (EngineConfig, dict(window_tokens=-8)),
     (EngineConfig, dict(sink_tokens=4)),  # a sink needs a window
     (EngineConfig, dict(prefill_chunk_tokens=512, max_step_tokens=256)),
+    (EngineConfig, dict(kv_dtype="int4")),
     (SessionLimits, dict(max_sessions=0)),
     (SessionLimits, dict(session_ttl_s=0.0)),
     (SessionLimits, dict(max_generate_tokens=-5)),
@@ -133,6 +134,16 @@ def test_cpu_switches_default_on_and_turn_off_by_flag_or_env(monkeypatch, name):
     assert getattr(cli.config_from_args(args).engine, field) is False
     monkeypatch.setenv(f"KAKEYA_{field.upper()}", "0")
     assert getattr(cli.config_from_args(cli.build_parser().parse_args(["serve"])).engine, field) is False
+
+
+def test_kv_dtype_flag_and_env(monkeypatch):
+    assert cli.config_from_args(cli.build_parser().parse_args(["serve"])).engine.kv_dtype == "auto"
+    args = cli.build_parser().parse_args(["serve", "--kv-dtype", "fp8"])
+    assert cli.config_from_args(args).engine.kv_dtype == "fp8"
+    monkeypatch.setenv("KAKEYA_KV_DTYPE", "fp8")
+    assert cli.config_from_args(cli.build_parser().parse_args(["serve"])).engine.kv_dtype == "fp8"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--kv-dtype", "int4"])
 
 
 def test_command_is_required_and_bad_values_are_usage_errors(capsys):

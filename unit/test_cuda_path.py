@@ -49,7 +49,7 @@ def test_block_kernel_matches_sdpa(dtype):
     """A 37-row chunk after 900 keys attends in blocks of BLOCK_ROWS rows, causally, next to two decode rows
     that the row kernel serves in the same launch pair."""
     from kakeya.runtime.cuda_block_kernel import attend_blocks
-    from kakeya.runtime.cuda_forward import BLOCK_ROWS
+    from kakeya.runtime.cuda_plan import BLOCK_ROWS
     from kakeya.runtime.cuda_kernels import attend_rows
 
     torch.manual_seed(2)

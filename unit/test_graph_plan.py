@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kakeya.runtime.attention import RowGroup
-from kakeya.runtime.cuda_forward import BLOCK_ROWS, ROW_KERNEL_WORK, SMALL_GROUP_ROWS, block_leads, graph_plan
+from kakeya.runtime.cuda_plan import BLOCK_ROWS, ROW_KERNEL_WORK, SMALL_GROUP_ROWS, block_leads, graph_plan
 
 
 class Slab:  # graph_plan reads rows and positions only

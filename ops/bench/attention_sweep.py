@@ -69,7 +69,7 @@ def _launch_blocks(query, out, index, meta, part_acc, part_ml, rows_per_block, s
         part_acc, part_ml, NUM_KV=KV_HEADS, GROUP=HEADS // KV_HEADS, GROUP_PAD=HEADS // KV_HEADS,
         ROWS=rows_per_block, HEAD_DIM=HEAD_DIM, BLOCK=cb.BLOCK_KEYS, SPLITS=splits,
         MIN_SPLIT=ck.MIN_SPLIT_KEYS, DTYPE=ck._TL_DTYPE[DTYPE], PRECISION="tf32",
-        num_warps=warps, num_stages=stages)
+        KV_DTYPE=ck._TL_DTYPE[DTYPE], num_warps=warps, num_stages=stages)
     cb._combine_block_kernel[(APPEND, HEADS)](out, out.stride(0), out.stride(1), index, meta, meta.stride(0),
                                               part_acc, part_ml, NUM_HEADS=HEADS, HEAD_DIM=HEAD_DIM, SPLITS=splits)
 
@@ -98,7 +98,7 @@ def row_case(rows: int, keys: int) -> dict:
 
 def block_case(history: int) -> dict:
     import kakeya.runtime.cuda_block_kernel as cb
-    from kakeya.runtime.cuda_forward import BLOCK_ROWS
+    from kakeya.runtime.cuda_plan import BLOCK_ROWS
 
     total = history + APPEND
     (slab,), layers = slabs_for(1, total)
@@ -109,7 +109,7 @@ def block_case(history: int) -> dict:
     for setting in dict.fromkeys([runtime, *BLOCK_SETTINGS]):
         rows_per_block, splits, warps, stages = setting
         sizes = [rows_per_block] * (APPEND // rows_per_block) + ([APPEND % rows_per_block] if APPEND % rows_per_block else [])
-        if len(sizes) > 1 and sizes[-1] == 1:  # as cuda_forward.block_leads does
+        if len(sizes) > 1 and sizes[-1] == 1:  # as cuda_plan.block_leads does
             sizes[-2:] = [rows_per_block // 2 + 1, rows_per_block // 2]
         leads = [lead for size in sizes for lead in (size, *[0] * (size - 1))]
         meta = torch.tensor([[slab.data_ptr()] * APPEND, [total] * APPEND, [history + j for j in range(APPEND)],

@@ -19,7 +19,7 @@ import torch
 
 from engine_step import SHAPES
 from kakeya.runtime.attention import ATTENTION_NAME
-from kakeya.runtime.kv_memory import KVPool, KVShape
+from kakeya.runtime.kv_memory import KVPool, KVShape, slab_dtype
 from kakeya.runtime.model_loader import describe
 from kakeya.runtime.model_runner import ModelRunner, WorkItem
 from kakeya.runtime.sampler import Sampler, SamplingParams
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3, help="timed turns per history (the first is a warm-up)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--run-ahead", action="store_true", help="launch each decode step early, as the server does")
+    parser.add_argument("--kv-dtype", choices=("auto", "fp8"), default="auto", help="slab dtype, as `kakeya serve --kv-dtype`")
     parser.add_argument("--variant", help="row kernel of decode rows (cuda_kernels.VARIANTS; default: the runtime's)")
     args = parser.parse_args()
     if args.variant:
@@ -59,8 +60,9 @@ def main() -> None:
     model = SHAPES["qwen3-0.6b"]().to(device, dtype).eval()
     model.set_attn_implementation(ATTENTION_NAME)
     loaded = describe(model, model_id="qwen3-0.6b-random", device=device, dtype=dtype)
-    runner = ModelRunner(loaded, deterministic=False, run_ahead=args.run_ahead)
-    shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, dtype, device)
+    kv_dtype = slab_dtype(args.kv_dtype, dtype, device, bounded=False)
+    runner = ModelRunner(loaded, deterministic=False, run_ahead=args.run_ahead, kv_dtype=kv_dtype)
+    shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, kv_dtype, device)
     pool = KVPool(shape, 1 << 40, 256, 0, 0, 512)
     ids = torch.randint(3, loaded.vocab_size, (max(args.histories) + args.append * (args.turns + 1),)).tolist()
     results = []
@@ -86,7 +88,7 @@ def main() -> None:
     for point in results:
         point["vs_first"] = round(point["turn_ms"] / results[0]["turn_ms"], 2)
     print(json.dumps({"benchmark": "long_turn", "device_name": torch.cuda.get_device_name(), "dtype": args.dtype,
-                      "variant": args.variant or "default", "run_ahead": args.run_ahead, "append": args.append, "generate": args.generate, "torch": torch.__version__,
+                      "kv_dtype": str(kv_dtype).removeprefix("torch."), "variant": args.variant or "default", "run_ahead": args.run_ahead, "append": args.append, "generate": args.generate, "torch": torch.__version__,
                       "note": "median of timed turns; turn_ms = append step + (generate - 1) decode steps; decode_kv_tb_s: history K/V bytes over the decode step time added since the first history",
                       "results": results}, indent=1))
 
