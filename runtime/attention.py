@@ -98,10 +98,11 @@ def attend_cpu(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.T
             views = (None, None) if cut is None else (cut.keys[layer], cut.values[layer])
             cpu_attention.attend(plan, group.kv.slab, layer, query, out, scaling, *views)
         elif cut is not None and group.num_rows == 1:
+            keys = cut.keys[layer]
             attended = F.scaled_dot_product_attention(
-                query[:, :, group.row_start:group.row_start + 1], cut.keys[layer][None], cut.values[layer][None],
-                scale=scaling, enable_gqa=True)
-            out[0, group.row_start] = attended[0, :, 0]
+                cpu_attention.by_kv_head(query[:, :, group.row_start:group.row_start + 1], keys.shape[0]),
+                keys[None], cut.values[layer][None], scale=scaling)
+            out[0, group.row_start] = attended.reshape(-1, attended.shape[-1])
         elif layout.deterministic or group.num_rows == 1:
             for row in range(group.num_rows):
                 _attend_row(group, layer, row, query, out, scaling)
