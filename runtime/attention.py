@@ -137,9 +137,9 @@ def _attend_row(group: RowGroup, layer: int, row: int, query, out, scaling) -> N
     keys, values = _visible(group.kv, layer, group.first_position + row)
     r = group.row_start + row
     attended = F.scaled_dot_product_attention(
-        query[:, :, r:r + 1], keys[None], values[None], scale=scaling, enable_gqa=True
+        cpu_attention.by_kv_head(query[:, :, r:r + 1], keys.shape[0]), keys[None], values[None], scale=scaling
     )
-    out[0, r] = attended[0, :, 0]
+    out[0, r] = attended.reshape(-1, attended.shape[-1])
 
 
 def _attend_group(group: RowGroup, layer: int, query, out, scaling) -> None:
