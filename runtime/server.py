@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 
@@ -152,10 +153,21 @@ async def serve(config: RuntimeConfig) -> int:
             log.error("model_load_failed", error=str(exc))
             await server.stop(0)
             return 1
+        frozen = _freeze_loaded_objects()
         await server.attach(runtime)
-        log.info("server_ready", address=server.address)
+        log.info("server_ready", address=server.address, gc_frozen_objects=frozen)
         await waiter
     log.info("server_draining")
     await server.stop()
     log.info("server_stopped", exit_code=exit_code)
     return exit_code
+
+
+def _freeze_loaded_objects() -> int:
+    """Moves everything loading built (the model, torch's and transformers' modules) out of the
+    cyclic collector's reach: it lives as long as the process. Without this, each full collection
+    walks all of it while holding the GIL; on an H200 serving one long conversation the server's
+    full collections paused the process for 0.4-0.5 s each. Returns how many objects were frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
