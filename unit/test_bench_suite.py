@@ -82,6 +82,13 @@ def test_long_section_records_a_failed_baseline():
     assert section["kakeya_speedup_at_compared_turn"] is None and section["note"] == "capped"
 
 
+def test_window_ratio_takes_medians_of_both_ends():
+    latencies = [5.0, 1.0, 1.0, 1.0, 1.0] + [9.0] * 10 + [2.0, 2.0, 2.0, 9.0, 2.0]
+    assert report.window_ratio(latencies) == 2.0  # one slow turn at either end does not move it
+    assert report.window_ratio([1.0] * 9) is None
+    assert report.long_section(latencies, [], 64, 32)["kakeya"]["full_run_median5_last_over_first"] == 2.0
+
+
 def test_turn_ratio_bounds():
     assert report.turn_ratio([1.0, 3.0], 2) == 3.0
     assert report.turn_ratio([1.0], 2) is None and report.turn_ratio([1.0], 0) is None

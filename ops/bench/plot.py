@@ -91,7 +91,8 @@ def long_turns(axis, section: dict) -> None:
     kakeya = section.get("kakeya", {}).get("turn_latency_s") if isinstance(section, dict) else None
     if not kakeya:
         return _empty(axis, "long session", section)
-    axis.plot(range(1, len(kakeya) + 1), kakeya, label=f"kakeya (last/first {section['kakeya'].get('last_over_first')})")
+    axis.plot(range(1, len(kakeya) + 1), kakeya, label=f"kakeya (last/first {section['kakeya'].get('last_over_first')}, "
+              f"medians of 5 {section['kakeya'].get('full_run_median5_last_over_first')})")
     baseline = section.get("baseline_reprefill", {})
     if baseline.get("turn_latency_s"):
         turns = baseline["turn_latency_s"]

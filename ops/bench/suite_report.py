@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
 SCHEMA_VERSION = 1
@@ -91,6 +92,19 @@ def turn_ratio(latencies_s: Sequence[float], turn: int) -> float | None:
     return ratio(latencies_s[turn - 1], latencies_s[0])
 
 
+# One turn's latency moves by several ms between runs (host scheduling, collector pauses): turn 1
+# alone read 49-58 ms over five H200 runs of the same code. The windowed ratio compares the median
+# of the first WINDOW turns with that of the last WINDOW.
+WINDOW_TURNS = 5
+
+
+def window_ratio(latencies_s: Sequence[float], window: int = WINDOW_TURNS) -> float | None:
+    """Median of the last `window` turns over the median of the first `window`; None when shorter."""
+    if len(latencies_s) < 2 * window:
+        return None
+    return ratio(statistics.median(latencies_s[-window:]), statistics.median(latencies_s[:window]))
+
+
 def long_section(kakeya_s: Sequence[float], baseline_s: Sequence[float] | Mapping, append_tokens: int,
                  generate_tokens: int, note: str = "") -> dict:
     """Per-turn latencies of both sides; ratios are taken at the last turn both sides ran, so they compare
@@ -105,7 +119,8 @@ def long_section(kakeya_s: Sequence[float], baseline_s: Sequence[float] | Mappin
         "compared_turn": common,
         "kakeya": {"turn_latency_s": [rounded(x, 4) for x in kakeya_s],
                    "last_over_first": turn_ratio(kakeya_s, common),
-                   "full_run_last_over_first": turn_ratio(kakeya_s, len(kakeya_s))},
+                   "full_run_last_over_first": turn_ratio(kakeya_s, len(kakeya_s)),
+                   f"full_run_median{WINDOW_TURNS}_last_over_first": window_ratio(kakeya_s)},
         "baseline_reprefill": ({"turn_latency_s": [rounded(x, 4) for x in baseline_list],
                                 "last_over_first": turn_ratio(baseline_list, common)}
                                if baseline_list else dict(baseline_s) if isinstance(baseline_s, Mapping)
