@@ -33,6 +33,7 @@ class SessionRegistry:
         self._create_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[int]] = set()
+        self._violations: dict[str, int] = {}  # by kind; the Prometheus counter holds the same
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_expired(), name="session-reaper")
@@ -114,8 +115,13 @@ class SessionRegistry:
                     log.info("session_evicted", session_id=session.session_id, reason="ttl")
                     await self.close(session.session_id, reason="ttl")
 
+    def violations(self, kind: str) -> int:
+        """Cache invariant violations of this kind so far (GetRuntimeInfo reads it, cheaply)."""
+        return self._violations.get(kind, 0)
+
     def _on_violation(self, session_id: str, kind: str) -> None:
         self._metrics.invariant_violations.labels(kind).inc()
+        self._violations[kind] = self._violations.get(kind, 0) + 1
         if session_id in self._sessions:
             task = asyncio.get_running_loop().create_task(self.close(session_id, reason="failed"))
             self._closing.add(task)

@@ -130,4 +130,5 @@ async def test_invariant_violation_closes_session_and_counts(stub, server):
     assert await status_of(info(stub, session_id)) == grpc.StatusCode.NOT_FOUND
     reply = await stub.GetRuntimeInfo(pb.GetRuntimeInfoRequest(), timeout=TIMEOUT_S)
     assert reply.cache_invariant_inv1_violations == 1
+    assert server.runtime.counter("kakeya_cache_invariant_violations_total", kind="inv1") == 1
     assert server.runtime.counter("kakeya_session_total", outcome="failed") == 1
