@@ -124,18 +124,17 @@ def run_long(args, server, sampler, model, vocab: int, rng: random.Random) -> di
     chunks = random_ids(rng, turns, args.append, vocab)
     sampler.phase = "long_kakeya"
 
-    def progress(side: str):
-        return lambda turn: print(f"[suite] long {side}: turn {turn}/{turns}", file=sys.stderr, flush=True) \
-            if turn % 25 == 0 else None
-
-    measured = baselines.guarded(lambda: {"turns": kakeya.long_session(server.address, chunks, args.generate,
-                                                                        progress("kakeya"))})
+    measured = baselines.guarded(lambda: {"turns": kakeya.long_session(server.address, chunks, args.generate)})
     if "error" in measured:
         return {"error": measured["error"], "note": note}
     sampler.phase = "long_baseline"
+
+    def progress(turn: int) -> None:
+        if turn % kakeya.PROGRESS_EVERY == 0:
+            print(f"[suite] long baseline: turn {turn}/{turns}", file=sys.stderr, flush=True)
+
     limit = min(turns, args.baseline_turns or turns)
-    baseline = baselines.guarded(lambda: {"turns": baselines.reprefill_turns(model, chunks[:limit], args.generate,
-                                                                              progress("baseline"))})
+    baseline = baselines.guarded(lambda: {"turns": baselines.reprefill_turns(model, chunks[:limit], args.generate, progress)})
     return long_section(measured["turns"], baseline.get("turns", baseline), args.append, args.generate, note)
 
 

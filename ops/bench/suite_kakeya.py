@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from kakeya import Client, KakeyaError, SyncClient
 
@@ -24,6 +24,7 @@ from suite_report import stream_figures
 
 READY_TIMEOUT_S = 900  # a cold CUDA start plus loading a model from disk
 RPC_TIMEOUT_S = 600
+PROGRESS_EVERY = 25  # long session: a progress line on stderr every this many turns
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -202,8 +203,7 @@ def _multi_session_here(address: str, prompts: list[list[int]], new_tokens: int,
     return asyncio.run(_concurrent_streams(address, prompts, new_tokens))
 
 
-async def _turns(address: str, chunks: list[list[int]], generate_tokens: int,
-                 on_turn: Callable[[int], None]) -> list[float]:
+async def _turns(address: str, chunks: list[list[int]], generate_tokens: int, progress_every: int) -> list[float]:
     latencies = []
     async with Client(address, timeout_s=RPC_TIMEOUT_S) as client:
         async with client.session() as session:
@@ -214,19 +214,36 @@ async def _turns(address: str, chunks: list[list[int]], generate_tokens: int,
                 latencies.append(time.perf_counter() - started)
                 if len(tokens) != generate_tokens:
                     raise RuntimeError(f"turn {turn} generated {len(tokens)} tokens instead of {generate_tokens}")
-                on_turn(turn)
+                if progress_every and turn % progress_every == 0:
+                    print(f"[suite] long kakeya: turn {turn}/{len(chunks)}", file=sys.stderr, flush=True)
     return latencies
 
 
-def long_session(address: str, chunks: list[list[int]], generate_tokens: int,
-                 on_turn: Callable[[int], None]) -> list[float]:
+def _long_session_here(address: str, chunks: list[list[int]], generate_tokens: int) -> list[float]:
+    asyncio.run(_turns(address, chunks[:2], generate_tokens, 0))
+    return asyncio.run(_turns(address, chunks, generate_tokens, PROGRESS_EVERY))
+
+
+def long_session(address: str, chunks: list[list[int]], generate_tokens: int) -> list[float]:
     """One session, one turn per chunk (append it, generate), timed per turn from the client: the
-    append RPC plus the whole Generate stream. Two untimed turns on a session of their own warm up."""
-    asyncio.run(_turns(address, chunks[:2], generate_tokens, lambda turn: None))
-    return asyncio.run(_turns(address, chunks, generate_tokens, on_turn))
+    append RPC plus the whole Generate stream. Two untimed turns on a session of their own warm up.
+
+    Like multi_session, the client runs in a fresh process, as an application's would: in the
+    suite's own it shared the interpreter lock with the memory sampler's thread, and its collector
+    with the baseline's model and caches."""
+    command = [sys.executable, os.path.abspath(__file__), "long", address, str(generate_tokens)]
+    done = subprocess.run(command, input=json.dumps(chunks), stdout=subprocess.PIPE, text=True,
+                          timeout=2 * RPC_TIMEOUT_S + 60 * len(chunks))
+    if done.returncode != 0:
+        raise RuntimeError(f"the long-session client failed ({done.returncode}); its stderr is above")
+    return json.loads(done.stdout)
 
 
 if __name__ == "__main__":
-    # The multi-session client process (see multi_session): prompts as JSON on stdin, figures on stdout.
-    _address, _new, _warmup = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    print(json.dumps(_multi_session_here(_address, json.load(sys.stdin), _new, _warmup)))
+    # The client processes: `multi ADDRESS NEW WARMUP` (see multi_session) or `long ADDRESS GENERATE`
+    # (see long_session); their input as JSON on stdin, figures as JSON on stdout.
+    _inputs = json.load(sys.stdin)
+    if sys.argv[1] == "long":
+        print(json.dumps(_long_session_here(sys.argv[2], _inputs, int(sys.argv[3]))))
+    else:
+        print(json.dumps(_multi_session_here(sys.argv[2], _inputs, int(sys.argv[3]), int(sys.argv[4]))))
