@@ -64,6 +64,7 @@ class StepLayout:
     # bounded-mode group, which attends row by row.
     cpu_plans: tuple[cpu_attention.GroupPlan | None, ...] | None = None
     cpu_cuts: tuple[SlabCut | None, ...] | None = None  # CPU steps: per group, cut_slab(group)
+    cpu_views: cpu_attention.StepViews | None = None  # deterministic CPU steps: cpu_attention.step_views
 
 
 def kakeya_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -84,6 +85,8 @@ def attend_cpu(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.T
                scaling: float | None) -> torch.Tensor:
     """Off CUDA: writes every group's new K/V and attends. query/key/value: [1, heads, T, head_dim]
     (transformers' layout); returns [1, T, heads, head_dim]."""
+    if layout.cpu_views is not None:
+        return cpu_attention.attend_step(layout.cpu_views, layer, query, key, value, scaling)
     out = query.new_zeros(1, query.shape[2], query.shape[1], query.shape[3])
     plans = layout.cpu_plans or (None,) * len(layout.groups)
     cuts = layout.cpu_cuts or (None,) * len(layout.groups)

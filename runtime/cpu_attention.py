@@ -14,6 +14,7 @@ keeps the per-row path in attention.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -102,3 +103,64 @@ def attend(plan: GroupPlan, slab: torch.Tensor, layer: int, query: torch.Tensor,
             attn_mask=call.mask, scale=scaling,
         )
         out[0, call.row_start:call.row_stop] = attended.reshape(rows, -1, attended.shape[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class StepViews:
+    """A whole deterministic step's calls, with every slab view they use cut once for all layers.
+
+    Per session and layer, attend() and its caller cost ~25 small torch calls (slicing, expanding,
+    copying into the output) around the one SDPA call that does the work: an 8-session decode step
+    makes ~6,000 of them. With the views cut here, a layer is one copy of every group's new K/V
+    (torch._foreach_copy_), one split of the queries, one SDPA call per bucket call and one cat.
+    Each SDPA call is the one attend() makes (same operands, same shapes), so the bits are the same.
+    """
+
+    group_rows: list[int]
+    call_rows: list[int]
+    new_kv: list[list[torch.Tensor]]  # per layer: each group's new-key slab view, then new-value
+    # per call: its mask and its [rows, kv_heads, num_keys, head_dim] key and value views, per layer
+    calls: list[tuple[torch.Tensor, Sequence[torch.Tensor], Sequence[torch.Tensor]]]
+
+
+def step_views(groups, plans, cuts, num_rows: int) -> StepViews | None:
+    """None where the step needs attend()'s general path: a bounded group (no plan or cut), padding
+    rows, or a slab whose capacity is short of a bucket. Clears the entries the calls read past each
+    group's history (see attend()) before the forward, which writes none of them."""
+    if not groups or any(plan is None or cut is None for plan, cut in zip(plans, cuts)):
+        return None
+    row = 0
+    for group, plan in zip(groups, plans):
+        if group.row_start != row or plan.calls[-1].num_keys > group.kv.slab.shape[3]:
+            return None
+        row += group.num_rows
+    if row != num_rows:
+        return None
+    new_keys, new_values, calls = [], [], []
+    for group, plan, cut in zip(groups, plans, cuts):
+        slab = group.kv.slab
+        if plan.num_written < plan.calls[-1].num_keys:
+            slab[:, :, :, plan.num_written:plan.calls[-1].num_keys].zero_()
+        new_keys.append(cut.new_keys.unbind(0))
+        new_values.append(cut.new_values.unbind(0))
+        for call in plan.calls:
+            rows, n = call.row_stop - call.row_start, call.num_keys
+            keys, values = (part[:, None, :, :n] for part in (cut.keys, cut.values))
+            shape = (keys.shape[0], rows, *keys.shape[2:])
+            calls.append((call.mask, keys.expand(shape).unbind(0), values.expand(shape).unbind(0)))
+    new_kv = [[k[layer] for k in new_keys] + [v[layer] for v in new_values] for layer in range(len(new_keys[0]))]
+    return StepViews([g.num_rows for g in groups], [c[1][0].shape[0] for c in calls], new_kv, calls)
+
+
+def attend_step(views: StepViews, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                scaling: float | None) -> torch.Tensor:
+    """Writes the layer's new K/V and attends; query/key/value: [1, heads, T, head_dim]; returns
+    [1, T, heads, head_dim]."""
+    torch._foreach_copy_(views.new_kv[layer], key[0].split(views.group_rows, 1) + value[0].split(views.group_rows, 1))
+    _, heads, rows, head_dim = query.shape
+    kv_heads = key.shape[1]
+    queries = query[0].transpose(0, 1).reshape(rows, kv_heads, heads // kv_heads, head_dim).split(views.call_rows)
+    outs = [F.scaled_dot_product_attention(q, keys[layer], values[layer], attn_mask=mask, scale=scaling)
+            for q, (mask, keys, values) in zip(queries, views.calls)]
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    return out.reshape(1, rows, heads, head_dim)

@@ -15,7 +15,7 @@ import torch
 
 from . import cpu_linear
 from .attention import RowGroup, StepLayout, cut_slab
-from .cpu_attention import plan_group
+from .cpu_attention import plan_group, step_views
 from .cpu_decoder import CpuDecoder
 from .kv_memory import SessionKV
 from .model_loader import LoadedModel
@@ -153,6 +153,9 @@ class ModelRunner:
         if self.cuda is None:
             plans = layout.cpu_plans or (None,) * len(groups)
             layout = dataclasses.replace(layout, cpu_cuts=tuple(cut_slab(g, p) for g, p in zip(groups, plans)))
+            if layout.cpu_plans is not None:
+                layout = dataclasses.replace(layout, cpu_views=step_views(
+                    layout.groups, layout.cpu_plans, layout.cpu_cuts, layout.num_rows))
         logits = self._forward(ids, positions, layout, keep_rows)
         for group in groups:
             group.kv.num_positions = group.first_position + group.num_rows
