@@ -22,6 +22,10 @@ import torch
 import torch.nn.functional as F
 
 FAST_MAX_ROWS = 64
+try:  # the overload itself: the packet's per-call resolution is a measurable share of a small call
+    _MKL_LINEAR = torch.ops.mkl._mkl_linear.default
+except (AttributeError, RuntimeError):
+    _MKL_LINEAR = None  # no MKL packed sgemm in this build: available() is False
 PACK_ROWS_HINT = 8  # MKL's packing takes a row-count hint; the packed weight serves any count
 
 
@@ -73,9 +77,10 @@ def apply(x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, bias: tor
     if rows == 1 and deterministic:
         # At small shapes (<= 128 features) MKL computes a lone row on another path, whose bits
         # differ from the same row among others; from 2 rows on they agree.
-        flat = flat.expand(2, -1)
-    out = torch.ops.mkl._mkl_linear(flat.contiguous(), packed, weight, bias, len(flat))
-    return out[:rows].reshape(*x.shape[:-1], out_features)
+        out = _MKL_LINEAR(flat.expand(2, -1).contiguous(), packed, weight, bias, 2)[:1]
+    else:
+        out = _MKL_LINEAR(flat if flat.is_contiguous() else flat.contiguous(), packed, weight, bias, rows)
+    return out.view(*x.shape[:-1], out_features)
 
 
 class PackedMode:

@@ -20,6 +20,7 @@ from .cpu_decoder import CpuDecoder
 from .kv_memory import SessionKV
 from .model_loader import LoadedModel
 from .sampler import Sampler
+from .step_logits import as_step_logits
 from .verify import accept
 
 # Without packed weights (cpu_linear.py), GEMMs and the lm_head see a multiple of this many rows in
@@ -100,6 +101,8 @@ class ModelRunner:
                 return claimed
         firsts = [item.kv.num_positions for item in items]
         logits = self.feed(items)
+        if self.cuda is None:
+            logits = as_step_logits(logits)  # one argmax for every greedy row of the step
         if self.run_ahead is not None:
             emitted = self.run_ahead.after_step(items, logits.rows)
             if emitted is not None:
