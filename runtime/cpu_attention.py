@@ -65,11 +65,10 @@ def plan_group(row_start: int, num_rows: int, first_position: int, dtype: torch.
     while position <= last:
         keys = num_keys(position)
         stop = min(last, keys - 1)
-        positions = torch.arange(position, stop + 1)
-        visible = torch.arange(keys)[None] <= positions[:, None]
-        mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))
         count = stop - position + 1
-        calls.append(BucketCall(row, row + count, keys, mask[:, None, None].to(device)))
+        # Row i (at position + i) sees entries up to position + i: -inf from diagonal position + 1.
+        mask = torch.full((count, keys), float("-inf"), dtype=dtype, device=device).triu_(position + 1)
+        calls.append(BucketCall(row, row + count, keys, mask[:, None, None]))
         row, position = row + count, stop + 1
     return GroupPlan(first_position + num_rows, tuple(calls))
 

@@ -1,10 +1,13 @@
-"""Bucketed deterministic CPU attention: a row's output is bitwise that of the row attended alone."""
+"""Bucketed deterministic CPU attention: a row's output is bitwise that of the row attended alone,
+and a whole step's (step_views/attend_step) that of each group written and attended on its own."""
 
 from __future__ import annotations
 
 import torch
 
-from kakeya.runtime.cpu_attention import BUCKET_TOKENS, attend, num_keys, plan_group
+from kakeya.runtime.attention import RowGroup, cut_slab
+from kakeya.runtime.cpu_attention import BUCKET_TOKENS, attend, attend_step, num_keys, plan_group, step_views
+from kakeya.runtime.kv_memory import KVPool, KVShape
 
 HEADS, KV_HEADS, HEAD_DIM, LAYERS = 9, 3, 64, 2
 
@@ -59,3 +62,69 @@ def test_a_capacity_short_of_the_bucket_pads_like_cleared_entries():
     short = roomy[:, :, :, :position + 1].clone()  # capacity ends right after the history
     query = torch.randn(1, HEADS, 1, HEAD_DIM)
     assert torch.equal(_run(short, query, 0, 1, position), _run(roomy, query, 0, 1, position))
+
+
+def _session(pool, history: int, seed: int):
+    kv = pool.allocate()
+    pool.reserve(kv, history + 96)
+    g = torch.Generator().manual_seed(seed)
+    kv.slab[:, :, :, :history] = torch.randn(LAYERS, 2, KV_HEADS, history, HEAD_DIM, generator=g)
+    kv.slab[:, :, :, history:] = float("nan")  # never written: fresh memory may hold anything
+    kv.num_positions = history
+    return kv
+
+
+def _pool():
+    shape = KVShape(LAYERS, KV_HEADS, HEAD_DIM, torch.float32, torch.device("cpu"))
+    return KVPool(shape, 1 << 30, 32, 0, 0, 512)
+
+
+def _step(kvs, rows, query, key, value):
+    """One step through step_views/attend_step, every layer; returns [layers, T, heads, head_dim]."""
+    groups, start = [], 0
+    for kv, n in zip(kvs, rows):
+        groups.append(RowGroup(kv, start, n, kv.num_positions))
+        start += n
+    plans = [plan_group(g.row_start, g.num_rows, g.first_position, torch.float32) for g in groups]
+    views = step_views(groups, plans, [cut_slab(g, p) for g, p in zip(groups, plans)], start)
+    assert views is not None
+    outs = torch.stack([attend_step(views, layer, query, key, value, 0.125)[0] for layer in range(LAYERS)])
+    for g in groups:
+        g.kv.num_positions += g.num_rows
+    return outs
+
+
+def test_a_step_equals_each_group_written_and_attended_alone():
+    pool = _pool()
+    histories, rows = (40, 0, 95), (1, 70, 3)  # a decode row, a prompt across three buckets, an append
+    g = torch.Generator().manual_seed(6)
+    query = torch.randn(1, HEADS, sum(rows), HEAD_DIM, generator=g)
+    key, value = (torch.randn(1, KV_HEADS, sum(rows), HEAD_DIM, generator=g) for _ in range(2))
+    kvs = [_session(pool, h, seed) for seed, h in enumerate(histories)]
+    refs = [_session(pool, h, seed) for seed, h in enumerate(histories)]
+    got = _step(kvs, rows, query, key, value)
+    start = 0
+    for kv, ref, history, n in zip(kvs, refs, histories, rows):
+        plan = plan_group(start, n, history, torch.float32)
+        for layer in range(LAYERS):
+            ref.slab[layer, 0, :, history:history + n] = key[0, :, start:start + n]
+            ref.slab[layer, 1, :, history:history + n] = value[0, :, start:start + n]
+            out = torch.zeros(1, sum(rows), HEADS, HEAD_DIM)
+            attend(plan, ref.slab, layer, query, out, 0.125)
+            assert torch.equal(got[layer, start:start + n], out[0, start:start + n]), (layer, history)
+        assert torch.equal(kv.slab[:, :, :, :history + n], ref.slab[:, :, :, :history + n])
+        start += n
+
+
+def test_rows_appended_one_per_step_equal_rows_of_one_step():
+    g = torch.Generator().manual_seed(7)
+    rows = 45
+    query = torch.randn(1, HEADS, rows, HEAD_DIM, generator=g)
+    key, value = (torch.randn(1, KV_HEADS, rows, HEAD_DIM, generator=g) for _ in range(2))
+    pool = _pool()
+    whole = _step([_session(pool, 10, 1)], [rows], query, key, value)
+    kv = _session(pool, 10, 1)
+    for row in range(rows):
+        one = slice(row, row + 1)
+        assert torch.equal(_step([kv], [1], query[:, :, one], key[:, :, one], value[:, :, one])[:, 0],
+                           whole[:, row]), row
