@@ -19,8 +19,6 @@ import pathlib
 
 import torch
 
-from attention_kernel import timed_us
-
 LAYERS, KV_HEADS, HEADS, HEAD_DIM = 28, 8, 16, 128
 # (warps per CTA, chunks loaded ahead, splits): the best of a wider sweep on an H200
 VARIANTS = ((4, 1, 32), (8, 1, 16), (4, 2, 32), (8, 2, 16))
@@ -34,11 +32,14 @@ def compile_variants() -> dict:
 
 
 def main() -> None:
-    from kakeya.runtime import cuda_kernels as ck
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--histories", type=int, nargs="+", default=[19200, 9600, 3840, 256, 17])
     args = parser.parse_args()
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        parser.error("needs a CUDA device of compute capability 8.9 or later (fp8 conversions, mma.sync)")
+    from attention_kernel import timed_us  # imports triton, which only CUDA builds of torch ship
+    from kakeya.runtime import cuda_kernels as ck
+
     cuda = torch.device("cuda")
     kernels = compile_variants()
     scale = HEAD_DIM ** -0.5

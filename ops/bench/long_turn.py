@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--kv-dtype", choices=("auto", "fp8"), default="auto", help="slab dtype, as `kakeya serve --kv-dtype`")
     parser.add_argument("--variant", help="row kernel of decode rows (cuda_kernels.VARIANTS; default: the runtime's)")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("measures the CUDA path: needs a CUDA device")
     if args.variant:
         from kakeya.runtime import cuda_attention
 
