@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from . import cuda_row_fp8
 from .attention import RowGroup, StepLayout
 from .cuda_plan import BLOCK_ROWS
 from .cuda_kernels import BLOCK_N, FP8_BLOCK_N, attend_rows, dot_dtype, split_limit, store_rows
@@ -42,11 +43,15 @@ def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tenso
         splits = split_limit(num_rows, key.shape[1], layout.deterministic)
         dot = dot_dtype(key.dtype, kv_dtype)
         lone = num_rows == 1 and not layout.deterministic
-        # Only the lone row's key tile was measured wider over fp8 slabs; the rest keep BLOCK_N.
-        block = FP8_BLOCK_N if lone and kv_dtype == torch.float8_e4m3fn else BLOCK_N
-        attend_rows(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], dot, splits,
-                    block=block, num_stages=LONE_ROW_STAGES if lone else ROW_STAGES, variant=ROW_VARIANT,
-                    blocks=rows.blocks, kv_dtype=kv_dtype)
+        if lone and cuda_row_fp8.eligible(q, key.shape[1], kv_dtype):
+            cuda_row_fp8.attend_lone(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1],
+                                     rows.blocks)
+        else:
+            # Only the lone row's key tile was measured wider over fp8 slabs; the rest keep BLOCK_N.
+            block = FP8_BLOCK_N if lone and kv_dtype == torch.float8_e4m3fn else BLOCK_N
+            attend_rows(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], dot, splits,
+                        block=block, num_stages=LONE_ROW_STAGES if lone else ROW_STAGES, variant=ROW_VARIANT,
+                        blocks=rows.blocks, kv_dtype=kv_dtype)
         if rows.blocks:
             from .cuda_block_kernel import attend_blocks
 

@@ -15,14 +15,14 @@ CUDA = torch.device("cuda")
 VOCAB = 512
 
 
-def build(dtype: torch.dtype, layers: int = 4, arch: str = "qwen3"):
+def build(dtype: torch.dtype, layers: int = 4, arch: str = "qwen3", head_dim: int = 64):
     """(engine model on the kakeya attention, identical sdpa reference), both on the GPU.
 
     "qwen3" has Q/K norms; "llama" has attention biases instead: the two layer forms the fused
-    decoder knows."""
+    decoder knows. head_dim 128 is the shape cuda_row_fp8's kernel serves."""
     torch.manual_seed(0)
     shape = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=layers,
-                 num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=8192)
+                 num_attention_heads=8, num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=8192)
     if arch == "qwen3":
         config, model_class = lambda: Qwen3Config(**shape), Qwen3ForCausalLM
     else:

@@ -1,19 +1,19 @@
-// Candidate kernel (benchmarked by fp8_row_kernel.py, not used by the runtime): one decoding row over
-// fp8 (e4m3) K/V slabs, GQA group 2, head_dim 128, split-K.
-// One CTA per (row, kv head, split), WARPS warps; each warp walks 16-key chunks with its own
-// online softmax; the CTA merges its warps and writes one partial (m, l, acc) per query head in
-// the layout the runtime's combine kernel reads. mma.sync m16n8k16 (fp16 in, fp32 accumulate).
+// One decoding row over fp8 (e4m3) K/V slabs, head_dim 128, GROUP query heads a KV head (1-8), split-K.
+// Loaded by cuda_row_fp8.py (NVRTC); the runtime's Triton row kernel computes the same partials.
 //
-// The PV product needs, in each thread, one column's bytes of four keys. Each thread loads four
-// 4-byte words, one from each of four keys (4 consecutive columns each), and regroups the bytes
-// with prmt, so V
-// is read from global memory in whole 32-byte sectors and never byte by byte. Columns (d) are
-// assigned to threads through a fixed permutation that the output store undoes; the reduction
-// index of QK (d) is permuted the same way in q and K. Rows led by a block (meta row 4) are not
-// skipped: this kernel serves lone decoding rows only.
+// One CTA per (row, kv head, split), 8 warps; each warp walks 16-key chunks (two loaded ahead) with
+// its own online softmax; the CTA merges its warps and writes one partial (m, l, acc) per query
+// head in the layout the combine kernel (cuda_kernels.py) reads. mma.sync m16n8k16, fp16 in, fp32
+// accumulate: the same products as the Triton kernel's, summed in another order.
+//
+// Why not Triton: the PV product needs, in each thread, one column's bytes of four keys, which lie
+// 128 bytes apart in the slab; Triton reads such a tile from shared memory one byte at a time.
+// Here each thread loads four 4-byte words, one from each of four keys (4 consecutive columns
+// each), and regroups the bytes with prmt, so V is read from global memory in whole 32-byte
+// sectors. Columns (d) are assigned to threads through a fixed permutation that the output store
+// undoes; the reduction index of QK (d) is permuted the same way in q and K.
 
 #define HEAD_DIM 128
-#define GROUP 2
 #define MIN_SPLIT 256
 #define TILE 128
 
@@ -84,16 +84,17 @@ __device__ __forceinline__ void load_chunk(Chunk& c, const unsigned char* k_base
 }
 
 // DEPTH: chunks loaded ahead of the one being multiplied (1 or 2).
-template <int WARPS, int DEPTH>
+template <int WARPS, int DEPTH, int GROUP>
 __device__ void attend(const unsigned short* __restrict__ q, int q_stride_t, int q_stride_h,
                        const long long* __restrict__ rows_ptr, const long long* __restrict__ meta, int meta_stride,
                        int layer, float scale, float* __restrict__ part_acc, float* __restrict__ part_ml,
-                       int num_kv, int splits_max) {
+                       int num_kv, int splits_max, int has_lead) {
     __shared__ float s_ml[WARPS][GROUP][2];
     __shared__ float s_acc[WARPS][GROUP][HEAD_DIM];
     const int i = blockIdx.x, h = blockIdx.y, s = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, l = lane % 4;
     const long long r = rows_ptr[i];
+    if (has_lead && meta[4 * meta_stride + r] != 1) return;  // a row of a block: the block kernel's
     const unsigned char* base = (const unsigned char*)meta[r];
     const long long cap = meta[meta_stride + r];
     const int n = (int)meta[3 * meta_stride + r];
@@ -232,30 +233,15 @@ __device__ void attend(const unsigned short* __restrict__ q, int q_stride_t, int
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) fp8_row_attend_w4(
-    const unsigned short* q, int q_stride_t, int q_stride_h, const long long* rows_ptr, const long long* meta,
-    int meta_stride, int layer, double scale, float* part_acc, float* part_ml, int num_kv, int splits_max) {
-    attend<4, 1>(q, q_stride_t, q_stride_h, rows_ptr, meta, meta_stride, layer, (float)scale, part_acc, part_ml, num_kv,
-              splits_max);
-}
-
-extern "C" __global__ void __launch_bounds__(256) fp8_row_attend_w8(
-    const unsigned short* q, int q_stride_t, int q_stride_h, const long long* rows_ptr, const long long* meta,
-    int meta_stride, int layer, double scale, float* part_acc, float* part_ml, int num_kv, int splits_max) {
-    attend<8, 1>(q, q_stride_t, q_stride_h, rows_ptr, meta, meta_stride, layer, (float)scale, part_acc, part_ml, num_kv,
-              splits_max);
-}
-
-extern "C" __global__ void __launch_bounds__(128) fp8_row_attend_w4d2(
-    const unsigned short* q, int q_stride_t, int q_stride_h, const long long* rows_ptr, const long long* meta,
-    int meta_stride, int layer, double scale, float* part_acc, float* part_ml, int num_kv, int splits_max) {
-    attend<4, 2>(q, q_stride_t, q_stride_h, rows_ptr, meta, meta_stride, layer, (float)scale, part_acc, part_ml, num_kv,
-                 splits_max);
-}
-
-extern "C" __global__ void __launch_bounds__(256) fp8_row_attend_w8d2(
-    const unsigned short* q, int q_stride_t, int q_stride_h, const long long* rows_ptr, const long long* meta,
-    int meta_stride, int layer, double scale, float* part_acc, float* part_ml, int num_kv, int splits_max) {
-    attend<8, 2>(q, q_stride_t, q_stride_h, rows_ptr, meta, meta_stride, layer, (float)scale, part_acc, part_ml, num_kv,
-                 splits_max);
-}
+#define ENTRY(G)                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256) fp8_row_attend_g##G(                                     \
+        const unsigned short* q, int q_stride_t, int q_stride_h, const long long* rows_ptr, const long long* meta, \
+        int meta_stride, int layer, double scale, float* part_acc, float* part_ml, int num_kv, int splits_max,   \
+        int has_lead) {                                                                                         \
+        attend<8, 2, G>(q, q_stride_t, q_stride_h, rows_ptr, meta, meta_stride, layer, (float)scale, part_acc,  \
+                        part_ml, num_kv, splits_max, has_lead);                                                 \
+    }
+ENTRY(1)
+ENTRY(2)
+ENTRY(4)
+ENTRY(8)
