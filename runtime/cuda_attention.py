@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-from . import cuda_row_fp8
+from . import cuda_block_fp8, cuda_row_fp8
 from .attention import RowGroup, StepLayout
 from .cuda_plan import BLOCK_ROWS
 from .cuda_kernels import BLOCK_N, FP8_BLOCK_N, attend_rows, dot_dtype, split_limit, store_rows
@@ -53,13 +53,21 @@ def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tenso
                         block=block, num_stages=LONE_ROW_STAGES if lone else ROW_STAGES, variant=ROW_VARIANT,
                         blocks=rows.blocks, kv_dtype=kv_dtype)
         if rows.blocks:
-            from .cuda_block_kernel import attend_blocks
-
-            attend_blocks(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], dot,
-                          BLOCK_ROWS, kv_dtype)
+            _attend_blocks(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], dot, kv_dtype)
     for group in rows.sdpa_groups:
         _attend_causal(group, layer, query, out, scaling)
     return out
+
+
+def _attend_blocks(q, out, rows, meta, layer: int, scaling: float, num_kv: int, dot, kv_dtype) -> None:
+    """Rows that lead blocks (fast mode's appended chunks): over fp8 slabs through the CUDA kernel
+    where it can run, else through the Triton block kernel."""
+    if cuda_block_fp8.eligible(q, rows, num_kv, kv_dtype):
+        cuda_block_fp8.attend_blocks(q, out, rows, meta, layer, scaling, num_kv, BLOCK_ROWS)
+        return
+    from .cuda_block_kernel import attend_blocks
+
+    attend_blocks(q, out, rows, meta, layer, scaling, num_kv, dot, BLOCK_ROWS, kv_dtype)
 
 
 def _attend_causal(group: RowGroup, layer: int, query, out, scaling) -> None:

@@ -7,22 +7,16 @@ combine included (`ops/bench/fp8_row_kernel.py`). It writes the same split parti
 Triton combine kernel merges.
 
 It serves what it was measured on: one row (fast mode's lone decoding row), bf16 queries, head_dim
-128, 1-8 query heads a KV head, compute capability 8.9 or later. NVRTC comes through
-`torch.cuda._compile_kernel` (torch 2.8 and later); where that is missing or the compile fails,
-`eligible` says no, with the reason logged once, and the Triton kernel serves every row.
+128, 1-8 query heads a KV head, compute capability 8.9 or later. It is compiled with NVRTC
+(cuda_nvrtc.py); where that cannot happen, `eligible` says no and the Triton kernel serves every row.
 """
 
 from __future__ import annotations
 
-import functools
-import pathlib
-
-import structlog
 import torch
 
+from . import cuda_nvrtc
 from .cuda_kernels import _combine_kernel
-
-log = structlog.get_logger(__name__)
 
 HEAD_DIM = 128
 GROUPS = (1, 2, 4, 8)  # the kernel's entry points (fp8_row_attend_g<G>)
@@ -40,24 +34,8 @@ def eligible(query: torch.Tensor, num_kv: int, kv_dtype: torch.dtype) -> bool:
             and _kernel(query.device.index, group) is not None)
 
 
-@functools.cache
 def _kernel(device_index: int | None, group: int):
-    """The compiled entry point for `group` query heads a KV head, or None when it cannot run here.
-    Compiled once a device and group (about a second), on the first step that needs it: the
-    warm-up forward before graph capture."""
-    if torch.cuda.get_device_capability(device_index) < (8, 9):
-        return None  # no e4m3 conversions; fp8 slabs are refused there anyway
-    compile_kernel = getattr(torch.cuda, "_compile_kernel", None)
-    if compile_kernel is None:
-        log.info("fp8_row_kernel_unavailable", reason=f"torch {torch.__version__} has no torch.cuda._compile_kernel")
-        return None
-    source = pathlib.Path(__file__).with_name("cuda_row_fp8.cu").read_text()
-    try:
-        with torch.cuda.device(device_index):
-            return compile_kernel(source, f"fp8_row_attend_g{group}", nvcc_options=["--use_fast_math", "-std=c++17"])
-    except Exception as exc:  # noqa: BLE001 - any failure leaves the Triton kernel in place
-        log.warning("fp8_row_kernel_unavailable", reason=f"{type(exc).__name__}: {exc}"[:500])
-        return None
+    return cuda_nvrtc.kernel("cuda_row_fp8.cu", f"fp8_row_attend_g{group}", device_index)
 
 
 def attend_lone(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor, layer: int,

@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--run-ahead", action="store_true", help="launch each decode step early, as the server does")
     parser.add_argument("--kv-dtype", choices=("auto", "fp8"), default="auto", help="slab dtype, as `kakeya serve --kv-dtype`")
     parser.add_argument("--variant", help="row kernel of decode rows (cuda_kernels.VARIANTS; default: the runtime's)")
+    parser.add_argument("--no-cuda-kernels", action="store_true",
+                        help="the Triton kernels only, not the runtime's CUDA C++ ones (cuda_nvrtc.ENABLED)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.error("measures the CUDA path: needs a CUDA device")
@@ -62,6 +64,10 @@ def main() -> None:
         from kakeya.runtime import cuda_attention
 
         cuda_attention.ROW_VARIANT = args.variant
+    if args.no_cuda_kernels:
+        from kakeya.runtime import cuda_nvrtc
+
+        cuda_nvrtc.ENABLED = False
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     device, dtype = torch.device("cuda"), getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -97,7 +103,7 @@ def main() -> None:
     for point in results:
         point["vs_first"] = round(point["turn_ms"] / results[0]["turn_ms"], 2)
     print(json.dumps({"benchmark": "long_turn", "device_name": torch.cuda.get_device_name(), "dtype": args.dtype,
-                      "kv_dtype": str(kv_dtype).removeprefix("torch."), "variant": args.variant or "default", "run_ahead": args.run_ahead, "append": args.append, "generate": args.generate, "torch": torch.__version__,
+                      "kv_dtype": str(kv_dtype).removeprefix("torch."), "variant": args.variant or "default", "cuda_kernels": not args.no_cuda_kernels, "run_ahead": args.run_ahead, "append": args.append, "generate": args.generate, "torch": torch.__version__,
                       "note": "median of timed turns; turn_ms = append step + (generate - 1) decode steps; decode_step_gpu_ms: CUDA events around the decode steps (close to decode_step_ms: the GPU never waited for the host); decode_kv_tb_s: history K/V bytes over the decode step time added since the first history",
                       "results": results}, indent=1))
 
