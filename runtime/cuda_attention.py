@@ -39,7 +39,7 @@ def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tenso
             # Rows in blocks leave the row kernel at once. Sizing its splits by every row would give
             # the few it keeps (a chunk's last row, decode rows beside an append) one split each:
             # a 65-row append over 19k keys took 20 ms instead of 6. Count each block as one row.
-            num_rows = -(-num_rows // BLOCK_ROWS)
+            num_rows = -(-num_rows // rows.block_rows)
         splits = split_limit(num_rows, key.shape[1], layout.deterministic)
         dot = dot_dtype(key.dtype, kv_dtype)
         lone = num_rows == 1 and not layout.deterministic
@@ -53,18 +53,25 @@ def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tenso
                         block=block, num_stages=LONE_ROW_STAGES if lone else ROW_STAGES, variant=ROW_VARIANT,
                         blocks=rows.blocks, kv_dtype=kv_dtype)
         if rows.blocks:
-            _attend_blocks(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], dot, kv_dtype)
+            _attend_blocks(q, out, rows.kernel_rows, rows.meta, layer, float(scaling), key.shape[1], dot, kv_dtype,
+                           rows.block_rows)
     for group in rows.sdpa_groups:
         _attend_causal(group, layer, query, out, scaling)
     return out
 
 
-def _attend_blocks(q, out, rows, meta, layer: int, scaling: float, num_kv: int, dot, kv_dtype) -> None:
+def _attend_blocks(q, out, rows, meta, layer: int, scaling: float, num_kv: int, dot, kv_dtype,
+                   block_rows: int) -> None:
     """Rows that lead blocks (fast mode's appended chunks): over fp8 slabs through the CUDA kernel
-    where it can run, else through the Triton block kernel."""
-    if cuda_block_fp8.eligible(q, rows, num_kv, kv_dtype):
-        cuda_block_fp8.attend_blocks(q, out, rows, meta, layer, scaling, num_kv, BLOCK_ROWS)
+    where it can run, else through the Triton block kernel, which takes blocks of BLOCK_ROWS at most."""
+    if cuda_block_fp8.eligible(q, meta, num_kv, kv_dtype):
+        cuda_block_fp8.attend_blocks(q, out, rows, meta, layer, scaling, num_kv, block_rows)
         return
+    if block_rows > BLOCK_ROWS:
+        # The planner sized the blocks for the CUDA kernel after compiling it; only queries it cannot
+        # read (odd strides) end here, and the model's projections never make those.
+        raise RuntimeError(f"blocks of {block_rows} rows planned for the fp8 CUDA block kernel, which cannot "
+                           f"serve these queries (shape {tuple(q.shape)}, strides {q.stride()}, {rows.shape[0]} rows)")
     from .cuda_block_kernel import attend_blocks
 
     attend_blocks(q, out, rows, meta, layer, scaling, num_kv, dot, BLOCK_ROWS, kv_dtype)

@@ -1,29 +1,39 @@
 // Blocks of consecutive rows of one session over fp8 (e4m3) K/V slabs, head_dim 128, split-K: the
 // CUDA counterpart of cuda_block_kernel.py's Triton kernel for fp8 slabs, loaded by cuda_block_fp8.py
-// (NVRTC). It computes the same partials, over the same splits, for the same combine kernel.
+// (NVRTC). It computes the same partials for the same combine kernel.
 //
 // Why not Triton: its block kernel multiplies P by a V tile that it reads from shared memory one
 // byte at a time (fp8 has no transposing matrix load), and widens each tile in every warp.
 // Here a CTA widens each key tile once, into fp16 in shared memory, and every warp then reads it
 // with ldmatrix (K) and ldmatrix.trans (V).
 //
-// A CTA serves (KV head, part of a block's rows, split) of blocks z, z + gridDim.z, ...; 4 warps:
-// up to 64 (row, query head) pairs, 16 a warp, as the M of mma.sync m16n8k16 (fp16 in, fp32 accumulate). Key tiles of 64
-// keys stream in through cp.async, STAGES deep; each warp keeps an online softmax per pair, and
-// each row masks the keys past its own (causal).
+// A CTA serves (KV head, part of a block's rows) for a share of the step's (block, split) items; 9 warps:
+// up to 144 (row, query head) pairs, 16 a warp, as the M of mma.sync m16n8k16 (fp16 in, fp32
+// accumulate): a service turn's 65 appended rows with two query heads a KV head are one block,
+// so each key tile is read and widened once for all of them. Key tiles of 64 keys stream in
+// through cp.async, STAGES deep; each warp keeps an online softmax per pair, and each row masks
+// the keys past its own (causal). STAGES, WARPS and MIN_CTAS may be defined before this file
+// (trial benchmarks do); nine warps leave 168 registers a thread (three warps on one of the SM's
+// four schedulers, 16K registers each).
 
 #define HEAD_DIM 128
 #define MIN_SPLIT 256
 #define SPLIT_ALIGN 128  // split boundaries: the Triton kernel's fp8 key tile, so both split alike
 #define TILE 64
+#ifndef STAGES
 #define STAGES 4
-#define WARPS 4
+#endif
+#ifndef WARPS
+#define WARPS 9
+#endif
+#ifndef MIN_CTAS
+#define MIN_CTAS 1
+#endif
 #define M_CTA (16 * WARPS)
 #define FP8_STAGE (2 * TILE * HEAD_DIM)  // one stage: K then V, TILE rows of 128 bytes
 #define ROW16 (2 * HEAD_DIM)             // bytes of one widened key: 16 chunks of 16 bytes
 // Dynamic shared memory: STAGES fp8 stages, then the widened K and V tiles (cuda_block_fp8.py).
 #define SMEM_BYTES (STAGES * FP8_STAGE + 2 * TILE * ROW16)
-#define SCAN_ROWS (32 * 32 * WARPS)  // most rows a launch may list (cuda_block_fp8.MAX_ROWS)
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
@@ -85,8 +95,9 @@ struct Tiles {
         unsigned char* dst = smem + (t % STAGES) * FP8_STAGE;
         const int start = lo + t * TILE;
 #pragma unroll
-        for (int c = 0; c < TILE * 8 / (32 * WARPS); ++c) {
+        for (int c = 0; c < (TILE * 8 + 32 * WARPS - 1) / (32 * WARPS); ++c) {
             const int idx = tid + 32 * WARPS * c, row = idx >> 3, chunk = idx & 7;
+            if (TILE * 8 % (32 * WARPS) != 0 && idx >= TILE * 8) break;
             const long long key = min(start + row, hi - 1);  // past hi: a copy of a stored key, masked
             cp_async16(smem_u32(dst + row * HEAD_DIM + chunk * 16), k_base + key * HEAD_DIM + chunk * 16);
             cp_async16(smem_u32(dst + TILE * HEAD_DIM + row * HEAD_DIM + chunk * 16), v_base + key * HEAD_DIM + chunk * 16);
@@ -97,8 +108,9 @@ struct Tiles {
         const unsigned char* src = smem + (t % STAGES) * FP8_STAGE;
         unsigned char* k16 = smem + STAGES * FP8_STAGE;
 #pragma unroll
-        for (int c = 0; c < TILE * 8 / (32 * WARPS); ++c) {
+        for (int c = 0; c < (TILE * 8 + 32 * WARPS - 1) / (32 * WARPS); ++c) {
             const int idx = tid + 32 * WARPS * c, row = idx >> 3, chunk = idx & 7;
+            if (TILE * 8 % (32 * WARPS) != 0 && idx >= TILE * 8) break;
 #pragma unroll
             for (int kv = 0; kv < 2; ++kv) {
                 const uint4 w = *(const uint4*)(src + kv * TILE * HEAD_DIM + row * HEAD_DIM + chunk * 16);
@@ -276,65 +288,34 @@ __device__ void attend_block(long long r, int h, int j0, int s, const unsigned s
     }
 }
 
-// The rows that lead blocks among rows_ptr[0 .. num_rows), in row order, into leaders; returns
-// how many. Every CTA finds the same list, so CTA z serves blocks z, z + gridDim.z, ... A grid over
-// every row instead (as the Triton kernel's) launches mostly CTAs that find no block to serve, and
-// with this kernel's shared memory only two fit an SM: a 65-row append's three blocks waited
-// behind about four thousand of them.
-__device__ int find_leaders(const long long* __restrict__ rows_ptr, const long long* __restrict__ meta,
-                            int meta_stride, int num_rows, int* leaders, int* warp_found) {
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    const int per = (num_rows + 32 * WARPS - 1) / (32 * WARPS), first = tid * per;  // per <= 32
-    unsigned leads = 0;
-    for (int k = 0; k < per; ++k) {
-        const int i = first + k;
-        if (i < num_rows && meta[4 * meta_stride + rows_ptr[i]] >= 2) leads |= 1u << k;
-    }
-    const int found = __popc(leads);
-    int before = found;  // inclusive scan over the warp, then over the warps
-#pragma unroll
-    for (int d = 1; d < 32; d *= 2) {
-        const int up = __shfl_up_sync(0xffffffff, before, d);
-        if (lane >= d) before += up;
-    }
-    if (lane == 31) warp_found[warp] = before;
-    __syncthreads();
-    int total = 0;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) {
-        if (w < warp) before += warp_found[w];
-        total += warp_found[w];
-    }
-    before -= found;
-    for (int k = 0; k < per; ++k)
-        if (leads >> k & 1) leaders[before++] = (int)rows_ptr[first + k];
-    __syncthreads();
-    return total;
-}
-
+// The step's work items (block b, split s), numbered b * splits_max + s, shared among the CTAs of a
+// KV head: CTA y serves items y, y + gridDim.y, ... The blocks' leading rows come listed in meta's
+// sixth row, then -1 (cuda_forward.py). A grid over every row instead (as the Triton kernel's)
+// launches mostly CTAs that find no block, and only one of these fits an SM.
 template <int GROUP>
-__device__ void attend_blocks(const unsigned short* q, int q_stride_t, int q_stride_h, const long long* rows_ptr,
-                              const long long* meta, int meta_stride, int num_rows, int layer, float scale,
-                              float* part_acc, float* part_ml, int num_kv, int splits_max, int subs) {
+__device__ void attend_blocks(const unsigned short* q, int q_stride_t, int q_stride_h, const long long* meta,
+                              int meta_stride, int num_rows, int layer, float scale, float* part_acc, float* part_ml,
+                              int num_kv, int splits_max, int subs) {
     extern __shared__ __align__(128) unsigned char smem[];
-    __shared__ int leaders[SCAN_ROWS / 2];  // a block has two rows or more
-    __shared__ int warp_found[WARPS];
-    const int count = find_leaders(rows_ptr, meta, meta_stride, num_rows, leaders, warp_found);
     const int h = blockIdx.x / subs, j0 = (blockIdx.x % subs) * (M_CTA / GROUP);
-    for (int b = blockIdx.z; b < count; b += gridDim.z) {
-        attend_block<GROUP>(leaders[b], h, j0, blockIdx.y, q, q_stride_t, q_stride_h, meta, meta_stride, layer,
+    for (int item = blockIdx.y;; item += gridDim.y) {
+        const int b = item / splits_max;
+        if (b >= num_rows) break;
+        const long long leader = meta[5 * meta_stride + b];
+        if (leader < 0) break;
+        attend_block<GROUP>(leader, h, j0, item % splits_max, q, q_stride_t, q_stride_h, meta, meta_stride, layer,
                             scale, part_acc, part_ml, num_kv, splits_max, smem);
-        __syncthreads();  // the next block reuses the tiles
+        __syncthreads();  // the next item reuses the tiles
     }
 }
 
 #define ENTRY(G)                                                                                               \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS, 2) fp8_block_attend_g##G(                         \
-        const unsigned short* q, int q_stride_t, int q_stride_h, const long long* rows_ptr, const long long* meta, \
-        int meta_stride, int num_rows, int layer, double scale, float* part_acc, float* part_ml, int num_kv,     \
-        int splits_max, int subs) {                                                                             \
-        attend_blocks<G>(q, q_stride_t, q_stride_h, rows_ptr, meta, meta_stride, num_rows, layer, (float)scale, \
-                         part_acc, part_ml, num_kv, splits_max, subs);                                          \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, MIN_CTAS) fp8_block_attend_g##G(                         \
+        const unsigned short* q, int q_stride_t, int q_stride_h, const long long* meta, int meta_stride,         \
+        int num_rows, int layer, double scale, float* part_acc, float* part_ml, int num_kv, int splits_max,     \
+        int subs) {                                                                                             \
+        attend_blocks<G>(q, q_stride_t, q_stride_h, meta, meta_stride, num_rows, layer, (float)scale, part_acc,  \
+                         part_ml, num_kv, splits_max, subs);                                                    \
     }
 ENTRY(1)
 ENTRY(2)

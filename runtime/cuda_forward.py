@@ -23,14 +23,16 @@ import structlog
 import torch
 
 from .attention import RowGroup, StepLayout
-from .cuda_plan import BUCKETS, block_leads, graph_plan, kernel_eligible
+from .cuda_plan import BLOCK_ROWS, BUCKETS, block_leads, graph_plan, kernel_eligible
 from .model_loader import LoadedModel
 from .step_logits import StepLogits
 
 log = structlog.get_logger(__name__)
 
-# ids, positions, then meta (slab address, capacity, storage index, visible keys, block lead), kept rows
-STAGED_ROWS = 8
+# ids, positions, then meta (slab address, capacity, storage index, visible keys, block lead, leaders), kept rows
+STAGED_ROWS = 9  # ids, positions, 6 rows of meta, kept rows
+META = slice(2, 8)
+KEEP = 8
 NO_MASK = {"full_attention": None, "sliding_attention": None}
 
 
@@ -38,11 +40,14 @@ NO_MASK = {"full_attention": None, "sliding_attention": None}
 class CudaRows:
     """Per-row device metadata of one forward, read by the attention function."""
 
-    meta: torch.Tensor  # [5, rows] int64: slab address, capacity, storage index, visible keys, block lead
+    # [6, rows] int64: slab address, capacity, storage index, visible keys, block lead; the last row
+    # lists the rows that lead blocks, in order, then -1 (cuda_block_fp8.cu reads it)
+    meta: torch.Tensor
     kernel_rows: torch.Tensor  # [n] int64: rows that attend through the row (or block) kernel
     sdpa_groups: tuple[RowGroup, ...]  # sessions whose rows attend through SDPA
     blocks: bool = False  # some rows attend in blocks (lead >= 2): the block kernel runs too
     kv_dtype: torch.dtype | None = None  # the slabs' dtype where it is not the model's (fp8)
+    block_rows: int = BLOCK_ROWS  # most rows a block holds (CudaForward.block_rows)
 
 
 class _Graph:
@@ -57,9 +62,10 @@ class _Graph:
         self.rows = rows
         # ids, positions, 5 rows of meta, and the kept rows' indices (read after the replay).
         self.inputs = torch.zeros(STAGED_ROWS, rows, dtype=torch.int64, device=device)
-        self.inputs[2:7] = owner.scratch_meta[:, None]
-        self.keep = self.inputs[7]
-        cuda = CudaRows(self.inputs[2:7], torch.arange(rows, device=device), (), blocks, owner.kv_dtype)
+        self.inputs[META] = owner.scratch_meta[:, None]
+        self.keep = self.inputs[KEEP]
+        cuda = CudaRows(self.inputs[META], torch.arange(rows, device=device), (), blocks, owner.kv_dtype,
+                        owner.block_rows)
         # Kept: the graph reads these tensors' memory on every replay.
         self.layout = layout = StepLayout((), rows, owner.deterministic, cuda)
         side = torch.cuda.Stream(device)
@@ -101,10 +107,11 @@ class CudaForward:
         self.use_graphs = graphs
         self.det_rows = det_rows
         self.buckets = tuple(b for b in BUCKETS if b <= max_graph_rows)
+        self.block_rows = BLOCK_ROWS if deterministic else self._block_rows(loaded)
         # Padding rows' one-token slab; every slab of a launch has one dtype, the kernels' pointer type.
         self.scratch = torch.zeros(loaded.num_layers, 2, loaded.num_kv_heads, 1, loaded.head_dim,
                                    dtype=self.kv_dtype, device=self.device)
-        self._scratch_row = [self.scratch.data_ptr(), 1, 0, 1, 1]
+        self._scratch_row = [self.scratch.data_ptr(), 1, 0, 1, 1, -1]
         self.scratch_meta = torch.tensor(self._scratch_row, dtype=torch.int64, device=self.device)
         self._graphs: dict[tuple[int, bool], _Graph] = {}
         self._pool = torch.cuda.graph_pool_handle() if graphs else None
@@ -141,7 +148,7 @@ class CudaForward:
         with torch.inference_mode():
             if self.deterministic:
                 return self._deterministic(ids, positions, meta, keep_rows)
-            plan = graph_plan(groups) if self.use_graphs else None
+            plan = graph_plan(groups, self.block_rows) if self.use_graphs else None
             if plan is not None and all(len(rows) <= self.buckets[-1] for rows in plan):
                 return self._replay_plan(plan, ids, positions, meta, keep_rows)
             return self._eager(ids, positions, meta, groups, keep_rows)
@@ -151,7 +158,8 @@ class CudaForward:
         if len(plan) == 1 and len(plan[0]) == len(ids):
             forwards = [(ids, positions, meta, keep_rows)]
         else:
-            forwards = [([ids[r] for r in rows], [positions[r] for r in rows], [[m[r] for r in rows] for m in meta],
+            forwards = [([ids[r] for r in rows], [positions[r] for r in rows],
+                         _with_leaders([[m[r] for r in rows] for m in meta[:5]]),
                          [rows.index(r) for r in keep_rows if r in rows]) for rows in plan]
         kept: list[torch.Tensor] = []
         for sub_ids, sub_positions, sub_meta, sub_keep in forwards:
@@ -185,15 +193,16 @@ class CudaForward:
     def _eager(self, ids, positions, meta, groups, keep_rows) -> StepLogits:
         staged = self._stage(ids, positions, meta, len(ids), keep_rows).to(self.device, non_blocking=True)
         self._mark_copied()
-        kernel_rows = [g.row_start + r for g in groups if kernel_eligible(g) for r in range(g.num_rows)]
-        sdpa = tuple(g for g in groups if not kernel_eligible(g))
-        cuda = CudaRows(staged[2:7], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa,
-                        any(lead > 1 for lead in meta[4]), self.kv_dtype)
+        kernel_rows = [g.row_start + r for g in groups if kernel_eligible(g, self.block_rows)
+                       for r in range(g.num_rows)]
+        sdpa = tuple(g for g in groups if not kernel_eligible(g, self.block_rows))
+        cuda = CudaRows(staged[META], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa,
+                        any(lead > 1 for lead in meta[4]), self.kv_dtype, self.block_rows)
         layout = StepLayout(groups, len(ids), False, cuda)
         if not keep_rows:
             self.hidden(staged[0:1], staged[1:2], layout)
             return StepLogits(torch.empty(0, device=self.device))
-        return StepLogits(self.run_model(staged[0:1], staged[1:2], layout, staged[7, :len(keep_rows)]))
+        return StepLogits(self.run_model(staged[0:1], staged[1:2], layout, staged[KEEP, :len(keep_rows)]))
 
     def _deterministic(self, ids, positions, meta, keep_rows) -> StepLogits:
         """Forwards of exactly det_rows rows each, in order: later rows see the keys earlier ones wrote."""
@@ -203,18 +212,18 @@ class CudaForward:
         all_staged = self._stage(ids, positions, meta, padded)
         chunk_keeps = [[r - lo for r in keep_rows if lo <= r < lo + n] for lo in range(0, len(ids), n)]
         for lo, chunk_keep in zip(range(0, len(ids), n), chunk_keeps):
-            all_staged[7, lo:lo + len(chunk_keep)] = torch.tensor(chunk_keep, dtype=torch.int64)
+            all_staged[KEEP, lo:lo + len(chunk_keep)] = torch.tensor(chunk_keep, dtype=torch.int64)
         for lo, chunk_keep in zip(range(0, len(ids), n), chunk_keeps):
             staged = all_staged[:, lo:lo + n]
             if self.use_graphs:
                 logits = self._graph(n, False).replay(staged)
             else:
                 inputs = staged.to(self.device)
-                cuda = CudaRows(inputs[2:7], torch.arange(n, device=self.device), (), False, self.kv_dtype)
+                cuda = CudaRows(inputs[META], torch.arange(n, device=self.device), (), False, self.kv_dtype)
                 logits = self.run_model(inputs[0:1], inputs[1:2], StepLayout((), n, True, cuda), None)
             self._mark_copied()
             if chunk_keep:
-                index = self._graph(n, False).keep if self.use_graphs else inputs[7]
+                index = self._graph(n, False).keep if self.use_graphs else inputs[KEEP]
                 kept.append(logits[index[:len(chunk_keep)]].clone())
         return StepLogits(torch.cat(kept) if kept else torch.empty(0, device=self.device))
 
@@ -239,11 +248,21 @@ class CudaForward:
             graph = self._graphs[rows, blocks] = _Graph(self, rows, self._pool, blocks)
         return graph
 
+    def _block_rows(self, loaded: LoadedModel) -> int:
+        """Rows a block holds: more where the fp8 slabs' CUDA block kernel serves the blocks."""
+        from . import cuda_block_fp8
+
+        config = loaded.model.config
+        return cuda_block_fp8.block_rows(config.num_attention_heads, loaded.num_kv_heads, loaded.head_dim,
+                                         loaded.dtype, self.kv_dtype, self.device.index) or BLOCK_ROWS
+
     def _row_meta(self, groups: tuple[RowGroup, ...], num_rows: int, blocks: bool) -> list[list[int]]:
-        """[5][rows]: slab address, capacity, storage index, visible keys (full attention), block lead
-        (with blocks, a group's rows attend in blocks of BLOCK_ROWS: the first row holds the
-        block's size, the others 0; else every row holds 1)."""
+        """[6][rows]: slab address, capacity, storage index, visible keys (full attention), block lead
+        (with blocks, a group's rows attend in blocks of block_rows: the first row holds the
+        block's size, the others 0; else every row holds 1), and the rows that lead blocks of the
+        kernel path (an SDPA group's blocks, which only a sliced graph plan uses, are left out)."""
         meta = [[0] * num_rows for _ in range(4)] + [[1] * num_rows]
+        leaders: list[int] = []
         for g in groups:
             kv = g.kv
             address, capacity = kv.slab.data_ptr(), kv.capacity
@@ -252,8 +271,12 @@ class CudaForward:
                 index = kv.storage_index(g.first_position + i)
                 meta[0][r], meta[1][r], meta[2][r], meta[3][r] = address, capacity, index, index + 1
             if blocks and g.num_rows > 1:
-                meta[4][g.row_start:g.row_start + g.num_rows] = block_leads(g.num_rows, kernel_eligible(g))
-        return meta
+                eligible = kernel_eligible(g, self.block_rows)
+                leads = block_leads(g.num_rows, eligible, self.block_rows)
+                meta[4][g.row_start:g.row_start + g.num_rows] = leads
+                if eligible:
+                    leaders.extend(g.row_start + i for i, lead in enumerate(leads) if lead > 1)
+        return meta + [leaders + [-1] * (num_rows - len(leaders))]
 
     def _stage(self, ids, positions, meta, rows: int, keep=()) -> torch.Tensor:
         """Pinned [STAGED_ROWS, rows] inputs; rows past the real ones are padding on the scratch slab.
@@ -268,14 +291,21 @@ class CudaForward:
         staging = self._staging[:, :rows]
         staging[0, :n] = torch.tensor(ids, dtype=torch.int64)
         staging[1, :n] = torch.tensor(positions, dtype=torch.int64)
-        staging[2:7, :n] = torch.tensor(meta, dtype=torch.int64)
+        staging[META, :n] = torch.tensor(meta, dtype=torch.int64)
         if keep:
-            staging[7, :len(keep)] = torch.tensor(keep, dtype=torch.int64)
+            staging[KEEP, :len(keep)] = torch.tensor(keep, dtype=torch.int64)
         if rows > n:
             staging[0:2, n:] = 0
-            staging[2:7, n:] = torch.tensor(self._scratch_row, dtype=torch.int64)[:, None]
+            staging[META, n:] = torch.tensor(self._scratch_row, dtype=torch.int64)[:, None]
         return staging
 
     def _mark_copied(self) -> None:
         self._staged_copied = torch.cuda.Event()
         self._staged_copied.record()
+
+
+def _with_leaders(meta: list[list[int]]) -> list[list[int]]:
+    """A forward's 5 rows of meta and, last, the rows that lead its blocks then -1 (every row of a
+    graph forward attends through the kernels)."""
+    leaders = [r for r, lead in enumerate(meta[4]) if lead > 1]
+    return meta + [leaders + [-1] * (len(meta[4]) - len(leaders))]

@@ -30,11 +30,11 @@ def test_long_chunk_over_long_history_is_sliced_in_order():
         seen += len(mine)
 
 
-def blocks_of(leads: list[int]) -> list[int]:
+def blocks_of(leads: list[int], block_rows: int = BLOCK_ROWS) -> list[int]:
     """Block sizes read back from leads; checks every block's other rows hold 0."""
     sizes, i = [], 0
     while i < len(leads):
-        assert 1 <= leads[i] <= BLOCK_ROWS and leads[i + 1:i + leads[i]] == [0] * (leads[i] - 1)
+        assert 1 <= leads[i] <= block_rows and leads[i + 1:i + leads[i]] == [0] * (leads[i] - 1)
         sizes.append(leads[i])
         i += leads[i]
     return sizes
@@ -49,3 +49,27 @@ def test_block_leads_leave_no_lone_row_to_the_row_kernel():
     assert blocks_of(block_leads(b + 1, True)) == [b // 2 + 1, b // 2]
     # A sliced group keeps whole blocks, so no block straddles two forwards.
     assert blocks_of(block_leads(2 * b + 1, False)) == [b, b, 1]
+
+
+def test_the_fp8_block_kernels_blocks_hold_a_service_turns_append():
+    """Where the fp8 CUDA block kernel serves (cuda_block_fp8.BLOCK_ROWS = 72), a turn's 64 appended
+    tokens and the last generated one are one block, and the planner's rules hold at that size."""
+    b = 72
+    assert blocks_of(block_leads(65, True, b), b) == [65]
+    assert blocks_of(block_leads(2 * b + 1, True, b), b) == [b, b // 2 + 1, b // 2]
+    assert blocks_of(block_leads(2 * b + 1, False, b), b) == [b, b, 1]
+    group = RowGroup(Slab(), 0, 300, 30000)
+    plan = graph_plan((group,), b)
+    assert sorted(r for rows in plan for r in rows) == list(range(300))
+    assert all(len(rows) % b == 0 for rows in plan[:-1])  # slices start on block boundaries
+    for rows in plan:
+        assert -(-len(rows) // b) * (30000 + rows[-1] + 1) <= ROW_KERNEL_WORK or len(rows) == b
+
+
+def test_a_forwards_leaders_row_lists_the_rows_that_lead_blocks():
+    from kakeya.runtime.cuda_forward import _with_leaders
+
+    leads = [1, 3, 0, 0, 2, 0, 1]
+    meta = [[0] * 7 for _ in range(4)] + [leads]
+    assert _with_leaders(meta)[5] == [1, 4, -1, -1, -1, -1, -1]
+    assert _with_leaders(meta)[:5] == meta

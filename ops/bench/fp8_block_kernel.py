@@ -2,7 +2,8 @@
 its Triton block kernel (cuda_block_kernel).
 
 The append is 65 rows (the previous turn's last token and 64 new ones) after H keys of history,
-in the blocks the planner makes of them (32, 17 and 16 rows). Both kernels write split partials
+in the blocks the planner makes of them for each kernel: one block of 65 for the CUDA kernel
+(cuda_block_fp8.BLOCK_ROWS), blocks of 32, 17 and 16 for the Triton one. Both write split partials
 that the Triton combine kernel merges, and both are timed with it, per layer over 28 layers' slabs
 (Qwen3-0.6B heads unless --group says otherwise), replayed from a CUDA graph. Errors are the
 largest absolute difference from an fp32 reference over every row. Prints one JSON document.
@@ -22,12 +23,13 @@ import json
 import torch
 
 LAYERS, KV_HEADS, HEAD_DIM = 28, 8, 128
-BLOCKS = (32, 17, 16)
+APPENDED = 65
+BLOCKS = {"triton": (32, 17, 16), "cuda": (65,)}
 
 
 def reference(q: torch.Tensor, slab: torch.Tensor, history: int, group: int) -> torch.Tensor:
     """fp32 causal attention of the appended rows over layer 1 of the slab."""
-    end = history + sum(BLOCKS)
+    end = history + APPENDED
     keys = slab[1, 0, :, :end].float().repeat_interleave(group, 0)
     values = slab[1, 1, :, :end].float().repeat_interleave(group, 0)
     scores = torch.einsum("rhd,hkd->rhk", q.float(), keys) * HEAD_DIM ** -0.5
@@ -50,10 +52,19 @@ def main() -> None:
     from kakeya.runtime.cuda_plan import BLOCK_ROWS
 
     cuda = torch.device("cuda")
-    heads, appended, scale = KV_HEADS * args.group, sum(BLOCKS), HEAD_DIM ** -0.5
+    heads, appended, scale = KV_HEADS * args.group, APPENDED, HEAD_DIM ** -0.5
     listed = max(appended, args.padded_to)
     scratch = torch.zeros(LAYERS, 2, KV_HEADS, 1, HEAD_DIM, device=cuda).to(torch.float8_e4m3fn)
     padding = [[scratch.data_ptr(), 1, 0, 1, 1]] * (listed - appended)  # as the graph's padding rows
+
+    def meta_of(slab, capacity: int, positions: list[int], blocks: tuple[int, ...]) -> torch.Tensor:
+        """[6, listed]: the appended rows in `blocks`, the padding, and the leaders row."""
+        leads = [lead for size in blocks for lead in (size, *[0] * (size - 1))]
+        rows = [[slab.data_ptr(), capacity, p, p + 1, lead] for p, lead in zip(positions, leads)] + padding
+        leaders = [r for r, lead in enumerate(leads) if lead > 1]
+        meta = torch.tensor(rows, dtype=torch.int64).T.tolist() + [leaders + [-1] * (listed - len(leaders))]
+        return torch.tensor(meta, dtype=torch.int64, device=cuda)
+
     results = []
     for n in args.histories:
         capacity = n + appended + 64
@@ -61,16 +72,14 @@ def main() -> None:
         q = (torch.randn(listed, heads, HEAD_DIM, device=cuda) * 3).to(torch.bfloat16)
         rows = torch.arange(listed, device=cuda)
         positions = list(range(n, n + appended))
-        leads = [lead for size in BLOCKS for lead in (size, *[0] * (size - 1))]
-        appended_meta = [[slab.data_ptr(), capacity, p, p + 1, lead] for p, lead in zip(positions, leads)]
-        meta = torch.tensor(appended_meta + padding, dtype=torch.int64, device=cuda).T.contiguous()
+        meta = {name: meta_of(slab, capacity, positions, blocks) for name, blocks in BLOCKS.items()}
         expected = reference(q[:appended], slab, n, args.group)
         out = torch.empty_like(q)
-        kernels = {"triton": lambda layer: attend_blocks(q, out, rows, meta, layer, scale, KV_HEADS, torch.float16,
-                                                         BLOCK_ROWS, torch.float8_e4m3fn)}
-        if cuda_block_fp8.eligible(q, rows, KV_HEADS, torch.float8_e4m3fn):
-            kernels["cuda"] = lambda layer: cuda_block_fp8.attend_blocks(q, out, rows, meta, layer, scale, KV_HEADS,
-                                                                         BLOCK_ROWS)
+        kernels = {"triton": lambda layer: attend_blocks(q, out, rows, meta["triton"], layer, scale, KV_HEADS,
+                                                         torch.float16, BLOCK_ROWS, torch.float8_e4m3fn)}
+        if cuda_block_fp8.eligible(q, meta["cuda"], KV_HEADS, torch.float8_e4m3fn):
+            kernels["cuda"] = lambda layer: cuda_block_fp8.attend_blocks(q, out, rows, meta["cuda"], layer, scale,
+                                                                         KV_HEADS, cuda_block_fp8.BLOCK_ROWS)
         point = {"history": n}
         for name, launch in kernels.items():
             launch(1)
