@@ -156,10 +156,10 @@ class CudaForward:
     def _replay_plan(self, plan: list[list[int]], ids, positions, meta, keep_rows) -> StepLogits:
         """Replays one graph per forward of the plan, in order; keeps the hidden states of keep_rows."""
         if len(plan) == 1 and len(plan[0]) == len(ids):
-            forwards = [(ids, positions, meta, keep_rows)]
+            forwards = [(ids, positions, _with_leaders(meta), keep_rows)]
         else:
             forwards = [([ids[r] for r in rows], [positions[r] for r in rows],
-                         _with_leaders([[m[r] for r in rows] for m in meta[:5]]),
+                         _with_leaders([[m[r] for r in rows] for m in meta]),
                          [rows.index(r) for r in keep_rows if r in rows]) for rows in plan]
         kept: list[torch.Tensor] = []
         for sub_ids, sub_positions, sub_meta, sub_keep in forwards:
@@ -185,16 +185,19 @@ class CudaForward:
         """Logits of a one-row-per-session forward whose input ids are source[rows], gathered on the
         GPU: the host does not wait for the tokens it feeds (run_ahead.py)."""
         graph = self._graph(self.buckets[bisect.bisect_left(self.buckets, len(rows))], False)
-        staged = self._stage(rows, positions, self._row_meta(groups, len(rows), False), graph.rows, range(len(rows)))
+        meta = _with_leaders(self._row_meta(groups, len(rows), False))
+        staged = self._stage(rows, positions, meta, graph.rows, range(len(rows)))
         hidden = graph.replay(staged, gather_ids=source)
         self._mark_copied()
         return self.loaded.model.lm_head(hidden[graph.keep[:len(rows)]])
 
     def _eager(self, ids, positions, meta, groups, keep_rows) -> StepLogits:
-        staged = self._stage(ids, positions, meta, len(ids), keep_rows).to(self.device, non_blocking=True)
-        self._mark_copied()
         kernel_rows = [g.row_start + r for g in groups if kernel_eligible(g, self.block_rows)
                        for r in range(g.num_rows)]
+        # An SDPA group's rows may hold leads (block_leads), but attend through SDPA, not in blocks.
+        staged = self._stage(ids, positions, _with_leaders(meta, set(kernel_rows)), len(ids), keep_rows)
+        staged = staged.to(self.device, non_blocking=True)
+        self._mark_copied()
         sdpa = tuple(g for g in groups if not kernel_eligible(g, self.block_rows))
         cuda = CudaRows(staged[META], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa,
                         any(lead > 1 for lead in meta[4]), self.kv_dtype, self.block_rows)
@@ -209,7 +212,7 @@ class CudaForward:
         n = self.det_rows
         kept: list[torch.Tensor] = []
         padded = -(-len(ids) // n) * n
-        all_staged = self._stage(ids, positions, meta, padded)
+        all_staged = self._stage(ids, positions, _with_leaders(meta), padded)
         chunk_keeps = [[r - lo for r in keep_rows if lo <= r < lo + n] for lo in range(0, len(ids), n)]
         for lo, chunk_keep in zip(range(0, len(ids), n), chunk_keeps):
             all_staged[KEEP, lo:lo + len(chunk_keep)] = torch.tensor(chunk_keep, dtype=torch.int64)
@@ -257,12 +260,10 @@ class CudaForward:
                                          loaded.dtype, self.kv_dtype, self.device.index) or BLOCK_ROWS
 
     def _row_meta(self, groups: tuple[RowGroup, ...], num_rows: int, blocks: bool) -> list[list[int]]:
-        """[6][rows]: slab address, capacity, storage index, visible keys (full attention), block lead
+        """[5][rows]: slab address, capacity, storage index, visible keys (full attention), block lead
         (with blocks, a group's rows attend in blocks of block_rows: the first row holds the
-        block's size, the others 0; else every row holds 1), and the rows that lead blocks of the
-        kernel path (an SDPA group's blocks, which only a sliced graph plan uses, are left out)."""
+        block's size, the others 0; else every row holds 1). _with_leaders adds the sixth row."""
         meta = [[0] * num_rows for _ in range(4)] + [[1] * num_rows]
-        leaders: list[int] = []
         for g in groups:
             kv = g.kv
             address, capacity = kv.slab.data_ptr(), kv.capacity
@@ -271,12 +272,9 @@ class CudaForward:
                 index = kv.storage_index(g.first_position + i)
                 meta[0][r], meta[1][r], meta[2][r], meta[3][r] = address, capacity, index, index + 1
             if blocks and g.num_rows > 1:
-                eligible = kernel_eligible(g, self.block_rows)
-                leads = block_leads(g.num_rows, eligible, self.block_rows)
-                meta[4][g.row_start:g.row_start + g.num_rows] = leads
-                if eligible:
-                    leaders.extend(g.row_start + i for i, lead in enumerate(leads) if lead > 1)
-        return meta + [leaders + [-1] * (num_rows - len(leaders))]
+                meta[4][g.row_start:g.row_start + g.num_rows] = block_leads(
+                    g.num_rows, kernel_eligible(g, self.block_rows), self.block_rows)
+        return meta
 
     def _stage(self, ids, positions, meta, rows: int, keep=()) -> torch.Tensor:
         """Pinned [STAGED_ROWS, rows] inputs; rows past the real ones are padding on the scratch slab.
@@ -304,8 +302,8 @@ class CudaForward:
         self._staged_copied.record()
 
 
-def _with_leaders(meta: list[list[int]]) -> list[list[int]]:
-    """A forward's 5 rows of meta and, last, the rows that lead its blocks then -1 (every row of a
-    graph forward attends through the kernels)."""
-    leaders = [r for r, lead in enumerate(meta[4]) if lead > 1]
+def _with_leaders(meta: list[list[int]], kernel_rows: set[int] | None = None) -> list[list[int]]:
+    """A forward's 5 rows of meta and a sixth: the rows that lead its blocks, in order, then -1.
+    kernel_rows: the rows that attend through the kernels (None: all, as in a graph forward)."""
+    leaders = [r for r, lead in enumerate(meta[4]) if lead > 1 and (kernel_rows is None or r in kernel_rows)]
     return meta + [leaders + [-1] * (len(meta[4]) - len(leaders))]
