@@ -13,6 +13,8 @@ no and the Triton kernel serves the blocks.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import cuda_nvrtc
@@ -24,6 +26,7 @@ WARPS = 4
 PAIRS_PER_CTA = 16 * WARPS  # (row, query head) pairs a CTA serves: the M of its products
 # As the .cu file's SMEM_BYTES: 4 stages of fp8 K and V tiles (64 keys) and the widened fp16 tiles.
 SHARED_MEM = 4 * 2 * 64 * HEAD_DIM + 2 * 64 * 2 * HEAD_DIM
+STATIC_SHARED = 8320  # the .cu file's leaders list and per-warp counts, as ptxas lays them out for sm_90
 MAX_ROWS = 4096  # rows a launch may list (the .cu file's SCAN_ROWS); more go to the Triton kernel
 # CTAs a (KV head, split) over the step's blocks, each serving every SLOTS-th block: a service
 # turn's append makes three blocks; a step with more serves them in turn.
@@ -41,7 +44,17 @@ def eligible(query: torch.Tensor, rows: torch.Tensor, num_kv: int, kv_dtype: tor
 
 
 def _kernel(device_index: int | None, group: int):
+    if not _fits(device_index):
+        return None
     return cuda_nvrtc.kernel("cuda_block_fp8.cu", f"fp8_block_attend_g{group}", device_index, SHARED_MEM)
+
+
+@functools.cache
+def _fits(device_index: int | None) -> bool:
+    """Whether a block may hold this kernel's shared memory: Ada GPUs (compute capability 8.9)
+    offer 99 KiB, too little; Hopper 227."""
+    optin = getattr(torch.cuda.get_device_properties(device_index), "shared_memory_per_block_optin", None)
+    return optin is None or optin >= SHARED_MEM + STATIC_SHARED
 
 
 def attend_blocks(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor, layer: int,
