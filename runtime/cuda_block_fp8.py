@@ -15,6 +15,8 @@ no and the Triton kernel serves the blocks.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import cuda_nvrtc
@@ -28,6 +30,7 @@ BLOCK_ROWS = 72  # rows of the planner's blocks where this kernel serves them
 MAX_SPLITS = 16  # one block over 19k keys: 8 KV heads x 16 splits fill an H200's 132 SMs
 # As the .cu file's SMEM_BYTES: 4 stages of fp8 K and V tiles (64 keys) and the widened fp16 tiles.
 SHARED_MEM = 4 * 2 * 64 * HEAD_DIM + 2 * 64 * 2 * HEAD_DIM
+STATIC_SHARED = 0  # the .cu file declares no static shared memory
 # CTAs a KV head (and part of a block's rows), sharing the step's (block, split) items: as many as
 # one long block's splits, so a service turn's append (one block) runs one wave of busy CTAs, and a
 # step with many blocks still spreads them over 8 x 16 = 128 CTAs.
@@ -64,7 +67,17 @@ def splits_for(num_rows: int) -> int:
 
 
 def _kernel(device_index: int | None, group: int):
+    if not _fits(device_index):
+        return None
     return cuda_nvrtc.kernel("cuda_block_fp8.cu", f"fp8_block_attend_g{group}", device_index, SHARED_MEM)
+
+
+@functools.cache
+def _fits(device_index: int | None) -> bool:
+    """Whether a block may hold this kernel's 96 KiB of shared memory (Ada GPUs offer 99 KiB,
+    Hopper 227)."""
+    optin = getattr(torch.cuda.get_device_properties(device_index), "shared_memory_per_block_optin", None)
+    return optin is None or optin >= SHARED_MEM + STATIC_SHARED
 
 
 def attend_blocks(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor, layer: int,
