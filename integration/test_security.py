@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 
 import grpc
 import pytest
@@ -75,6 +74,15 @@ async def test_a_second_server_cannot_share_the_port(server):
         await second.start()
 
 
+async def test_a_name_whose_port_is_taken_on_one_address_is_refused(server):
+    """"localhost" is 127.0.0.1 and ::1: with the port taken on 127.0.0.1, gRPC alone would listen
+    on ::1 only, and clients of "localhost" would reach the other server."""
+    port = int(server.server.address.rsplit(":", 1)[1])
+    second = RuntimeServer(runtime_config(server={"host": "localhost", "port": port}))
+    with pytest.raises(FailedPrecondition, match=f"cannot listen on localhost:{port}: the port is in use on 127.0.0.1"):
+        await second.start()
+
+
 async def test_engine_death_fails_in_flight_calls_and_turns_health_off(loaded_model):
     deaths: list[BaseException] = []
     handle = await start_server(loaded_model, server={"stall_timeout_s": 0.2})
@@ -127,26 +135,6 @@ async def test_draining_answers_unavailable_and_lets_running_work_finish(loaded_
     await handle.channel.close()
 
 
-def _port_free_on_both_loopbacks() -> int:
-    """A port that neither 127.0.0.1 nor ::1 has taken. "localhost:0" would not do: gRPC binds the
-    port it gets on one family and, where the other family has it in use (another test's server on
-    127.0.0.1), listens on one family only, so a client of "localhost" may reach that other server."""
-    import socket
-
-    for _ in range(100):
-        with socket.socket(socket.AF_INET) as ipv4:
-            ipv4.bind(("127.0.0.1", 0))
-            port = ipv4.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET6) as ipv6:
-                    ipv6.bind(("::1", port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    continue
-            return port  # free on both, or this machine has no IPv6 loopback
-    raise RuntimeError("no port free on both loopback addresses")
-
-
 async def test_tls_serves_only_encrypted_clients(loaded_model, tmp_path):
     import subprocess
 
@@ -154,8 +142,10 @@ async def test_tls_serves_only_encrypted_clients(loaded_model, tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
                    check=True, capture_output=True, timeout=60)
-    handle = await start_server(loaded_model, server={"host": "localhost", "port": _port_free_on_both_loopbacks(),
-                                                      "tls_cert": str(cert), "tls_key": str(key)})
+    # Port 0 on "localhost": a port free on both 127.0.0.1 and ::1 (runtime/listen_port.py), so a
+    # plaintext client of "localhost" cannot reach the shared test server instead.
+    handle = await start_server(loaded_model, server={"host": "localhost", "tls_cert": str(cert),
+                                                      "tls_key": str(key)})
     port = handle.server.address.rsplit(":", 1)[1]
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
