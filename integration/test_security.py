@@ -74,6 +74,15 @@ async def test_a_second_server_cannot_share_the_port(server):
         await second.start()
 
 
+async def test_a_name_whose_port_is_taken_on_one_address_is_refused(server):
+    """"localhost" is 127.0.0.1 and ::1: with the port taken on 127.0.0.1, gRPC alone would listen
+    on ::1 only, and clients of "localhost" would reach the other server."""
+    port = int(server.server.address.rsplit(":", 1)[1])
+    second = RuntimeServer(runtime_config(server={"host": "localhost", "port": port}))
+    with pytest.raises(FailedPrecondition, match=f"cannot listen on localhost:{port}: the port is in use on 127.0.0.1"):
+        await second.start()
+
+
 async def test_engine_death_fails_in_flight_calls_and_turns_health_off(loaded_model):
     deaths: list[BaseException] = []
     handle = await start_server(loaded_model, server={"stall_timeout_s": 0.2})
@@ -133,6 +142,8 @@ async def test_tls_serves_only_encrypted_clients(loaded_model, tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
                    check=True, capture_output=True, timeout=60)
+    # Port 0 on "localhost": a port free on both 127.0.0.1 and ::1 (runtime/listen_port.py), so a
+    # plaintext client of "localhost" cannot reach the shared test server instead.
     handle = await start_server(loaded_model, server={"host": "localhost", "tls_cert": str(cert),
                                                       "tls_key": str(key)})
     port = handle.server.address.rsplit(":", 1)[1]

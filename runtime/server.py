@@ -18,6 +18,7 @@ from . import service_handlers
 from .auth import ApiKeys
 from .config import RuntimeConfig
 from .errors import FailedPrecondition
+from .listen_port import listen_port
 from .runtime import Runtime
 from .servicer import RuntimeServicer
 
@@ -58,7 +59,7 @@ class RuntimeServer:
             self._bind(lambda: self._server.add_insecure_port(f"unix:{server.unix_socket}"), server.unix_socket)
             self.address = f"unix:{server.unix_socket}"
         else:
-            address = f"{server.host}:{server.port}"
+            address = f"{server.host}:{listen_port(server.host, server.port)}"
             if server.tls_cert:
                 with open(server.tls_key, "rb") as key, open(server.tls_cert, "rb") as cert:
                     credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
