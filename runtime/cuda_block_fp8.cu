@@ -115,8 +115,13 @@ struct Tiles {
             for (int kv = 0; kv < 2; ++kv) {
                 const uint4 w = *(const uint4*)(src + kv * TILE * HEAD_DIM + row * HEAD_DIM + chunk * 16);
                 unsigned char* dst = k16 + kv * TILE * ROW16;
-                *(uint4*)(dst + swz(row, 2 * chunk)) = make_uint4(cvt2(w.x), cvt2(w.x >> 16), cvt2(w.y), cvt2(w.y >> 16));
-                *(uint4*)(dst + swz(row, 2 * chunk + 1)) = make_uint4(cvt2(w.z), cvt2(w.z >> 16), cvt2(w.w), cvt2(w.w >> 16));
+                const uint4 lo = make_uint4(cvt2(w.x), cvt2(w.x >> 16), cvt2(w.y), cvt2(w.y >> 16));
+                const uint4 hi = make_uint4(cvt2(w.z), cvt2(w.z >> 16), cvt2(w.w), cvt2(w.w >> 16));
+                // The upper four pieces of a row store their halves in the other order, so each of
+                // the two stores of 8 threads (one row) covers all 32 banks.
+                const int first = chunk >> 2;
+                *(uint4*)(dst + swz(row, 2 * chunk + first)) = first ? hi : lo;
+                *(uint4*)(dst + swz(row, 2 * chunk + 1 - first)) = first ? lo : hi;
             }
         }
     }
