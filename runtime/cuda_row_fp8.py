@@ -13,6 +13,8 @@ It serves what it was measured on: one row (fast mode's lone decoding row), bf16
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import cuda_nvrtc
@@ -24,6 +26,13 @@ WARPS = 8
 # Splits of a row's keys, one CTA each: 16 CTAs of 8 warps a KV head measured best (17.3 us at
 # 19,200 keys, against 17.5-18.0 for 32 CTAs of 4 warps or 16 of 8 with one chunk ahead).
 SPLITS = 16
+RING_STAGES = 4  # as the .cu file's RING_STAGES: 16-key chunks in each warp's ring of slots
+SHARED_MEM = WARPS * RING_STAGES * 4096  # dynamic: the rings (a chunk is 4 KiB of K and V)
+
+
+def _static_shared(group: int) -> int:
+    """The .cu file's static shared memory: each warp's partial (m, l, acc) per query head."""
+    return WARPS * group * (2 + HEAD_DIM) * 4
 
 
 def eligible(query: torch.Tensor, num_kv: int, kv_dtype: torch.dtype) -> bool:
@@ -35,7 +44,16 @@ def eligible(query: torch.Tensor, num_kv: int, kv_dtype: torch.dtype) -> bool:
 
 
 def _kernel(device_index: int | None, group: int):
-    return cuda_nvrtc.kernel("cuda_row_fp8.cu", f"fp8_row_attend_g{group}", device_index)
+    if not _fits(device_index, group):
+        return None
+    return cuda_nvrtc.kernel("cuda_row_fp8.cu", f"fp8_row_attend_g{group}", device_index, SHARED_MEM)
+
+
+@functools.cache
+def _fits(device_index: int | None, group: int) -> bool:
+    """Whether a block may hold this kernel's shared memory (Hopper: 227 KiB; Ada: 99, too little)."""
+    optin = getattr(torch.cuda.get_device_properties(device_index), "shared_memory_per_block_optin", None)
+    return optin is None or optin >= SHARED_MEM + _static_shared(group)
 
 
 def attend_lone(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor, layer: int,
@@ -46,7 +64,7 @@ def attend_lone(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta
     kernel = _kernel(query.device.index, num_heads // num_kv)
     part_acc = torch.empty(num_rows * num_heads * SPLITS, HEAD_DIM, dtype=torch.float32, device=query.device)
     part_ml = torch.empty(num_rows * num_heads * SPLITS, 2, dtype=torch.float32, device=query.device)
-    kernel(grid=(num_rows, num_kv, SPLITS), block=(32 * WARPS, 1, 1),
+    kernel(grid=(num_rows, num_kv, SPLITS), block=(32 * WARPS, 1, 1), shared_mem=SHARED_MEM,
            args=[query, query.stride(0), query.stride(1), rows, meta, meta.stride(0), layer, float(scale), part_acc,
                  part_ml, num_kv, SPLITS, int(blocks)])
     _combine_kernel[(num_rows, num_heads)](out, out.stride(0), out.stride(1), rows, meta, meta.stride(0), part_acc,
