@@ -1,14 +1,15 @@
 """A lone decoding row over fp8 slabs through a CUDA kernel compiled at run time (cuda_row_fp8.cu).
 
 The Triton row kernel reads the V tile of its PV product one byte at a time from shared memory
-(README, long session); this kernel regroups V's bytes in registers. On an H200 with Qwen3-0.6B
-heads it took 17.3 against 20.7 µs a layer at 19,200 keys and 6.6-6.8 against 8.3 at 256, the
-combine included (`ops/bench/fp8_row_kernel.py`). It writes the same split partials, which the
-Triton combine kernel merges.
+(README, long session); this kernel regroups V's bytes in registers, and streams each warp's keys
+through a cp.async ring in shared memory. On an H200 with Qwen3-0.6B heads it took 15.7 against
+20.5 µs a layer at 19,200 keys and 6.4 against 8.4 at 256, the combine included. It writes the
+same split partials, which the Triton combine kernel merges.
 
 It serves what it was measured on: one row (fast mode's lone decoding row), bf16 queries, head_dim
-128, 1-8 query heads a KV head, compute capability 8.9 or later. It is compiled with NVRTC
-(cuda_nvrtc.py); where that cannot happen, `eligible` says no and the Triton kernel serves every row.
+128, 1-8 query heads a KV head, compute capability 8.9 or later, where a block may hold its ~104 KiB
+of shared memory (Hopper; Ada's 99 KiB is too little). It is compiled with NVRTC (cuda_nvrtc.py);
+where that cannot happen, `eligible` says no and the Triton kernel serves every row.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ WARPS = 8
 # Splits of a row's keys, one CTA each: 16 CTAs of 8 warps a KV head measured best (17.3 us at
 # 19,200 keys, against 17.5-18.0 for 32 CTAs of 4 warps or 16 of 8 with one chunk ahead).
 SPLITS = 16
-RING_STAGES = 4  # as the .cu file's RING_STAGES: 16-key chunks in each warp's ring of slots
+RING_STAGES = 3  # as the .cu file's RING_STAGES: 16-key chunks in each warp's ring of slots
 SHARED_MEM = WARPS * RING_STAGES * 4096  # dynamic: the rings (a chunk is 4 KiB of K and V)
 
 
