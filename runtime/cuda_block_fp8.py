@@ -28,8 +28,8 @@ WARPS = 9  # as the .cu file's WARPS
 PAIRS_PER_CTA = 16 * WARPS  # (row, query head) pairs a CTA serves: the M of its products
 BLOCK_ROWS = 72  # rows of the planner's blocks where this kernel serves them
 MAX_SPLITS = 16  # one block over 19k keys: 8 KV heads x 16 splits fill an H200's 132 SMs
-# As the .cu file's SMEM_BYTES: 4 stages of fp8 K and V tiles (64 keys) and the widened fp16 tiles.
-SHARED_MEM = 4 * 2 * 64 * HEAD_DIM + 2 * 64 * 2 * HEAD_DIM
+# As the .cu file's SMEM_BYTES: 2 stages of fp8 K and V tiles (64 keys) and the widened fp16 tiles.
+SHARED_MEM = 2 * 2 * 64 * HEAD_DIM + 2 * 64 * 2 * HEAD_DIM
 STATIC_SHARED = 0  # the .cu file declares no static shared memory
 # CTAs a KV head (and part of a block's rows), sharing the step's (block, split) items: as many as
 # one long block's splits, so a service turn's append (one block) runs one wave of busy CTAs, and a
@@ -74,8 +74,8 @@ def _kernel(device_index: int | None, group: int):
 
 @functools.cache
 def _fits(device_index: int | None) -> bool:
-    """Whether a block may hold this kernel's 96 KiB of shared memory (Ada GPUs offer 99 KiB,
-    Hopper 227)."""
+    """Whether a block may hold this kernel's 64 KiB of shared memory (Ada GPUs offer 99 KiB,
+    Hopper 227; older parts, which the kernel does not serve anyway, may offer less)."""
     optin = getattr(torch.cuda.get_device_properties(device_index), "shared_memory_per_block_optin", None)
     return optin is None or optin >= SHARED_MEM + STATIC_SHARED
 

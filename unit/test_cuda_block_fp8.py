@@ -39,7 +39,7 @@ def _layout(history: int, sizes: list[int], cuda):
 def test_kernel_equals_sdpa_and_skips_lone_rows(group, sizes):
     """A service turn's 65 appended rows as one block (as the planner makes them for this kernel),
     and as the Triton kernel's blocks of 32, 17 and 16, after 0, 300 and 5,000 keys of history (one
-    split used of sixteen, a partial last tile, every split): each row equals causal SDPA over the
+    or two splits used of sixteen, a partial last tile, every split): each row equals causal SDPA over the
     slab widened to float32, and the Triton block kernel where it can take the blocks; the lone
     row is not written."""
     from kakeya.runtime import cuda_block_fp8
