@@ -7,6 +7,7 @@ request's max_tokens. Only the consumer cancels it; the scheduler polls `is_canc
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import time
 from dataclasses import dataclass
@@ -45,35 +46,69 @@ Event = Union[int, Truncated, Done]
 
 
 class TokenStream:
+    """Written by the scheduler and the session actor, read by one Generate handler, all on the
+    event loop. A deque and one waiter rather than an asyncio.Queue: the reader can take every
+    token that is ready at once (`batches`), and a push costs no more than an append."""
+
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[Event | _Failed] = asyncio.Queue()
+        self._events: collections.deque[Event | _Failed] = collections.deque()
+        self._ready: asyncio.Future[None] | None = None  # set by the next push while the reader waits
         self.is_cancelled = False
         self.is_finished = False
         self._last_read_at = time.monotonic()
 
     def is_stalled(self, stall_s: float) -> bool:
         """Events wait unread and the consumer has taken none for stall_s."""
-        return not self._queue.empty() and time.monotonic() - self._last_read_at > stall_s
+        return bool(self._events) and time.monotonic() - self._last_read_at > stall_s
 
     def push(self, event: Event) -> None:
         if not self.is_finished:
-            self._queue.put_nowait(event)
+            self._events.append(event)
             self.is_finished = isinstance(event, Done)
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
         if not self.is_finished:
             self.is_finished = True
-            self._queue.put_nowait(_Failed(error))
+            self._events.append(_Failed(error))
+            self._wake()
 
     def cancel(self) -> None:
         self.is_cancelled = True
 
     async def __aiter__(self) -> AsyncIterator[Event]:
+        """One event at a time."""
         while True:
-            event = await self._queue.get()
-            self._last_read_at = time.monotonic()
-            if isinstance(event, _Failed):
-                raise event.error
+            item = await self._take(1)
+            event = item[0] if isinstance(item, list) else item
             yield event
             if isinstance(event, Done):
                 return
+
+    async def batches(self, limit: int) -> AsyncIterator[list[int] | Truncated | Done]:
+        """The events in order, the tokens ready together as lists of 1..limit: a reader that fell
+        behind catches up in fewer writes. Never waits for a token to fill a list."""
+        while True:
+            item = await self._take(limit)
+            yield item
+            if isinstance(item, Done):
+                return
+
+    async def _take(self, limit: int) -> list[int] | Truncated | Done:
+        while not self._events:
+            self._ready = asyncio.get_running_loop().create_future()
+            await self._ready
+        self._last_read_at = time.monotonic()
+        if isinstance(self._events[0], int):
+            tokens = []
+            while self._events and len(tokens) < limit and isinstance(self._events[0], int):
+                tokens.append(self._events.popleft())
+            return tokens
+        event = self._events.popleft()
+        if isinstance(event, _Failed):
+            raise event.error
+        return event
+
+    def _wake(self) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)

@@ -76,7 +76,8 @@ class Generation:
     tokens: list[int]
     done: pb.GenerateDone
     truncated: list[int]  # dropped_token_count of each HistoryTruncated event
-    order: list[str]  # "token" / "done" / "truncated" in arrival order
+    order: list[str]  # "token" / "tokens" (several in one message) / "done" / "truncated" in arrival order
+    message_sizes: list[int] = dataclasses.field(default_factory=list)  # tokens in each token message
 
 
 async def create(stub, label: str = "", eos: tuple[int, ...] = ()) -> str:
@@ -98,9 +99,13 @@ async def generate(stub, session_id: str, max_tokens: int, **sampling) -> Genera
         call = stub.Generate(pb.GenerateRequest(session_id=session_id, max_tokens=max_tokens, **sampling))
         async for response in call:
             kind = response.WhichOneof("payload")
-            result.order.append({"token_id": "token", "done": "done", "truncated": "truncated"}[kind])
+            result.order.append({"token_id": "token", "tokens": "tokens", "done": "done", "truncated": "truncated"}[kind])
             if kind == "token_id":
                 result.tokens.append(response.token_id)
+                result.message_sizes.append(1)
+            elif kind == "tokens":
+                result.tokens.extend(response.tokens.token_ids)
+                result.message_sizes.append(len(response.tokens.token_ids))
             elif kind == "done":
                 result.done = response.done
             else:

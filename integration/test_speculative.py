@@ -230,3 +230,24 @@ async def test_sdk_reports_the_mode_and_each_calls_draft_counts(ngram_server, pr
             tokens = await asyncio.wait_for(stream.collect(), TIMEOUT_S)
     assert tokens == plain[1][:32]
     assert stream.draft_token_count >= stream.accepted_draft_token_count > 0
+
+
+async def test_tokens_of_one_step_share_a_message_when_the_request_allows(ngram_server, prompts, plain):
+    """An accepted draft emits several tokens in one step. With max_tokens_per_message = 3 they
+    reach the client as `tokens` messages of 2-3 ids, in order, the stream equal to plain greedy;
+    the SDK, which asks for up to 64, yields the same ids one by one and counts them."""
+    from kakeya import Client
+
+    results = await _run_all(ngram_server.stub, prompts[:5], max_tokens_per_message=3)
+    for result, expected in zip(results, plain[:5]):
+        assert result.tokens == expected
+        assert result.done.generated_token_count == len(result.tokens) == sum(result.message_sizes)
+        assert result.order[-1] == "done" and "truncated" not in result.order
+    sizes = [size for result in results for size in result.message_sizes]
+    assert 2 <= max(sizes) <= 3, "no step's tokens were sent together, or too many were"
+    for per_message in (1, 64):
+        async with Client(ngram_server.server.address, max_tokens_per_message=per_message) as client:
+            async with client.session(initial_tokens=prompts[0]) as session:
+                stream = session.generate(MAX_TOKENS)
+                tokens = await asyncio.wait_for(stream.collect(), TIMEOUT_S)
+        assert tokens == plain[0] and stream.generated_token_count == MAX_TOKENS

@@ -133,9 +133,12 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
             await _abort(context, exc, "Generate")
             return
         try:
-            async for event in stream:
-                tokens += isinstance(event, int)
-                yield _event_to_proto(event)
+            async for item in stream.batches(max(1, request.max_tokens_per_message)):
+                if isinstance(item, list):
+                    tokens += len(item)
+                    yield _tokens_to_proto(item)
+                else:
+                    yield _event_to_proto(item)
             code = grpc.StatusCode.OK
         except grpc.aio.AbortError:
             raise
@@ -199,9 +202,14 @@ def _sampling(request: pb.GenerateRequest) -> SamplingParams:
     )
 
 
+def _tokens_to_proto(tokens: list[int]) -> pb.GenerateResponse:
+    """One token as the contract's token_id; more (the request allowed them) as one `tokens`."""
+    if len(tokens) == 1:
+        return pb.GenerateResponse(token_id=tokens[0])
+    return pb.GenerateResponse(tokens=pb.TokenIds(token_ids=tokens))
+
+
 def _event_to_proto(event) -> pb.GenerateResponse:
-    if isinstance(event, int):
-        return pb.GenerateResponse(token_id=event)
     if isinstance(event, Truncated):
         return pb.GenerateResponse(truncated=pb.HistoryTruncated(dropped_token_count=event.dropped_token_count))
     if isinstance(event, Done):

@@ -14,6 +14,8 @@ from .types import RuntimeInfo
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
+# A reader that falls behind (many streams in one process) catches up in fewer messages.
+DEFAULT_TOKENS_PER_MESSAGE = 64
 
 
 class Client:
@@ -26,10 +28,15 @@ class Client:
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, api_key: str | None = None,
                  timeout_s: float | None = DEFAULT_TIMEOUT_S, tls: bool = False,
-                 root_certificates: bytes | str | os.PathLike | None = None) -> None:
+                 root_certificates: bytes | str | os.PathLike | None = None,
+                 max_tokens_per_message: int = DEFAULT_TOKENS_PER_MESSAGE) -> None:
         """`tls=True` (or a `root_certificates` PEM, as bytes or a file path) opens a TLS channel;
-        without root_certificates the system's trust roots verify the server."""
-        self._transport = Transport(address, api_key, timeout_s, tls, read_root_certificates(root_certificates))
+        without root_certificates the system's trust roots verify the server.
+        `max_tokens_per_message`: tokens sampled while this client was behind in reading a
+        generation may come up to this many a message (1: one a message, as the first runtime
+        sent them). Iterating a generation yields single token ids either way."""
+        self._transport = Transport(address, api_key, timeout_s, tls, read_root_certificates(root_certificates),
+                                    max_tokens_per_message)
 
     @property
     def address(self) -> str:

@@ -51,6 +51,7 @@ class Session:
         self._check_open()
         sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed}
         request = build_request(pb.GenerateRequest, session_id=self._session_id, max_tokens=max_tokens,
+                                max_tokens_per_message=self._transport.max_tokens_per_message,
                                 # Unset fields mean the runtime's defaults, so None is never sent as 0.
                                 **{name: value for name, value in sampling.items() if value is not None})
         return GenerationStream(self._transport, request, timeout_s)

@@ -7,6 +7,7 @@ the RPC, which makes the runtime stop the generation within one scheduler step.
 from __future__ import annotations
 
 import asyncio
+import collections
 
 import grpc
 
@@ -30,6 +31,7 @@ class GenerationStream:
         self._is_finished = False  # no more reads: done and EOF seen, failed, or cancelled
         self._is_cancel_requested = False
         self._is_read = False
+        self._pending: collections.deque[int] = collections.deque()  # the rest of a `tokens` message
         self.stop_reason: StopReason | None = None
         self.generated_token_count = 0
         self.prefill_token_count = 0
@@ -77,6 +79,8 @@ class GenerationStream:
         return self._is_finished
 
     async def _next_token(self) -> int:
+        if self._pending and not self._is_finished:
+            return self._pending.popleft()
         while not self._is_finished:
             try:
                 response = await self._call.read()
@@ -104,6 +108,10 @@ class GenerationStream:
             if kind == "token_id":
                 self.generated_token_count += 1
                 return response.token_id
+            if kind == "tokens" and response.tokens.token_ids:
+                self.generated_token_count += len(response.tokens.token_ids)
+                self._pending.extend(response.tokens.token_ids)
+                return self._pending.popleft()
             if kind == "truncated":
                 self.dropped_token_count += response.truncated.dropped_token_count
             elif kind == "done":

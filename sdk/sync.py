@@ -10,7 +10,7 @@ import os
 import weakref
 from typing import AsyncIterator, Iterable, Iterator
 
-from .client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_S, Client
+from .client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_S, DEFAULT_TOKENS_PER_MESSAGE, Client
 from .errors import KakeyaError
 from .loop_thread import LoopThread
 from .session import Session
@@ -23,9 +23,10 @@ class SyncClient:
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, api_key: str | None = None,
                  timeout_s: float | None = DEFAULT_TIMEOUT_S, tls: bool = False,
-                 root_certificates: bytes | str | os.PathLike | None = None) -> None:
+                 root_certificates: bytes | str | os.PathLike | None = None,
+                 max_tokens_per_message: int = DEFAULT_TOKENS_PER_MESSAGE) -> None:
         self._client = Client(address, api_key=api_key, timeout_s=timeout_s, tls=tls,
-                              root_certificates=root_certificates)
+                              root_certificates=root_certificates, max_tokens_per_message=max_tokens_per_message)
         self._loop = LoopThread()
         # Stops the thread even if close() is never called (at garbage collection or exit).
         self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._client)

@@ -31,11 +31,15 @@ def read_root_certificates(source: bytes | str | os.PathLike | None) -> bytes | 
 
 class Transport:
     def __init__(self, address: str, api_key: str | None, timeout_s: float | None, tls: bool = False,
-                 root_certificates: bytes | None = None) -> None:
+                 root_certificates: bytes | None = None, max_tokens_per_message: int = 1) -> None:
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
+        if isinstance(max_tokens_per_message, bool) or not isinstance(max_tokens_per_message, int) \
+                or not 1 <= max_tokens_per_message < 2**32:
+            raise ValueError(f"max_tokens_per_message must be an int from 1 to 2**32 - 1, got {max_tokens_per_message!r}")
         self.address = address
         self.timeout_s = timeout_s
+        self.max_tokens_per_message = max_tokens_per_message  # sent with every Generate
         # TLS when asked for, or implied by a trust root; None keeps grpc's default roots.
         self._credentials = (grpc.ssl_channel_credentials(root_certificates=root_certificates)
                              if tls or root_certificates is not None else None)

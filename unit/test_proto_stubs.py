@@ -34,6 +34,8 @@ CONTRACT = {
 ADDITIONS = {
     "GenerateDone": {"prefill_token_count": 5, "draft_token_count": 6, "accepted_draft_token_count": 7},
     "GetRuntimeInfoResponse": {"speculative_mode": 23, "num_draft_tokens": 24, "draft_model_id": 25},
+    "GenerateRequest": {"max_tokens_per_message": 7},
+    "GenerateResponse": {"tokens": 4},
 }
 
 STOP_REASONS = {
@@ -96,7 +98,8 @@ def test_generate_request_optional_fields_have_presence():
 def test_generate_response_payload_is_one_oneof():
     descriptor = pb.GenerateResponse.DESCRIPTOR
     payload = descriptor.oneofs_by_name["payload"]
-    assert [f.name for f in payload.fields] == ["token_id", "done", "truncated"]
+    # The contract's three members first; `tokens` (4) only for requests that ask for it.
+    assert [f.name for f in payload.fields] == ["token_id", "done", "truncated", "tokens"]
     assert descriptor.fields_by_name["done"].message_type.name == "GenerateDone"
     assert descriptor.fields_by_name["truncated"].message_type.name == "HistoryTruncated"
     response = pb.GenerateResponse(token_id=7)

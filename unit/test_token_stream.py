@@ -1,0 +1,88 @@
+"""TokenStream: events in order, ready tokens taken together up to a limit, errors raised once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kakeya import Client
+from kakeya.actors.token_stream import Done, StopReason, TokenStream, Truncated
+
+TIMEOUT_S = 5
+DONE = Done(StopReason.MAX_TOKENS, 5, 3, 0.1, 0.2)
+
+
+async def _all(iterator) -> list:
+    return await asyncio.wait_for(_collect(iterator), TIMEOUT_S)
+
+
+async def _collect(iterator) -> list:
+    return [item async for item in iterator]
+
+
+async def test_ready_tokens_come_together_up_to_the_limit_and_never_across_other_events():
+    stream = TokenStream()
+    stream.push(Truncated(7))
+    for token in (1, 2, 3, 4, 5):
+        stream.push(token)
+    stream.push(DONE)
+    stream.push(9)  # after Done: dropped
+    assert await _all(stream.batches(2)) == [Truncated(7), [1, 2], [3, 4], [5], DONE]
+
+
+async def test_one_at_a_time_reads_single_events():
+    stream = TokenStream()
+    for event in (1, 2, DONE):
+        stream.push(event)
+    assert await _all(stream) == [1, 2, DONE]
+
+
+async def test_a_waiting_reader_wakes_on_the_next_push_and_takes_what_is_there():
+    stream = TokenStream()
+    batches = stream.batches(8)
+    first = asyncio.ensure_future(batches.__anext__())
+    seen_waiting = []
+
+    def produce() -> None:  # scheduled after the reader's first step, so it finds the reader waiting
+        seen_waiting.append(not first.done())
+        stream.push(1)
+        stream.push(2)
+
+    asyncio.get_running_loop().call_soon(produce)
+    assert await asyncio.wait_for(first, TIMEOUT_S) == [1, 2]
+    assert seen_waiting == [True]
+    stream.push(DONE)
+    assert await asyncio.wait_for(batches.__anext__(), TIMEOUT_S) == DONE
+
+
+async def test_a_failure_is_raised_after_the_tokens_before_it():
+    stream = TokenStream()
+    stream.push(1)
+    stream.fail(RuntimeError("engine gone"))
+    stream.push(2)  # after the failure: dropped
+    batches = stream.batches(4)
+    assert await asyncio.wait_for(batches.__anext__(), TIMEOUT_S) == [1]
+    with pytest.raises(RuntimeError, match="engine gone"):
+        await asyncio.wait_for(batches.__anext__(), TIMEOUT_S)
+
+
+async def test_unread_events_make_a_stalled_stream():
+    stream = TokenStream()
+    assert not stream.is_stalled(0.0)
+    stream.push(1)
+    assert stream.is_stalled(0.0) and not stream.is_stalled(3600.0)
+    await _all(_take_one(stream))
+    assert not stream.is_stalled(0.0)
+
+
+async def _take_one(stream: TokenStream):
+    async for item in stream.batches(4):
+        yield item
+        return
+
+
+@pytest.mark.parametrize("value", [0, -1, 2**32, 1.5, True, "4"])
+def test_the_client_refuses_a_bad_tokens_per_message(value):
+    with pytest.raises(ValueError, match="max_tokens_per_message"):
+        Client("127.0.0.1:1", max_tokens_per_message=value)
