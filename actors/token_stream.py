@@ -52,14 +52,17 @@ class TokenStream:
 
     def __init__(self) -> None:
         self._events: collections.deque[Event | _Failed] = collections.deque()
-        self._ready: asyncio.Future[None] | None = None  # set by the next push while the reader waits
+        self._ready: asyncio.Future[None] | None = None  # set by a push that satisfies the waiting reader
+        self._wanted = 1  # events the waiting reader needs before a push wakes it
         self.is_cancelled = False
         self.is_finished = False
         self._last_read_at = time.monotonic()
 
     def is_stalled(self, stall_s: float) -> bool:
-        """Events wait unread and the consumer has taken none for stall_s."""
-        return bool(self._events) and time.monotonic() - self._last_read_at > stall_s
+        """Events wait unread and the consumer has taken none for stall_s. A reader waiting for a
+        fuller message (`batches`' minimum) is not stalled: the held tokens are its choice."""
+        waiting = self._ready is not None and not self._ready.done()
+        return bool(self._events) and not waiting and time.monotonic() - self._last_read_at > stall_s
 
     def push(self, event: Event) -> None:
         if not self.is_finished:
@@ -85,17 +88,22 @@ class TokenStream:
             if isinstance(event, Done):
                 return
 
-    async def batches(self, limit: int) -> AsyncIterator[list[int] | Truncated | Done]:
+    async def batches(self, limit: int, minimum: int = 1) -> AsyncIterator[list[int] | Truncated | Done]:
         """The events in order, the tokens ready together as lists of 1..limit: a reader that fell
-        behind catches up in fewer writes. Never waits for a token to fill a list."""
+        behind catches up in fewer writes. After the first token, a list waits until `minimum`
+        tokens are ready, or the tokens before another event are all there will be."""
+        wanted = 1  # the first token never waits: it is the time to first token
         while True:
-            item = await self._take(limit)
+            item = await self._take(limit, wanted)
+            if isinstance(item, list):
+                wanted = minimum
             yield item
             if isinstance(item, Done):
                 return
 
-    async def _take(self, limit: int) -> list[int] | Truncated | Done:
-        while not self._events:
+    async def _take(self, limit: int, wanted: int = 1) -> list[int] | Truncated | Done:
+        while not self._satisfies(wanted):
+            self._wanted = wanted
             self._ready = asyncio.get_running_loop().create_future()
             await self._ready
         self._last_read_at = time.monotonic()
@@ -109,6 +117,12 @@ class TokenStream:
             raise event.error
         return event
 
+    def _satisfies(self, wanted: int) -> bool:
+        # Any event but a token goes at once, and ends the run of tokens before it, so those go too.
+        events = self._events
+        return bool(events) and (len(events) >= wanted or not isinstance(events[0], int)
+                                 or not isinstance(events[-1], int))
+
     def _wake(self) -> None:
-        if self._ready is not None and not self._ready.done():
+        if self._ready is not None and not self._ready.done() and self._satisfies(self._wanted):
             self._ready.set_result(None)

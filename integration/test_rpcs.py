@@ -85,6 +85,8 @@ async def test_unknown_session_is_not_found(stub):
     {"max_tokens": 4, "top_p": 1.5},
     {"max_tokens": 10**6},
     {"max_tokens": 8192},  # history + max_tokens beyond the model's 8,192-token context
+    {"max_tokens": 4, "min_tokens_per_message": 2},  # above max_tokens_per_message (unset: 1)
+    {"max_tokens": 4, "max_tokens_per_message": 3, "min_tokens_per_message": 4},
 ])
 async def test_bad_generate_is_invalid_and_changes_nothing(stub, sampling):
     session_id = await create(stub)
@@ -93,6 +95,22 @@ async def test_bad_generate_is_invalid_and_changes_nothing(stub, sampling):
     assert (await info(stub, session_id)).history_length == len(PROMPT)
     assert len((await generate(stub, session_id, 2)).tokens) == 2  # still usable
     await close(stub, session_id)
+
+
+async def test_a_minimum_a_message_holds_tokens_after_the_first(stub):
+    """min_tokens_per_message = 4: the first token alone (time to first token), then messages of
+    exactly 4 (one token a decode step, so none ever catches up past the minimum), then what is
+    left when the generation ends; the ids equal one-a-message greedy."""
+    expected = {}
+    for fields in ({}, {"max_tokens_per_message": 8, "min_tokens_per_message": 4}):
+        session_id = await create(stub)
+        await append(stub, session_id, PROMPT)
+        expected[bool(fields)] = await generate(stub, session_id, 18, **fields)
+        await close(stub, session_id)
+    held = expected[True]
+    assert held.tokens == expected[False].tokens and held.done.generated_token_count == 18
+    assert held.message_sizes == [1, 4, 4, 4, 4, 1]
+    assert held.order == ["token", "tokens", "tokens", "tokens", "tokens", "token", "done"]
 
 
 async def test_bad_append_is_invalid_and_changes_nothing(stub, server):

@@ -88,11 +88,13 @@ async def test_concurrent_sessions_get_their_solo_tokens(client):
     solo = [await solo_tokens(client, prompt, 8) for prompt in distinct]
     prompts, expected = distinct + distinct[::-1], solo + solo[::-1]
 
-    async def run(prompt: list[int]) -> list[int]:
+    async def run(prompt: list[int], minimum: int) -> list[int]:
         async with client.session(initial_tokens=prompt) as session:
-            return await session.generate(max_tokens=8).collect()
+            return await session.generate(max_tokens=8, min_tokens_per_message=minimum).collect()
 
-    assert await bounded(asyncio.gather(*(run(prompt) for prompt in prompts))) == expected
+    # Half the streams hold tokens for messages of 3: the same ids, one at a time, come out.
+    runs = (run(prompt, 1 + 2 * (i % 2)) for i, prompt in enumerate(prompts))
+    assert await bounded(asyncio.gather(*runs)) == expected
 
 
 def _sync_round_trip(address: str) -> dict:
@@ -114,7 +116,7 @@ def _sync_round_trip(address: str) -> dict:
         except SessionClosedError:
             facts["closed_error"] = True
         with client.session(initial_tokens=PROMPT) as other:
-            facts["collected"] = other.generate(max_tokens=6).collect()
+            facts["collected"] = other.generate(max_tokens=6, min_tokens_per_message=4).collect()
         facts["other_closed"] = other.is_closed
     facts["client_closed"] = client.is_closed
     return facts

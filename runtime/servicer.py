@@ -125,6 +125,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
             params = GenerateParams(request.max_tokens, _sampling(request))
             if params.max_tokens == 0:
                 raise InvalidRequest("max_tokens must be > 0")
+            limit, minimum = _message_sizes(request)
             session = runtime.registry.get(request.session_id, owner)
             stream = TokenStream()
             session.send(Generate(params, stream))
@@ -133,7 +134,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
             await _abort(context, exc, "Generate")
             return
         try:
-            async for item in stream.batches(max(1, request.max_tokens_per_message)):
+            async for item in stream.batches(limit, minimum):
                 if isinstance(item, list):
                     tokens += len(item)
                     yield _tokens_to_proto(item)
@@ -191,6 +192,14 @@ def _check_ids(ids, vocab_size: int, field: str) -> None:
     for token in ids:
         if token >= vocab_size:
             raise InvalidRequest(f"{field}: token id {token} is outside the vocabulary [0, {vocab_size})")
+
+
+def _message_sizes(request: pb.GenerateRequest) -> tuple[int, int]:
+    """(most, fewest) tokens a message, 0 read as 1."""
+    limit, minimum = max(1, request.max_tokens_per_message), max(1, request.min_tokens_per_message)
+    if minimum > limit:
+        raise InvalidRequest(f"min_tokens_per_message ({minimum}) exceeds max_tokens_per_message ({limit})")
+    return limit, minimum
 
 
 def _sampling(request: pb.GenerateRequest) -> SamplingParams:

@@ -42,16 +42,21 @@ class Session:
 
     def generate(self, max_tokens: int, *, temperature: float | None = None, top_p: float | None = None,
                  top_k: int | None = None, seed: int | None = None,
-                 timeout_s: float | None = None) -> GenerationStream:
+                 timeout_s: float | None = None, min_tokens_per_message: int = 1) -> GenerationStream:
         """Starts a generation from the history; its tokens join the history as they are sampled.
 
         Greedy unless temperature > 0; with a seed, sampling is reproducible. Errors the runtime
         finds in the request surface when the stream is read. `timeout_s` bounds the whole call.
+        `min_tokens_per_message` K > 1 lets the runtime hold tokens after the first until K are
+        ready (or the generation ends): fewer messages, each up to K - 1 decode steps later. For a
+        reader that uses the reply whole; at most the client's max_tokens_per_message.
         """
         self._check_open()
+        self._transport.check_min_tokens_per_message(min_tokens_per_message)
         sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed}
         request = build_request(pb.GenerateRequest, session_id=self._session_id, max_tokens=max_tokens,
                                 max_tokens_per_message=self._transport.max_tokens_per_message,
+                                min_tokens_per_message=min_tokens_per_message,
                                 # Unset fields mean the runtime's defaults, so None is never sent as 0.
                                 **{name: value for name, value in sampling.items() if value is not None})
         return GenerationStream(self._transport, request, timeout_s)

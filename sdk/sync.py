@@ -90,10 +90,11 @@ class SyncSession:
 
     def generate(self, max_tokens: int, *, temperature: float | None = None, top_p: float | None = None,
                  top_k: int | None = None, seed: int | None = None,
-                 timeout_s: float | None = None) -> SyncGenerationStream:
+                 timeout_s: float | None = None, min_tokens_per_message: int = 1) -> SyncGenerationStream:
         # The call object must be made on the loop that will read it.
         stream = self._loop.call(self._session.generate, max_tokens, temperature=temperature, top_p=top_p,
-                                 top_k=top_k, seed=seed, timeout_s=timeout_s)
+                                 top_k=top_k, seed=seed, timeout_s=timeout_s,
+                                 min_tokens_per_message=min_tokens_per_message)
         return SyncGenerationStream(self._loop, stream)
 
     def info(self) -> SessionInfo:

@@ -34,9 +34,7 @@ class Transport:
                  root_certificates: bytes | None = None, max_tokens_per_message: int = 1) -> None:
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
-        if isinstance(max_tokens_per_message, bool) or not isinstance(max_tokens_per_message, int) \
-                or not 1 <= max_tokens_per_message < 2**32:
-            raise ValueError(f"max_tokens_per_message must be an int from 1 to 2**32 - 1, got {max_tokens_per_message!r}")
+        _check_count("max_tokens_per_message", max_tokens_per_message, 2**32 - 1)
         self.address = address
         self.timeout_s = timeout_s
         self.max_tokens_per_message = max_tokens_per_message  # sent with every Generate
@@ -48,6 +46,9 @@ class Transport:
         self._channel: grpc.aio.Channel | None = None
         self._stub: runtime_pb2_grpc.RuntimeServiceStub | None = None
         self.is_closed = False
+
+    def check_min_tokens_per_message(self, value: int) -> None:
+        _check_count("min_tokens_per_message", value, self.max_tokens_per_message)
 
     def _ready_stub(self) -> runtime_pb2_grpc.RuntimeServiceStub:
         if self.is_closed:
@@ -101,3 +102,8 @@ def is_task_cancelling() -> bool:
     # Task.cancelling() exists from Python 3.11; before it, assume a real cancellation.
     cancelling = getattr(asyncio.current_task(), "cancelling", None)
     return True if cancelling is None else cancelling() > 0
+
+
+def _check_count(name: str, value: object, most: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ValueError(f"{name} must be an int from 1 to {most}, got {value!r}")

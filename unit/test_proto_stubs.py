@@ -34,7 +34,7 @@ CONTRACT = {
 ADDITIONS = {
     "GenerateDone": {"prefill_token_count": 5, "draft_token_count": 6, "accepted_draft_token_count": 7},
     "GetRuntimeInfoResponse": {"speculative_mode": 23, "num_draft_tokens": 24, "draft_model_id": 25},
-    "GenerateRequest": {"max_tokens_per_message": 7},
+    "GenerateRequest": {"max_tokens_per_message": 7, "min_tokens_per_message": 8},
     "GenerateResponse": {"tokens": 4},
 }
 

@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from kakeya import Client
+from kakeya.session import Session
+from kakeya.transport import Transport
 from kakeya.actors.token_stream import Done, StopReason, TokenStream, Truncated
 
 TIMEOUT_S = 5
@@ -82,7 +84,67 @@ async def _take_one(stream: TokenStream):
         return
 
 
+async def test_a_minimum_holds_tokens_after_the_first_until_enough_or_another_event():
+    stream = TokenStream()
+    batches = stream.batches(8, 3)
+    for token in (1, 2):
+        stream.push(token)
+    assert await asyncio.wait_for(batches.__anext__(), TIMEOUT_S) == [1, 2]  # the first goes at once
+    wake = asyncio.ensure_future(batches.__anext__())
+    pushed = []
+
+    def produce() -> None:  # runs while the reader waits: two tokens are not enough to wake it
+        for token in (3, 4):
+            stream.push(token)
+            pushed.append(wake.done())
+        asyncio.get_running_loop().call_soon(lambda: (pushed.append(wake.done()), stream.push(5)))
+
+    asyncio.get_running_loop().call_soon(produce)
+    assert await asyncio.wait_for(wake, TIMEOUT_S) == [3, 4, 5]
+    assert pushed == [False, False, False]
+    stream.push(6)
+    stream.push(DONE)  # the run of tokens ends: the one held goes with it
+    assert await _all(batches) == [[6], DONE]
+
+
+async def test_events_before_the_first_token_do_not_use_up_its_exemption():
+    stream = TokenStream()
+    stream.push(Truncated(2))
+    stream.push(1)
+    assert await _all(_first(stream.batches(8, 4), 2)) == [Truncated(2), [1]]
+
+
+async def test_a_reader_waiting_for_a_fuller_message_is_not_stalled():
+    stream = TokenStream()
+    batches = stream.batches(8, 4)
+    stream.push(1)
+    assert await asyncio.wait_for(batches.__anext__(), TIMEOUT_S) == [1]
+    waiting = asyncio.ensure_future(batches.__anext__())
+    asyncio.get_running_loop().call_soon(stream.push, 2)
+    await asyncio.wait_for(asyncio.sleep(0), TIMEOUT_S)  # one loop turn: the reader now waits, 2 is pushed
+    await asyncio.wait_for(asyncio.sleep(0), TIMEOUT_S)
+    assert not waiting.done() and not stream.is_stalled(0.0)
+    stream.push(DONE)
+    assert await asyncio.wait_for(waiting, TIMEOUT_S) == [2]
+
+
+async def _first(iterator, count: int):
+    async for item in iterator:
+        yield item
+        count -= 1
+        if not count:
+            return
+
+
 @pytest.mark.parametrize("value", [0, -1, 2**32, 1.5, True, "4"])
 def test_the_client_refuses_a_bad_tokens_per_message(value):
     with pytest.raises(ValueError, match="max_tokens_per_message"):
         Client("127.0.0.1:1", max_tokens_per_message=value)
+
+
+@pytest.mark.parametrize("value", [0, 65, 1.5, True])
+def test_a_generation_refuses_a_bad_minimum_before_any_call(value):
+    # Above the client's max_tokens_per_message (64) too: the runtime would refuse it.
+    session = Session(Transport("127.0.0.1:1", None, None, max_tokens_per_message=64), "0" * 32)
+    with pytest.raises(ValueError, match="min_tokens_per_message"):
+        session.generate(4, min_tokens_per_message=value)

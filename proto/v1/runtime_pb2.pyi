@@ -36,7 +36,7 @@ class AppendTokensResponse(_message.Message):
     def __init__(self, history_length: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("session_id", "max_tokens", "seed", "temperature", "top_p", "top_k", "max_tokens_per_message")
+    __slots__ = ("session_id", "max_tokens", "seed", "temperature", "top_p", "top_k", "max_tokens_per_message", "min_tokens_per_message")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class GenerateRequest(_message.Message):
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MIN_TOKENS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     max_tokens: int
     seed: int
@@ -51,7 +52,8 @@ class GenerateRequest(_message.Message):
     top_p: float
     top_k: int
     max_tokens_per_message: int
-    def __init__(self, session_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., max_tokens_per_message: _Optional[int] = ...) -> None: ...
+    min_tokens_per_message: int
+    def __init__(self, session_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., max_tokens_per_message: _Optional[int] = ..., min_tokens_per_message: _Optional[int] = ...) -> None: ...
 
 class TokenIds(_message.Message):
     __slots__ = ("token_ids",)
