@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-static", action="store_true", help="do not run the static-cache baseline")
     parser.add_argument("--tokens-per-message", type=int, default=DEFAULT_TOKENS_PER_MESSAGE,
                         help="the multi-session client's max_tokens_per_message (1: one message a token)")
+    parser.add_argument("--min-tokens-per-message", type=int, default=1,
+                        help="each multi-session generation's min_tokens_per_message (1: a message as soon as a "
+                             "token is ready; K: tokens after the first go K a message)")
     parser.add_argument("--runtime-args", default="", help="extra `kakeya serve` flags, e.g. \"--no-deterministic\"")
     parser.add_argument("--sample-interval-s", type=float, default=0.5, help="memory sampling period")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the random prompt ids")
@@ -97,7 +100,8 @@ def run_multi(args, server, sampler, model, vocab: int, rng: random.Random) -> d
         sampler.phase = f"multi_kakeya_n{n}"
         before = kakeya.counter_values(server, RUN_AHEAD_COUNTER)
         measured = baselines.guarded(lambda: kakeya.multi_session(server.address, prompts, args.new,
-                                                                  min(args.new, 8), args.tokens_per_message))
+                                                                  min(args.new, 8), args.tokens_per_message,
+                                                                  args.min_tokens_per_message))
         after = kakeya.counter_values(server, RUN_AHEAD_COUNTER)
         if after:  # CUDA fast mode: launched-ahead decode steps the scheduler claimed or dropped
             measured["run_ahead_steps"] = {key: after[key] - before.get(key, 0.0) for key in after}
@@ -207,11 +211,13 @@ def meta(args: argparse.Namespace, described: str, runtime: dict) -> dict:
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
         "baseline_torch_threads": torch.get_num_threads(), "seed": args.seed,
-        "runtime_args": args.runtime_args, "tokens_per_message": args.tokens_per_message, "runtime": runtime or "not yet read: the run is in progress",
+        "runtime_args": args.runtime_args, "tokens_per_message": args.tokens_per_message,
+        "min_tokens_per_message": args.min_tokens_per_message, "runtime": runtime or "not yet read: the run is in progress",
         "notes": {
             "kakeya": "timed in the client per stream (perf_counter at each token received over gRPC on a unix "
                       "socket), so RPC and client costs are included; TTFT includes the 128-token prefill, which "
-                      "is lazy (the timed Generate does it)",
+                      "is lazy (the timed Generate does it); with min_tokens_per_message K > 1 the tokens of "
+                      "a message arrive together, so ITL p50 is ~0 and ITL p99 is how long a message waits",
             "baselines": "in-process wall time of one call after warm-up runs of the same shapes; generate cannot "
                          "stream tokens cheaply, so baselines report aggregate tok_s and step_ms = wall / new "
                          "tokens (prefill amortised), no per-token latency; generate_batch ITL, when present, "

@@ -163,7 +163,8 @@ class MemorySampler:
         self.samples.append(row)
 
 
-async def _concurrent_streams(address: str, prompts: list[list[int]], new_tokens: int, per_message: int) -> dict:
+async def _concurrent_streams(address: str, prompts: list[list[int]], new_tokens: int, per_message: int,
+                              min_per_message: int = 1) -> dict:
     async with Client(address, timeout_s=RPC_TIMEOUT_S, max_tokens_per_message=per_message) as client:
         # No EOS ids: every stream runs to exactly new_tokens. Appends before the clock starts: prefill
         # is lazy, so the timed Generate does it and TTFT includes it.
@@ -171,7 +172,7 @@ async def _concurrent_streams(address: str, prompts: list[list[int]], new_tokens
         stamps: list[list[float]] = [[] for _ in sessions]
 
         async def read(session, sink: list[float]) -> None:
-            async for _ in session.generate(new_tokens, timeout_s=RPC_TIMEOUT_S):
+            async for _ in session.generate(new_tokens, timeout_s=RPC_TIMEOUT_S, min_tokens_per_message=min_per_message):
                 sink.append(time.perf_counter())
 
         try:
@@ -186,16 +187,17 @@ async def _concurrent_streams(address: str, prompts: list[list[int]], new_tokens
 
 
 def multi_session(address: str, prompts: list[list[int]], new_tokens: int, warmup_tokens: int,
-                  per_message: int = DEFAULT_TOKENS_PER_MESSAGE) -> dict:
+                  per_message: int = DEFAULT_TOKENS_PER_MESSAGE, min_per_message: int = 1) -> dict:
     """N concurrent sessions: a warm-up of the same N (so batch-size dependent setup such as graph
     capture is done), then the timed run.
 
     The client runs in a fresh process of its own, as an application's would. At 64 sessions it
     reads ~15k messages a second on one core; in the suite's own process, which by then also holds
     the baselines' compiled models and caches, the same client read measurably slower.
-    per_message: the client's max_tokens_per_message (1: one message a token)."""
+    per_message: the client's max_tokens_per_message (1: one message a token); min_per_message:
+    each generation's min_tokens_per_message (1: a message as soon as a token is ready)."""
     command = [sys.executable, os.path.abspath(__file__), "multi", address, str(new_tokens), str(warmup_tokens),
-               str(per_message)]
+               str(per_message), str(min_per_message)]
     done = subprocess.run(command, input=json.dumps(prompts), capture_output=True, text=True, timeout=2 * RPC_TIMEOUT_S)
     if done.returncode != 0:
         raise RuntimeError(f"the multi-session client failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
@@ -203,9 +205,9 @@ def multi_session(address: str, prompts: list[list[int]], new_tokens: int, warmu
 
 
 def _multi_session_here(address: str, prompts: list[list[int]], new_tokens: int, warmup_tokens: int,
-                        per_message: int) -> dict:
-    asyncio.run(_concurrent_streams(address, prompts, warmup_tokens, per_message))
-    return asyncio.run(_concurrent_streams(address, prompts, new_tokens, per_message))
+                        per_message: int, min_per_message: int) -> dict:
+    asyncio.run(_concurrent_streams(address, prompts, warmup_tokens, per_message, min_per_message))
+    return asyncio.run(_concurrent_streams(address, prompts, new_tokens, per_message, min_per_message))
 
 
 async def _turns(address: str, chunks: list[list[int]], generate_tokens: int, progress_every: int) -> list[float]:
@@ -245,11 +247,11 @@ def long_session(address: str, chunks: list[list[int]], generate_tokens: int) ->
 
 
 if __name__ == "__main__":
-    # The client processes: `multi ADDRESS NEW WARMUP PER_MESSAGE` (see multi_session) or `long ADDRESS GENERATE`
+    # The client processes: `multi ADDRESS NEW WARMUP PER_MESSAGE MIN_PER_MESSAGE` (see multi_session) or `long ADDRESS GENERATE`
     # (see long_session); their input as JSON on stdin, figures as JSON on stdout.
     _inputs = json.load(sys.stdin)
     if sys.argv[1] == "long":
         print(json.dumps(_long_session_here(sys.argv[2], _inputs, int(sys.argv[3]))))
     else:
         print(json.dumps(_multi_session_here(sys.argv[2], _inputs, int(sys.argv[3]), int(sys.argv[4]),
-                                             int(sys.argv[5]))))
+                                             int(sys.argv[5]), int(sys.argv[6]))))
