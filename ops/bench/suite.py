@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import platform
 import random
@@ -176,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     json_path, problems = write(args, described, runtime, sections, sampler.samples)
     try:
         import plot
-    except ImportError as exc:
-        print(f"[suite] no plot ({exc}); later: python ops/bench/plot.py {json_path}", file=sys.stderr)
-    else:
+
         print(f"[suite] wrote {plot.render(json_path)}", file=sys.stderr)
+    except ImportError as exc:  # matplotlib is imported by render: the `[bench]` extra is optional
+        print(f"[suite] no plot ({exc}); later: python ops/bench/plot.py {json_path}", file=sys.stderr)
     return 1 if problems else 0
 
 
@@ -231,4 +232,12 @@ def meta(args: argparse.Namespace, described: str, runtime: dict) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if baselines.abandoned_workers():
+        # A timed-out baseline's thread still runs CUDA work; letting the interpreter finalise
+        # under it aborts the process (C++ terminate) after the results are written.
+        print("[suite] a timed-out baseline is still running; exiting without waiting for it", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

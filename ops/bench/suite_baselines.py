@@ -160,6 +160,14 @@ def generate_batch_baseline(model, prompts: list[list[int]], new_tokens: int) ->
     return row
 
 
+_ABANDONED: list[threading.Thread] = []
+
+
+def abandoned_workers() -> list[threading.Thread]:
+    """with_timeout's workers that were given up on and still run."""
+    return [worker for worker in _ABANDONED if worker.is_alive()]
+
+
 def with_timeout(run: Callable[[], dict], timeout_s: float) -> dict:
     """Runs a baseline in a worker thread and gives up after `timeout_s`: a third-party loop that
     never finishes must not hang the suite. A stuck worker is left behind (threads cannot be killed)."""
@@ -168,6 +176,7 @@ def with_timeout(run: Callable[[], dict], timeout_s: float) -> dict:
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
+        _ABANDONED.append(worker)
         return {"error": f"TimeoutError: no result after {timeout_s:.0f} s; its thread was left running"}
     return outcome
 
