@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import structlog
 
-from kakeya.runtime.errors import Overloaded, SessionNotFound
+from kakeya.runtime.common.errors import Overloaded, SessionNotFound
 
 log = structlog.get_logger(__name__)
 

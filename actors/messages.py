@@ -9,8 +9,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from kakeya.runtime.kv_memory import SessionKV
-from kakeya.runtime.sampler import SamplingParams
+from kakeya.runtime.forward.session_kv import SessionKV
+from kakeya.runtime.engine.sampler import SamplingParams
 
 from .token_stream import StopReason, TokenStream
 

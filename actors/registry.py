@@ -11,8 +11,8 @@ import secrets
 
 import structlog
 
-from kakeya.runtime.errors import Overloaded, SessionNotFound
-from kakeya.runtime.metrics import Metrics
+from kakeya.runtime.common.errors import Overloaded, SessionNotFound
+from kakeya.runtime.common.metrics import Metrics
 
 from .messages import Close
 from .scheduler import SchedulerActor

@@ -15,10 +15,10 @@ from typing import Callable
 
 import structlog
 
-from kakeya.runtime.errors import EngineDead, Overloaded
-from kakeya.runtime.kv_memory import KVPool
-from kakeya.runtime.metrics import Metrics
-from kakeya.runtime.sampler import Sampler
+from kakeya.runtime.common.errors import EngineDead, Overloaded
+from kakeya.runtime.forward.session_kv import KVPool
+from kakeya.runtime.common.metrics import Metrics
+from kakeya.runtime.engine.sampler import Sampler
 
 from .base import Actor
 from .batch_policy import Slice, plan_step

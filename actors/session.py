@@ -15,9 +15,9 @@ from typing import Awaitable, Callable
 
 import structlog
 
-from kakeya.runtime.errors import InvariantViolation, KakeyaError, Overloaded, SessionNotFound
-from kakeya.runtime.kv_memory import SessionKV
-from kakeya.runtime.metrics import Metrics
+from kakeya.runtime.common.errors import InvariantViolation, KakeyaError, Overloaded, SessionNotFound
+from kakeya.runtime.forward.session_kv import SessionKV
+from kakeya.runtime.common.metrics import Metrics
 
 from .base import Actor
 from .messages import AllocateKV, Append, Close, FreeKV, Generate, Job, ReserveKV, SubmitJob

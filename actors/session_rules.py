@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from kakeya.runtime.config import SessionLimits
-from kakeya.runtime.errors import FailedPrecondition, InvalidRequest
+from kakeya.runtime.common.config import SessionLimits
+from kakeya.runtime.common.errors import FailedPrecondition, InvalidRequest
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,13 @@ from array import array
 from dataclasses import dataclass
 from typing import Mapping
 
-from kakeya.runtime.config import SpeculativeConfig
-from kakeya.runtime.draft_model import DraftRequest, DraftRunner
-from kakeya.runtime.kv_memory import SessionKV
-from kakeya.runtime.metrics import Metrics
-from kakeya.runtime.model_runner import ModelRunner, WorkItem
-from kakeya.runtime.ngram import NgramIndex
-from kakeya.runtime.sampler import Sampler
+from kakeya.runtime.common.config import SpeculativeConfig
+from kakeya.runtime.engine.draft import DraftRequest, DraftRunner
+from kakeya.runtime.forward.session_kv import SessionKV
+from kakeya.runtime.common.metrics import Metrics
+from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.speculative.ngram import NgramIndex
+from kakeya.runtime.engine.sampler import Sampler
 
 from .batch_policy import Slice
 from .messages import Job

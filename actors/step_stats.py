@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from kakeya.runtime.kv_memory import KVPool
-from kakeya.runtime.metrics import Metrics
+from kakeya.runtime.forward.session_kv import KVPool
+from kakeya.runtime.common.metrics import Metrics
 
 from .batch_policy import Slice
 from .messages import Job

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from kakeya.runtime.attention import ATTENTION_NAME
-from kakeya.runtime.config import ModelConfig
-from kakeya.runtime.model_loader import embedded_model_path, load_model
+from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
+from kakeya.runtime.common.config import ModelConfig
+from kakeya.runtime.engine.loader import embedded_model_path, load_model
 
 from .harness import TIMEOUT_S, eventually, start_server
 

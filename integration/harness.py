@@ -12,10 +12,10 @@ import torch
 
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
-from kakeya.runtime.config import EngineConfig, RuntimeConfig, ServerConfig, SessionLimits, SpeculativeConfig
-from kakeya.runtime.model_loader import LoadedModel
-from kakeya.runtime.runtime import Runtime
-from kakeya.runtime.server import RuntimeServer
+from kakeya.runtime.common.config import EngineConfig, RuntimeConfig, ServerConfig, SessionLimits, SpeculativeConfig
+from kakeya.runtime.forward.loaded_model import LoadedModel
+from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.server import RuntimeServer
 
 # Every await in a test is bounded: actor bugs hang rather than fail.
 TIMEOUT_S = 120.0

@@ -15,7 +15,7 @@ import grpc
 from kakeya.actors.messages import Generate, GenerateParams
 from kakeya.actors.token_stream import Done, StopReason, TokenStream
 from kakeya.proto.v1 import runtime_pb2 as pb
-from kakeya.runtime.sampler import SamplingParams
+from kakeya.runtime.engine.sampler import SamplingParams
 
 from .harness import TIMEOUT_S, append, close, create, eventually, generate, info, start_server, status_of
 

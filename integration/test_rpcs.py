@@ -180,7 +180,7 @@ async def test_health_and_reflection(server, loaded_model):
 async def test_health_not_serving_until_model_attached(loaded_model):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from kakeya.runtime.server import RuntimeServer
+    from kakeya.runtime.server.server import RuntimeServer
 
     from .harness import runtime_config
 

@@ -159,7 +159,7 @@ async def run_python(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
 
 
 async def test_chat_repl(server):
-    code, out, err = await run_python("-m", "kakeya.runtime.cli", "chat", "--address", server.server.address,
+    code, out, err = await run_python("-m", "kakeya.runtime.server.cli", "chat", "--address", server.server.address,
                                       "--max-tokens", "8", stdin=b"Hello\n/quit\n")
     assert code == 0, err
     assert "kakeya chat on" in out and len(out.split("> ")[1].strip()) > 0
@@ -167,7 +167,7 @@ async def test_chat_repl(server):
 
 
 async def test_chat_repl_without_a_runtime():
-    code, out, err = await run_python("-m", "kakeya.runtime.cli", "chat", "--address", "127.0.0.1:1",
+    code, out, err = await run_python("-m", "kakeya.runtime.server.cli", "chat", "--address", "127.0.0.1:1",
                                       stdin=b"Hello\n")
     assert code == 1
     assert "not reachable" in err and "127.0.0.1:1" in err and "kakeya serve" in err

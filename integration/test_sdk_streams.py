@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from kakeya import Client, DeadlineExceededError, SessionClosedError, StopReason, SyncClient
-from kakeya.runtime.config import ServerConfig
-from kakeya.runtime.runtime import Runtime
-from kakeya.runtime.server import RuntimeServer
+from kakeya.runtime.common.config import ServerConfig
+from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.server import RuntimeServer
 
 from .harness import TIMEOUT_S, eventually, runtime_config
 from .test_sdk import PROMPT, bounded, settle, solo_tokens

@@ -11,10 +11,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kakeya.actors.messages import Generate, GenerateParams
 from kakeya.actors.token_stream import Done, StopReason, TokenStream
 from kakeya.proto.v1 import runtime_pb2 as pb
-from kakeya.runtime.config import ServerConfig
-from kakeya.runtime.errors import FailedPrecondition
-from kakeya.runtime.sampler import SamplingParams
-from kakeya.runtime.server import RuntimeServer
+from kakeya.runtime.common.config import ServerConfig
+from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.engine.sampler import SamplingParams
+from kakeya.runtime.server.server import RuntimeServer
 
 from .harness import TIMEOUT_S, append, close, create, eventually, generate, runtime_config, start_server, status_of
 

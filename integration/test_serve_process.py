@@ -36,7 +36,7 @@ def _wait_serving(channel, process) -> None:
 def test_serve_on_unix_socket_then_drain_on_sigterm(tmp_path):
     socket_path = tmp_path / "kakeya.sock"
     process = subprocess.Popen(
-        [sys.executable, "-m", "kakeya.runtime.cli", "serve", "--unix-socket", str(socket_path),
+        [sys.executable, "-m", "kakeya.runtime.server.cli", "serve", "--unix-socket", str(socket_path),
          "--log-format", "json", "--max-sessions", "4", "--grace-s", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
@@ -69,7 +69,7 @@ def test_serve_on_unix_socket_then_drain_on_sigterm(tmp_path):
 
 def test_bad_model_exits_non_zero_with_a_clear_message(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "kakeya.runtime.cli", "serve", "--port", "0", "--model", str(tmp_path / "x.gguf")],
+        [sys.executable, "-m", "kakeya.runtime.server.cli", "serve", "--port", "0", "--model", str(tmp_path / "x.gguf")],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1 and "no such GGUF file" in result.stderr

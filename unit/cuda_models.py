@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-import kakeya.runtime.attention  # noqa: F401  (registers the "kakeya" attention function)
-from kakeya.runtime.kv_memory import KVPool, KVShape
-from kakeya.runtime.model_loader import describe
-from kakeya.runtime.model_runner import ModelRunner, WorkItem
-from kakeya.runtime.sampler import Sampler, SamplingParams
+import kakeya.runtime.forward.rows  # noqa: F401  (registers the "kakeya" attention function)
+from kakeya.runtime.forward.session_kv import KVPool, KVShape
+from kakeya.runtime.engine.loader import describe
+from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 CUDA = torch.device("cuda")
 VOCAB = 512

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kakeya.runtime.blas_probe import PROBE_ROWS, row_dependent_shapes
+from kakeya.runtime.engine.blas_probe import PROBE_ROWS, row_dependent_shapes
 
 
 def test_probe_names_exactly_the_row_dependent_shapes():

@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from kakeya.runtime import cli
-from kakeya.runtime.config import (EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
+from kakeya.runtime.server import cli
+from kakeya.runtime.common.config import (EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
                                    SpeculativeConfig, cpu_threads, env_default)
 
 

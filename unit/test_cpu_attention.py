@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from kakeya.runtime.attention import RowGroup, cut_slab
-from kakeya.runtime.cpu_attention import BUCKET_TOKENS, attend, attend_step, num_keys, plan_group, step_views
-from kakeya.runtime.kv_memory import KVPool, KVShape
+from kakeya.runtime.forward.rows import RowGroup, cut_slab
+from kakeya.runtime.cpu.plan import BUCKET_TOKENS, attend, attend_step, num_keys, plan_group, step_views
+from kakeya.runtime.forward.session_kv import KVPool, KVShape
 
 HEADS, KV_HEADS, HEAD_DIM, LAYERS = 9, 3, 64, 2
 

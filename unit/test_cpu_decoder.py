@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from kakeya.runtime import cpu_linear
-from kakeya.runtime.model_loader import describe
-from kakeya.runtime.model_runner import ModelRunner, WorkItem
+from kakeya.runtime.cpu import linear as cpu_linear
+from kakeya.runtime.engine.loader import describe
+from kakeya.runtime.engine.runner import ModelRunner, WorkItem
 from tiny_models import ARCHS, CPU, greedy, load_tiny, make_pool, prompt, resident
 
 pytestmark = pytest.mark.skipif(

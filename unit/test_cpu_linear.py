@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kakeya.runtime import cpu_linear
+from kakeya.runtime.cpu import linear as cpu_linear
 from tiny_models import load_tiny
 
 pytestmark = pytest.mark.skipif(

@@ -42,9 +42,9 @@ def test_kernel_equals_sdpa_and_skips_lone_rows(group, sizes):
     or two splits used of sixteen, a partial last tile, every split): each row equals causal SDPA over the
     slab widened to float32, and the Triton block kernel where it can take the blocks; the lone
     row is not written."""
-    from kakeya.runtime import cuda_block_fp8
-    from kakeya.runtime.cuda_block_kernel import attend_blocks
-    from kakeya.runtime.cuda_plan import BLOCK_ROWS
+    from kakeya.runtime.kernels import fp8_block as cuda_block_fp8
+    from kakeya.runtime.kernels.triton_blocks import attend_blocks
+    from kakeya.runtime.cuda.plan import BLOCK_ROWS
 
     cuda = torch.device("cuda")
     torch.manual_seed(group)
@@ -83,10 +83,10 @@ def test_an_appending_session_gives_the_triton_kernels_logits(graphs, monkeypatc
     blocks: of 72 rows for the CUDA kernel, of 32 for the Triton one), then decoding. The CUDA
     kernel's logits equal the Triton kernel's up to the order of the sums, in graphs and eagerly."""
     from cuda_models import build, prompt
-    from kakeya.runtime import cuda_block_fp8
-    from kakeya.runtime.kv_memory import KVPool, KVShape
-    from kakeya.runtime.model_runner import ModelRunner, WorkItem
-    from kakeya.runtime.sampler import Sampler, SamplingParams
+    from kakeya.runtime.kernels import fp8_block as cuda_block_fp8
+    from kakeya.runtime.forward.session_kv import KVPool, KVShape
+    from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+    from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
     loaded, _ = build(torch.bfloat16, head_dim=128)
     calls = []

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kakeya.runtime.errors import FailedPrecondition
-from kakeya.runtime.kv_memory import KVPool, KVShape, SessionKV, slab_dtype
+from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.forward.session_kv import KVPool, KVShape, SessionKV, slab_dtype
 
 FP8 = torch.float8_e4m3fn
 HAS_FP8_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
@@ -36,11 +36,11 @@ def _rounded(x: torch.Tensor) -> torch.Tensor:
 def test_store_rounds_and_saturates_and_both_kernels_read_fp8():
     """bf16 queries over fp8 slabs: the row kernel (decode rows) and the block kernel (a 37-row
     chunk) and the SDPA path of long chunks equal SDPA over the slabs' values widened to float32."""
-    from kakeya.runtime.attention import RowGroup
-    from kakeya.runtime.cuda_attention import _attend_causal
-    from kakeya.runtime.cuda_block_kernel import attend_blocks
-    from kakeya.runtime.cuda_plan import BLOCK_ROWS
-    from kakeya.runtime.cuda_kernels import FP8_BLOCK_N, attend_rows, dot_dtype, store_rows
+    from kakeya.runtime.forward.rows import RowGroup
+    from kakeya.runtime.cuda.attention import _attend_causal
+    from kakeya.runtime.kernels.triton_blocks import attend_blocks
+    from kakeya.runtime.cuda.plan import BLOCK_ROWS
+    from kakeya.runtime.kernels.triton_rows import FP8_BLOCK_N, attend_rows, dot_dtype, store_rows
 
     cuda = torch.device("cuda")
     torch.manual_seed(3)
@@ -96,7 +96,7 @@ def test_deterministic_mode_keeps_its_promise_on_fp8_slabs():
     """Every row reads its keys back from the slab after the store, so the rounding is the same
     however the history arrived: alone, batched, or token by token."""
     from cuda_models import build, prompt, run_sessions
-    from kakeya.runtime.model_runner import ModelRunner
+    from kakeya.runtime.engine.runner import ModelRunner
 
     loaded, _ = build(torch.bfloat16)
     runner = ModelRunner(loaded, deterministic=True, kv_dtype=FP8)
@@ -116,8 +116,8 @@ def test_fast_mode_on_fp8_slabs_stays_close_to_model_dtype_slabs(graphs):
     logits of bf16 slabs up to the rounding: a kernel reading fp8 bytes as bf16 would not. The
     300-row chunk over 900 keys attends in blocks; graphs on, the decode rows replay a graph."""
     from cuda_models import build, pool_for, prompt
-    from kakeya.runtime.model_runner import ModelRunner, WorkItem
-    from kakeya.runtime.sampler import Sampler, SamplingParams
+    from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+    from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
     loaded, _ = build(torch.bfloat16)
     prompts = [prompt(1200, seed=7), prompt(40, seed=8), prompt(3, seed=9)]

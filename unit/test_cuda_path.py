@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cuda_models import CUDA, build, pool_for, prompt, run_sessions
-from kakeya.runtime.model_runner import ModelRunner
+from kakeya.runtime.engine.runner import ModelRunner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="the CUDA path needs a CUDA device (run on the GPU machine)")
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.mark.parametrize("splits", [1, 16, 64])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_row_kernel_matches_sdpa(dtype, splits, variant):
-    from kakeya.runtime.cuda_kernels import attend_rows, store_rows
+    from kakeya.runtime.kernels.triton_rows import attend_rows, store_rows
 
     torch.manual_seed(1)
     layers, kvh, heads, hd = 3, 2, 8, 64
@@ -48,9 +48,9 @@ def test_row_kernel_matches_sdpa(dtype, splits, variant):
 def test_block_kernel_matches_sdpa(dtype):
     """A 37-row chunk after 900 keys attends in blocks of BLOCK_ROWS rows, causally, next to two decode rows
     that the row kernel serves in the same launch pair."""
-    from kakeya.runtime.cuda_block_kernel import attend_blocks
-    from kakeya.runtime.cuda_plan import BLOCK_ROWS
-    from kakeya.runtime.cuda_kernels import attend_rows
+    from kakeya.runtime.kernels.triton_blocks import attend_blocks
+    from kakeya.runtime.cuda.plan import BLOCK_ROWS
+    from kakeya.runtime.kernels.triton_rows import attend_rows
 
     torch.manual_seed(2)
     layers, kvh, heads, hd, history, chunk = 2, 2, 8, 64, 900, 37

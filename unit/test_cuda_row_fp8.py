@@ -21,8 +21,8 @@ def test_kernel_equals_sdpa_and_the_triton_kernel_and_skips_block_rows(group):
     """Rows over 1 to 5,000 keys (one split to all sixteen, a partial last chunk, warps with no
     chunk) equal SDPA over the slab's values widened to float32; rows that lead or follow a block
     are not written."""
-    from kakeya.runtime import cuda_row_fp8
-    from kakeya.runtime.cuda_kernels import FP8_BLOCK_N, attend_rows
+    from kakeya.runtime.kernels import fp8_row as cuda_row_fp8
+    from kakeya.runtime.kernels.triton_rows import FP8_BLOCK_N, attend_rows
 
     cuda = torch.device("cuda")
     torch.manual_seed(group)
@@ -59,10 +59,10 @@ def test_a_decoding_session_gives_the_triton_kernels_logits(graphs, monkeypatch)
     """Fast mode over fp8 slabs, one session decoding (the lone row): the CUDA kernel's logits
     equal the Triton kernel's up to the order of the sums, in graphs and eagerly."""
     from cuda_models import build, prompt
-    from kakeya.runtime import cuda_row_fp8
-    from kakeya.runtime.kv_memory import KVPool, KVShape
-    from kakeya.runtime.model_runner import ModelRunner, WorkItem
-    from kakeya.runtime.sampler import Sampler, SamplingParams
+    from kakeya.runtime.kernels import fp8_row as cuda_row_fp8
+    from kakeya.runtime.forward.session_kv import KVPool, KVShape
+    from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+    from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
     loaded, _ = build(torch.bfloat16, head_dim=128)
     probe = torch.empty(1, loaded.model.config.num_attention_heads, loaded.head_dim, dtype=torch.bfloat16, device=loaded.device)

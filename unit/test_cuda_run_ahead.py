@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cuda_models import build, pool_for, prompt
-from kakeya.runtime.model_runner import ModelRunner, WorkItem
-from kakeya.runtime.sampler import Sampler, SamplingParams
+from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="the CUDA path needs a CUDA device (run on the GPU machine)")

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from cuda_models import CUDA, build, pool_for, prompt
-from kakeya.runtime.draft_model import DraftRequest, DraftRunner, truncated_draft
-from kakeya.runtime.kv_memory import KVShape
-from kakeya.runtime.model_loader import describe
-from kakeya.runtime.model_runner import ModelRunner, WorkItem
-from kakeya.runtime.ngram import NgramIndex
-from kakeya.runtime.sampler import Sampler, SamplingParams
+from kakeya.runtime.engine.draft import DraftRequest, DraftRunner, truncated_draft
+from kakeya.runtime.forward.session_kv import KVShape
+from kakeya.runtime.engine.loader import describe
+from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.speculative.ngram import NgramIndex
+from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="the CUDA path needs a CUDA device (run on the GPU machine)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kakeya.runtime.model_runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.runner import ModelRunner, WorkItem
 from tiny_models import ARCHS, decode, feed, greedy, load_tiny, make_pool, prompt, resident
 
 MODES = [pytest.param(True, id="det"), pytest.param(False, id="fast")]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kakeya.runtime.attention import RowGroup
-from kakeya.runtime.cuda_plan import BLOCK_ROWS, ROW_KERNEL_WORK, SMALL_GROUP_ROWS, block_leads, graph_plan
+from kakeya.runtime.forward.rows import RowGroup
+from kakeya.runtime.cuda.plan import BLOCK_ROWS, ROW_KERNEL_WORK, SMALL_GROUP_ROWS, block_leads, graph_plan
 
 
 class Slab:  # graph_plan reads rows and positions only
@@ -67,7 +67,7 @@ def test_the_fp8_block_kernels_blocks_hold_a_service_turns_append():
 
 
 def test_a_forwards_leaders_row_lists_the_rows_that_lead_blocks():
-    from kakeya.runtime.cuda_forward import _with_leaders
+    from kakeya.runtime.cuda.forward import _with_leaders
 
     leads = [1, 3, 0, 0, 2, 0, 1]
     meta = [[0] * 7 for _ in range(4)] + [leads]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kakeya.runtime.errors import Overloaded
-from kakeya.runtime.kv_memory import KVPool, KVShape
+from kakeya.runtime.common.errors import Overloaded
+from kakeya.runtime.forward.session_kv import KVPool, KVShape
 
 CPU = torch.device("cpu")
 SHAPE = KVShape(num_layers=2, num_kv_heads=2, head_dim=4, dtype=torch.float32, device=CPU)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from kakeya.runtime.attention import ATTENTION_NAME
-from kakeya.runtime.config import ModelConfig
-from kakeya.runtime.errors import FailedPrecondition
-from kakeya.runtime.model_loader import describe, embedded_model_path, load_model
+from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
+from kakeya.runtime.common.config import ModelConfig
+from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.engine.loader import describe, embedded_model_path, load_model
 from tiny_models import build_reference
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kakeya.runtime.ngram import NgramIndex
+from kakeya.runtime.speculative.ngram import NgramIndex
 
 
 def index_of(tokens: list[int], **kwargs) -> NgramIndex:

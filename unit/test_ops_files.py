@@ -15,8 +15,8 @@ import subprocess
 
 import pytest
 
-from kakeya.runtime import cli
-from kakeya.runtime.metrics import Metrics
+from kakeya.runtime.server import cli
+from kakeya.runtime.common.metrics import Metrics
 
 try:
     import yaml
@@ -111,7 +111,7 @@ def _known_env_vars() -> set[str]:
     parser = cli.build_parser()
     serve = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["serve"]
     known = {name for action in serve._actions for name in ENV_VAR.findall(action.help or "")}
-    for source in (ROOT / "runtime").glob("*.py"):
+    for source in (ROOT / "runtime").rglob("*.py"):
         known |= {"KAKEYA_" + n.upper().replace("-", "_")
                   for n in re.findall(r"env_default\(\s*\"([a-z_-]+)\"", source.read_text())}
     known |= set(ENV_VAR.findall((OPS / "setup.sh").read_text()))

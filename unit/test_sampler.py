@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from kakeya.proto.v1 import runtime_pb2 as pb
-from kakeya.runtime.errors import InvalidRequest
-from kakeya.runtime.sampler import Sampler, SamplingParams
+from kakeya.runtime.common.errors import InvalidRequest
+from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 LOGITS = torch.randn(64, generator=torch.Generator().manual_seed(3))
 ARGMAX = int(LOGITS.argmax())

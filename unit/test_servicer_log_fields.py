@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 
 from kakeya.proto.v1 import runtime_pb2 as pb
-from kakeya.runtime.servicer import _begin
+from kakeya.runtime.server.servicer import _begin
 
 
 def test_a_huge_session_id_is_logged_as_a_prefix():

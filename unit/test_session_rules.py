@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from kakeya.actors.session_rules import SessionRules
-from kakeya.runtime.config import SessionLimits
-from kakeya.runtime.errors import FailedPrecondition, InvalidRequest
-from kakeya.runtime.kv_memory import KVShape, SessionKV
+from kakeya.runtime.common.config import SessionLimits
+from kakeya.runtime.common.errors import FailedPrecondition, InvalidRequest
+from kakeya.runtime.forward.session_kv import KVShape, SessionKV
 
 LIMITS = SessionLimits(max_append_tokens=8, max_generate_tokens=16, max_history_tokens=100)
 FULL = SessionRules(LIMITS, vocab_size=128, max_context_tokens=64)

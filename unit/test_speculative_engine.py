@@ -9,11 +9,11 @@ import random
 import pytest
 import torch
 
-from kakeya.runtime.draft_model import DraftRequest, DraftRunner, truncated_draft
-from kakeya.runtime.errors import FailedPrecondition
-from kakeya.runtime.kv_memory import KVShape
-from kakeya.runtime.model_loader import describe
-from kakeya.runtime.model_runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.draft import DraftRequest, DraftRunner, truncated_draft
+from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.forward.session_kv import KVShape
+from kakeya.runtime.engine.loader import describe
+from kakeya.runtime.engine.runner import ModelRunner, WorkItem
 from tiny_models import ARCHS, CPU, build_reference, decode, feed, greedy, load_tiny, make_pool, prompt, resident
 
 MODES = [pytest.param(True, id="det"), pytest.param(False, id="fast")]
@@ -145,9 +145,9 @@ def test_draft_slabs_are_part_of_the_lease(tiny):
 def test_a_draft_model_must_share_the_vocabulary(tiny, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from kakeya.runtime.attention import ATTENTION_NAME
-    from kakeya.runtime.config import ModelConfig, SpeculativeConfig
-    from kakeya.runtime.draft_model import load_draft
+    from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
+    from kakeya.runtime.common.config import ModelConfig, SpeculativeConfig
+    from kakeya.runtime.engine.draft import load_draft
 
     loaded, _ = tiny
     common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,

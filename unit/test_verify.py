@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kakeya.runtime.sampler import Sampler, SamplingParams
-from kakeya.runtime.verify import accept, accept_greedy, accept_sampled
+from kakeya.runtime.engine.sampler import Sampler, SamplingParams
+from kakeya.runtime.engine.verify import accept, accept_greedy, accept_sampled
 
 # Two target rows (the verifier after 0 and after 1 draft token) and two draft rows.
 P = torch.tensor([[0.30, 0.25, 0.20, 0.15, 0.07, 0.03],

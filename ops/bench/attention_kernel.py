@@ -51,7 +51,7 @@ def timed_us(fn, repeats: int = 10) -> float:
 
 
 def case(rows: int, keys: int, dtype: torch.dtype, kernels: list[str]) -> dict:
-    from kakeya.runtime.cuda_kernels import attend_rows, split_limit
+    from kakeya.runtime.kernels.triton_rows import attend_rows, split_limit
 
     cuda = torch.device("cuda")
     slabs = [torch.randn(1, 2, KV_HEADS, keys, HEAD_DIM, dtype=dtype, device=cuda) for _ in range(rows)]

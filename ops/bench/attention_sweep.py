@@ -53,7 +53,7 @@ def per_layer_us(launch, layers: int) -> float:
 
 
 def _launch_rows(query, out, index, meta, splits, block, warps, stages, variant, layer: int) -> None:
-    from kakeya.runtime.cuda_kernels import attend_rows
+    from kakeya.runtime.kernels.triton_rows import attend_rows
 
     attend_rows(query, out, index, meta, layer, HEAD_DIM ** -0.5, KV_HEADS, DTYPE, splits, block=block,
                 num_warps=warps, num_stages=stages, variant=variant)
@@ -61,8 +61,8 @@ def _launch_rows(query, out, index, meta, splits, block, warps, stages, variant,
 
 def _launch_blocks(query, out, index, meta, part_acc, part_ml, rows_per_block, splits, warps, stages,
                    layer: int) -> None:
-    import kakeya.runtime.cuda_block_kernel as cb
-    import kakeya.runtime.cuda_kernels as ck
+    import kakeya.runtime.kernels.triton_blocks as cb
+    import kakeya.runtime.kernels.triton_rows as ck
 
     cb._attend_block_kernel[(APPEND, KV_HEADS, splits)](
         query, query.stride(0), query.stride(1), index, meta, meta.stride(0), layer, HEAD_DIM ** -0.5,
@@ -75,8 +75,8 @@ def _launch_blocks(query, out, index, meta, part_acc, part_ml, rows_per_block, s
 
 
 def row_case(rows: int, keys: int) -> dict:
-    import kakeya.runtime.cuda_attention as ca
-    import kakeya.runtime.cuda_kernels as ck
+    import kakeya.runtime.cuda.attention as ca
+    import kakeya.runtime.kernels.triton_rows as ck
 
     slabs, layers = slabs_for(rows, keys)
     meta = torch.tensor([[s.data_ptr() for s in slabs], [keys] * rows, [keys - 1] * rows, [keys] * rows],
@@ -97,8 +97,8 @@ def row_case(rows: int, keys: int) -> dict:
 
 
 def block_case(history: int) -> dict:
-    import kakeya.runtime.cuda_block_kernel as cb
-    from kakeya.runtime.cuda_plan import BLOCK_ROWS
+    import kakeya.runtime.kernels.triton_blocks as cb
+    from kakeya.runtime.cuda.plan import BLOCK_ROWS
 
     total = history + APPEND
     (slab,), layers = slabs_for(1, total)

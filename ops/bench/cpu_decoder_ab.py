@@ -22,12 +22,12 @@ import time
 import structlog
 import torch
 
-from kakeya.runtime.attention import ATTENTION_NAME
-from kakeya.runtime.config import ModelConfig
-from kakeya.runtime.kv_memory import KVPool, KVShape
-from kakeya.runtime.model_loader import load_model
-from kakeya.runtime.model_runner import ModelRunner, WorkItem
-from kakeya.runtime.sampler import Sampler, SamplingParams
+from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
+from kakeya.runtime.common.config import ModelConfig
+from kakeya.runtime.forward.session_kv import KVPool, KVShape
+from kakeya.runtime.engine.loader import load_model
+from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 
 class Sessions:

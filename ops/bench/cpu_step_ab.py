@@ -27,13 +27,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from cpu_decoder_ab import Sessions  # noqa: E402
 
-from kakeya.runtime import cpu_attention, model_runner  # noqa: E402
-from kakeya.runtime.attention import ATTENTION_NAME  # noqa: E402
-from kakeya.runtime.config import ModelConfig  # noqa: E402
-from kakeya.runtime.kv_memory import KVPool, KVShape  # noqa: E402
-from kakeya.runtime.model_loader import load_model  # noqa: E402
-from kakeya.runtime.model_runner import ModelRunner, WorkItem  # noqa: E402
-from kakeya.runtime.sampler import Sampler, SamplingParams  # noqa: E402
+from kakeya.runtime.cpu import plan as cpu_attention  # noqa: E402
+from kakeya.runtime.engine import runner as model_runner  # noqa: E402
+from kakeya.runtime.engine.attention_hook import ATTENTION_NAME  # noqa: E402
+from kakeya.runtime.common.config import ModelConfig  # noqa: E402
+from kakeya.runtime.forward.session_kv import KVPool, KVShape  # noqa: E402
+from kakeya.runtime.engine.loader import load_model  # noqa: E402
+from kakeya.runtime.engine.runner import ModelRunner, WorkItem  # noqa: E402
+from kakeya.runtime.engine.sampler import Sampler, SamplingParams  # noqa: E402
 
 
 def _load(name: str, path: Path):

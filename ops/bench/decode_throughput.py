@@ -28,10 +28,10 @@ import grpc
 import torch
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
-from kakeya.runtime.attention import ATTENTION_NAME
-from kakeya.runtime.config import ModelConfig
-from kakeya.runtime.logging_setup import configure_logging
-from kakeya.runtime.model_loader import load_model
+from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
+from kakeya.runtime.common.config import ModelConfig
+from kakeya.runtime.server.log_setup import configure_logging
+from kakeya.runtime.engine.loader import load_model
 
 
 def prompts(count: int, length: int, vocab: int) -> list[list[int]]:
@@ -91,7 +91,7 @@ def served(deterministic: bool, env: dict[str, str] | None = None):
     with tempfile.TemporaryDirectory() as tmp:
         socket_path = os.path.join(tmp, "kakeya.sock")
         flag = "--deterministic" if deterministic else "--no-deterministic"
-        process = subprocess.Popen([sys.executable, "-m", "kakeya.runtime.cli", "serve", "--unix-socket", socket_path,
+        process = subprocess.Popen([sys.executable, "-m", "kakeya.runtime.server.cli", "serve", "--unix-socket", socket_path,
                                     flag, "--log-level", "warning", "--metrics-port", "-1"], env={**os.environ, **(env or {})})
         address = f"unix:{socket_path}"
         try:

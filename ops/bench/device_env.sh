@@ -6,7 +6,7 @@
 #
 # pyproject maps `kakeya` onto sdk/ and its subpackages onto runtime/, actors/ and proto/, so no
 # single folder is the package: PKG/kakeya is built as a folder of symlinks to every file of sdk/
-# plus runtime, actors and proto. The suite starts the server with `python -m kakeya.runtime.cli`,
+# plus runtime, actors and proto. The suite starts the server with `python -m kakeya.runtime.server.cli`,
 # which inherits PYTHONPATH. Modules missing on the machine are installed from wheels carried in
 # .whl/ (e.g. structlog-*.whl), offline and without dependencies.
 # Sourced, so no `set -e`: a failure must not close the caller's shell.
@@ -44,7 +44,7 @@ done
 import importlib
 missing = []
 for name in ("torch", "transformers", "grpc", "google.protobuf", "structlog", "grpc_health.v1.health",
-             "grpc_reflection.v1alpha.reflection", "prometheus_client", "anyio", "kakeya", "kakeya.runtime.cli"):
+             "grpc_reflection.v1alpha.reflection", "prometheus_client", "anyio", "kakeya", "kakeya.runtime.server.cli"):
     try:
         importlib.import_module(name)
     except Exception as exc:

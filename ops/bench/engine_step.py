@@ -19,11 +19,11 @@ import structlog
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from kakeya.runtime.attention import ATTENTION_NAME
-from kakeya.runtime.kv_memory import KVPool, KVShape
-from kakeya.runtime.model_loader import describe
-from kakeya.runtime.model_runner import ModelRunner, WorkItem
-from kakeya.runtime.sampler import Sampler, SamplingParams
+from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
+from kakeya.runtime.forward.session_kv import KVPool, KVShape
+from kakeya.runtime.engine.loader import describe
+from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 SHAPES = {
     "qwen3-0.6b": lambda: Qwen3ForCausalLM(Qwen3Config(

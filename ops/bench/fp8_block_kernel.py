@@ -47,9 +47,9 @@ def main() -> None:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
         parser.error("needs a CUDA device of compute capability 8.9 or later (fp8 conversions, mma.sync)")
     from attention_kernel import timed_us  # imports triton, which only CUDA builds of torch ship
-    from kakeya.runtime import cuda_block_fp8
-    from kakeya.runtime.cuda_block_kernel import attend_blocks
-    from kakeya.runtime.cuda_plan import BLOCK_ROWS
+    from kakeya.runtime.kernels import fp8_block as cuda_block_fp8
+    from kakeya.runtime.kernels.triton_blocks import attend_blocks
+    from kakeya.runtime.cuda.plan import BLOCK_ROWS
 
     cuda = torch.device("cuda")
     heads, appended, scale = KV_HEADS * args.group, APPENDED, HEAD_DIM ** -0.5

@@ -27,8 +27,8 @@ def main() -> None:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
         parser.error("needs a CUDA device of compute capability 8.9 or later (fp8 conversions, mma.sync)")
     from attention_kernel import timed_us  # imports triton, which only CUDA builds of torch ship
-    from kakeya.runtime import cuda_kernels as ck
-    from kakeya.runtime import cuda_row_fp8
+    from kakeya.runtime.kernels import triton_rows as ck
+    from kakeya.runtime.kernels import fp8_row as cuda_row_fp8
 
     cuda = torch.device("cuda")
     heads = KV_HEADS * args.group

@@ -23,7 +23,7 @@ import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from kakeya.runtime.model_loader import embedded_model_path
+from kakeya.runtime.engine.loader import embedded_model_path
 
 PROMPTS = (
     "Write a Python function that merges two sorted lists into one sorted list.",

@@ -18,11 +18,11 @@ import structlog
 import torch
 
 from engine_step import SHAPES
-from kakeya.runtime.attention import ATTENTION_NAME
-from kakeya.runtime.kv_memory import KVPool, KVShape, slab_dtype
-from kakeya.runtime.model_loader import describe
-from kakeya.runtime.model_runner import ModelRunner, WorkItem
-from kakeya.runtime.sampler import Sampler, SamplingParams
+from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
+from kakeya.runtime.forward.session_kv import KVPool, KVShape, slab_dtype
+from kakeya.runtime.engine.loader import describe
+from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 def turn(runner: ModelRunner, kv, append: list[int], generate: int) -> tuple[float, float, float]:
     """(seconds of the append step, seconds per decode step, GPU seconds per decode step) of one
@@ -61,11 +61,11 @@ def main() -> None:
     if not torch.cuda.is_available():
         parser.error("measures the CUDA path: needs a CUDA device")
     if args.variant:
-        from kakeya.runtime import cuda_attention
+        from kakeya.runtime.cuda import attention as cuda_attention
 
         cuda_attention.ROW_VARIANT = args.variant
     if args.no_cuda_kernels:
-        from kakeya.runtime import cuda_nvrtc
+        from kakeya.runtime.kernels import nvrtc as cuda_nvrtc
 
         cuda_nvrtc.ENABLED = False
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))

@@ -30,15 +30,15 @@ import torch
 
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
-from kakeya.runtime.attention import ATTENTION_NAME
-from kakeya.runtime.config import (EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
+from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
+from kakeya.runtime.common.config import (EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
                                    SpeculativeConfig)
-from kakeya.runtime.draft_model import load_draft
-from kakeya.runtime.logging_setup import configure_logging
-from kakeya.runtime.model_loader import embedded_model_path, load_model
-from kakeya.runtime.model_runner import model_thread
-from kakeya.runtime.runtime import Runtime
-from kakeya.runtime.server import RuntimeServer
+from kakeya.runtime.engine.draft import load_draft
+from kakeya.runtime.server.log_setup import configure_logging
+from kakeya.runtime.engine.loader import embedded_model_path, load_model
+from kakeya.runtime.engine.runner import model_thread
+from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.server import RuntimeServer
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 

@@ -84,7 +84,7 @@ def model_source(args: argparse.Namespace, scratch: pathlib.Path) -> tuple[str, 
     if args.model:
         return args.model, args.model
     if args.device == "cpu":
-        from kakeya.runtime.model_loader import embedded_model_path
+        from kakeya.runtime.engine.loader import embedded_model_path
 
         return str(embedded_model_path()), "embedded SmolLM2-135M-Instruct (GGUF)"
     directory = baselines.save_random_qwen3(scratch / "qwen3-0.6b-random", torch.device("cuda"),

@@ -42,7 +42,7 @@ def served(model: str, device: str, dtype: str, max_sessions: int, extra_args: l
     with tempfile.TemporaryDirectory(prefix="kakeya-bench-") as tmp:
         socket_path = os.path.join(tmp, "kakeya.sock")
         port = free_port()
-        command = [sys.executable, "-m", "kakeya.runtime.cli", "serve", "--unix-socket", socket_path,
+        command = [sys.executable, "-m", "kakeya.runtime.server.cli", "serve", "--unix-socket", socket_path,
                    "--model", model, "--device", device, "--dtype", dtype, "--log-level", "warning",
                    "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
                    "--max-sessions", str(max_sessions), *extra_args]

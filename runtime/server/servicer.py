@@ -17,12 +17,12 @@ from kakeya.actors.token_stream import Done, TokenStream, Truncated
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
 
-from .auth import ApiKeys
-from .service_handlers import MalformedRequest
-from .errors import (FailedPrecondition, InvalidRequest, KakeyaError, Overloaded, SessionNotFound,
+from kakeya.runtime.server.auth import ApiKeys
+from kakeya.runtime.server.wire import MalformedRequest
+from kakeya.runtime.common.errors import (FailedPrecondition, InvalidRequest, KakeyaError, Overloaded, SessionNotFound,
                      Unauthenticated, Unavailable)
-from .runtime import Runtime
-from .sampler import SamplingParams
+from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.engine.sampler import SamplingParams
 
 log = structlog.get_logger(__name__)
 

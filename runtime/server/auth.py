@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable, Sequence
 
-from .errors import Unauthenticated
+from kakeya.runtime.common.errors import Unauthenticated
 
 NO_OWNER = ""  # with no keys configured, every caller is the same owner
 

@@ -24,9 +24,10 @@ import structlog
 import torch
 import torch.nn.functional as F
 
-from . import cpu_linear
-from .attention import StepLayout, attend_cpu
-from .decoder_family import unsupported
+from kakeya.runtime.cpu import linear as cpu_linear
+from kakeya.runtime.cpu.attention import attend_cpu
+from kakeya.runtime.forward.rows import StepLayout
+from kakeya.runtime.forward.decoder_family import unsupported
 
 log = structlog.get_logger(__name__)
 

@@ -20,9 +20,9 @@ import structlog
 import torch
 import torch.nn.functional as F
 
-from .attention import StepLayout
-from .cuda_attention import attend
-from .decoder_family import unsupported
+from kakeya.runtime.forward.rows import StepLayout
+from kakeya.runtime.cuda.attention import attend
+from kakeya.runtime.forward.decoder_family import unsupported
 
 log = structlog.get_logger(__name__)
 

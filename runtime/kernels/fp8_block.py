@@ -1,4 +1,4 @@
-"""Blocks of rows over fp8 slabs through a CUDA kernel compiled at run time (cuda_block_fp8.cu).
+"""Blocks of rows over fp8 slabs through a CUDA kernel compiled at run time (fp8_block.cu).
 
 A prompt chunk appended to a long conversation attends in blocks of rows (cuda_plan.py). Over fp8
 slabs the Triton block kernel reads each V tile byte by byte from shared memory and widens K and V
@@ -19,8 +19,8 @@ import functools
 
 import torch
 
-from . import cuda_nvrtc
-from .cuda_block_kernel import _combine_block_kernel
+from kakeya.runtime.kernels import nvrtc as cuda_nvrtc
+from kakeya.runtime.kernels.triton_blocks import _combine_block_kernel
 
 HEAD_DIM = 128
 GROUPS = (1, 2, 4, 8)  # the kernel's entry points (fp8_block_attend_g<G>)
@@ -69,7 +69,7 @@ def splits_for(num_rows: int) -> int:
 def _kernel(device_index: int | None, group: int):
     if not _fits(device_index):
         return None
-    return cuda_nvrtc.kernel("cuda_block_fp8.cu", f"fp8_block_attend_g{group}", device_index, SHARED_MEM)
+    return cuda_nvrtc.kernel("fp8_block.cu", f"fp8_block_attend_g{group}", device_index, SHARED_MEM)
 
 
 @functools.cache

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from .attention import RowGroup
+from kakeya.runtime.forward.rows import RowGroup
 
 if TYPE_CHECKING:  # the CUDA path only
-    from .cuda_forward import CudaForward
-    from .model_runner import WorkItem
+    from kakeya.runtime.cuda.forward import CudaForward
+    from kakeya.runtime.engine.runner import WorkItem
 
 
 class _Launched:

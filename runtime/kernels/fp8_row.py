@@ -1,4 +1,4 @@
-"""A lone decoding row over fp8 slabs through a CUDA kernel compiled at run time (cuda_row_fp8.cu).
+"""A lone decoding row over fp8 slabs through a CUDA kernel compiled at run time (fp8_row.cu).
 
 The Triton row kernel reads the V tile of its PV product one byte at a time from shared memory
 (README, long session); this kernel regroups V's bytes in registers, and streams each warp's keys
@@ -18,8 +18,8 @@ import functools
 
 import torch
 
-from . import cuda_nvrtc
-from .cuda_kernels import _combine_kernel
+from kakeya.runtime.kernels import nvrtc as cuda_nvrtc
+from kakeya.runtime.kernels.triton_rows import _combine_kernel
 
 HEAD_DIM = 128
 GROUPS = (1, 2, 4, 8)  # the kernel's entry points (fp8_row_attend_g<G>)
@@ -47,7 +47,7 @@ def eligible(query: torch.Tensor, num_kv: int, kv_dtype: torch.dtype) -> bool:
 def _kernel(device_index: int | None, group: int):
     if not _fits(device_index, group):
         return None
-    return cuda_nvrtc.kernel("cuda_row_fp8.cu", f"fp8_row_attend_g{group}", device_index, SHARED_MEM)
+    return cuda_nvrtc.kernel("fp8_row.cu", f"fp8_row_attend_g{group}", device_index, SHARED_MEM)
 
 
 @functools.cache

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InvalidRequest
+from kakeya.runtime.common.errors import InvalidRequest
 
 
 @dataclass(frozen=True, slots=True)

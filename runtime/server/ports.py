@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from .errors import FailedPrecondition
+from kakeya.runtime.common.errors import FailedPrecondition
 
 ATTEMPTS = 100  # ports tried for port 0 before giving up
 

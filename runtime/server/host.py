@@ -16,14 +16,15 @@ from kakeya.actors.scheduler import SchedulerActor
 from kakeya.actors.session_rules import SessionRules
 from kakeya.actors.speculator import Speculator
 
-from .attention import ATTENTION_NAME
-from .blas_probe import warn_if_row_dependent
-from .config import RuntimeConfig
-from .draft_model import DraftRunner, load_draft
-from .kv_memory import KVPool, KVShape, slab_dtype
-from .metrics import Metrics
-from .model_loader import LoadedModel, load_model
-from .model_runner import ModelRunner, model_thread
+from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
+from kakeya.runtime.engine.blas_probe import warn_if_row_dependent
+from kakeya.runtime.common.config import RuntimeConfig
+from kakeya.runtime.engine.draft import DraftRunner, load_draft
+from kakeya.runtime.forward.session_kv import KVPool, KVShape, slab_dtype
+from kakeya.runtime.common.metrics import Metrics
+from kakeya.runtime.engine.loader import load_model
+from kakeya.runtime.forward.loaded_model import LoadedModel
+from kakeya.runtime.engine.runner import ModelRunner, model_thread
 
 log = structlog.get_logger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .cuda_kernels import _TL_DTYPE, MIN_SPLIT_KEYS, load_partials, to_dot
+from kakeya.runtime.kernels.triton_rows import _TL_DTYPE, MIN_SPLIT_KEYS, load_partials, to_dot
 
 # Measured on an H200 for a 65-row append (blocks of 32): at 19k keys 8 splits and 3 stages took
 # 74 us a layer, 16 splits 76-85; at 4k keys 30 against 33-35. Fewer splits also waste fewer

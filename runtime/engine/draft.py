@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ModelConfig, SpeculativeConfig
-from .errors import FailedPrecondition
-from .kv_memory import SessionKV
-from .model_loader import LoadedModel, describe, load_model
-from .model_runner import ModelRunner, WorkItem
-from .sampler import Sampler
+from kakeya.runtime.common.config import ModelConfig, SpeculativeConfig
+from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.forward.session_kv import SessionKV
+from kakeya.runtime.engine.loader import describe, load_model
+from kakeya.runtime.forward.loaded_model import LoadedModel
+from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.sampler import Sampler
 
 
 def truncated_draft(verifier: LoadedModel, num_layers: int) -> LoadedModel:

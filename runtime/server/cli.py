@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import sys
 
-from .config import (KV_DTYPES, SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
+from kakeya.runtime.common.config import (KV_DTYPES, SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
                      SpeculativeConfig, cpu_threads, env_default, read_api_keys)
 
 
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
-    from .logging_setup import configure_logging
-    from .server import serve
+    from kakeya.runtime.server.log_setup import configure_logging
+    from kakeya.runtime.server.server import serve
 
     configure_logging(config.server.log_format, config.server.log_level)
     threads = cpu_threads()

@@ -1,84 +1,13 @@
-"""The registered attention function: writes each session's new K/V into its slab and attends.
-
-transformers calls it once per layer with the packed queries of every row in the step
-([1, heads, T, head_dim], RoPE already applied). The step layout travels as a forward kwarg,
-so no transformers Cache object is involved and nothing is copied per step but the new rows.
-"""
+"""Attention off CUDA: writes each group's new K/V into its slab and attends through SDPA."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
 
-from . import cpu_attention
-from .kv_memory import SessionKV
-
-ATTENTION_NAME = "kakeya"
-
-
-@dataclass(frozen=True, slots=True)
-class RowGroup:
-    """Consecutive rows [row_start, row_start + num_rows) of one session, at positions from first_position."""
-
-    kv: SessionKV
-    row_start: int
-    num_rows: int
-    first_position: int
-
-
-@dataclass(frozen=True, slots=True)
-class SlabCut:
-    """A full-attention group's slab views for a whole step, cut once instead of once per layer
-    and row (the indexing cost ~10 us per session and layer, a seventh of an 8-session CPU step)."""
-
-    new_keys: torch.Tensor  # [layers, kv_heads, num_rows, head_dim]: where the group's rows go
-    new_values: torch.Tensor
-    # [layers, kv_heads, end, head_dim]: every key the group's last row sees, or with a bucketed
-    # plan every entry its calls read (up to the capacity)
-    keys: torch.Tensor
-    values: torch.Tensor
-
-
-def cut_slab(group: RowGroup, plan: cpu_attention.GroupPlan | None) -> SlabCut | None:
-    """None for a bounded-mode group, whose visible keys are not a prefix of the slab."""
-    kv = group.kv
-    if kv.window_tokens:
-        return None
-    lo = kv.storage_index(group.first_position)
-    hi = lo + group.num_rows
-    end = hi if plan is None else max(hi, min(plan.calls[-1].num_keys, kv.capacity))
-    return SlabCut(kv.slab[:, 0, :, lo:hi], kv.slab[:, 1, :, lo:hi], kv.slab[:, 0, :, :end], kv.slab[:, 1, :, :end])
-
-
-@dataclass(frozen=True, slots=True)
-class StepLayout:
-    groups: tuple[RowGroup, ...]
-    num_rows: int  # including padding rows, which attend to nothing and write nothing
-    deterministic: bool
-    cuda: Any = None  # CudaRows when the step runs on the CUDA kernels (cuda_forward.py)
-    # Deterministic CPU steps: per group, its bucketed calls (cpu_attention.py), or None for a
-    # bounded-mode group, which attends row by row.
-    cpu_plans: tuple[cpu_attention.GroupPlan | None, ...] | None = None
-    cpu_cuts: tuple[SlabCut | None, ...] | None = None  # CPU steps: per group, cut_slab(group)
-    cpu_views: cpu_attention.StepViews | None = None  # deterministic CPU steps: cpu_attention.step_views
-
-
-def kakeya_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                     kakeya_layout: StepLayout | None = None, **_):
-    if kakeya_layout is None:
-        raise RuntimeError("the kakeya attention function needs a step layout")
-    layer = module.layer_idx
-    if kakeya_layout.cuda is not None:
-        from .cuda_attention import attend  # needs triton: CUDA only
-
-        out = attend(kakeya_layout, layer, query[0].transpose(0, 1), key[0].transpose(0, 1),
-                     value[0].transpose(0, 1), scaling)
-        return out[None], None
-    return attend_cpu(kakeya_layout, layer, query, key, value, scaling), None
+from kakeya.runtime.cpu import plan as cpu_attention
+from kakeya.runtime.forward.rows import RowGroup, StepLayout
+from kakeya.runtime.forward.session_kv import SessionKV
 
 
 def attend_cpu(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -164,6 +93,3 @@ def _attend_group(group: RowGroup, layer: int, query, out, scaling) -> None:
         query[:, :, rows], keys[None], values[None], attn_mask=mask[None, None], scale=scaling, enable_gqa=True
     )
     out[0, rows] = attended[0].transpose(0, 1)
-
-
-AttentionInterface.register(ATTENTION_NAME, kakeya_attention)

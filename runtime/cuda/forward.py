@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import structlog
 import torch
 
-from .attention import RowGroup, StepLayout
-from .cuda_plan import BLOCK_ROWS, BUCKETS, block_leads, graph_plan, kernel_eligible
-from .model_loader import LoadedModel
-from .step_logits import StepLogits
+from kakeya.runtime.forward.rows import RowGroup, StepLayout
+from kakeya.runtime.cuda.plan import BLOCK_ROWS, BUCKETS, block_leads, graph_plan, kernel_eligible
+from kakeya.runtime.forward.loaded_model import LoadedModel
+from kakeya.runtime.forward.step_logits import StepLogits
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +41,7 @@ class CudaRows:
     """Per-row device metadata of one forward, read by the attention function."""
 
     # [6, rows] int64: slab address, capacity, storage index, visible keys, block lead; the last row
-    # lists the rows that lead blocks, in order, then -1 (cuda_block_fp8.cu reads it)
+    # lists the rows that lead blocks, in order, then -1 (kernels/fp8_block.cu reads it)
     meta: torch.Tensor
     kernel_rows: torch.Tensor  # [n] int64: rows that attend through the row (or block) kernel
     sdpa_groups: tuple[RowGroup, ...]  # sessions whose rows attend through SDPA
@@ -93,13 +93,13 @@ class CudaForward:
         self.loaded = loaded
         self.kv_dtype = kv_dtype or loaded.dtype
         if fusion and not getattr(loaded.model, "kakeya_fused", False):
-            from .cuda_fusion import fuse_pointwise
+            from kakeya.runtime.cuda.fusion import fuse_pointwise
 
             fuse_pointwise(loaded.model)
             loaded.model.kakeya_fused = True
         # Llama-family models run on the fused decoder; others on transformers' modules. Imported
         # here: it needs triton, and this module's planning helpers are used without a GPU.
-        from .cuda_decoder import FusedDecoder
+        from kakeya.runtime.cuda.decoder import FusedDecoder
 
         self.decoder = FusedDecoder.build(loaded.model) if fusion else None
         self.device = loaded.device
@@ -253,7 +253,7 @@ class CudaForward:
 
     def _block_rows(self, loaded: LoadedModel) -> int:
         """Rows a block holds: more where the fp8 slabs' CUDA block kernel serves the blocks."""
-        from . import cuda_block_fp8
+        from kakeya.runtime.kernels import fp8_block as cuda_block_fp8
 
         config = loaded.model.config
         return cuda_block_fp8.block_rows(config.num_attention_heads, loaded.num_kv_heads, loaded.head_dim,

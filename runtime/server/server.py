@@ -14,13 +14,13 @@ from grpc_reflection.v1alpha import reflection
 
 from kakeya.proto.v1 import runtime_pb2
 
-from . import service_handlers
-from .auth import ApiKeys
-from .config import RuntimeConfig
-from .errors import FailedPrecondition
-from .listen_port import listen_port
-from .runtime import Runtime
-from .servicer import RuntimeServicer
+from kakeya.runtime.server import wire as service_handlers
+from kakeya.runtime.server.auth import ApiKeys
+from kakeya.runtime.common.config import RuntimeConfig
+from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.server.ports import listen_port
+from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.servicer import RuntimeServicer
 
 log = structlog.get_logger(__name__)
 

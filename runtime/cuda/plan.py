@@ -5,7 +5,7 @@ Pure planning over row groups: no device work, so it runs (and is tested) withou
 
 from __future__ import annotations
 
-from .attention import RowGroup
+from kakeya.runtime.forward.rows import RowGroup
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 # A session's rows attend through the row kernel when they are few (decode, draft verification)

@@ -11,8 +11,8 @@ from typing import Sequence
 
 import torch
 
-from .sampler import Sampler
-from .step_logits import StepLogits, as_step_logits
+from kakeya.runtime.engine.sampler import Sampler
+from kakeya.runtime.forward.step_logits import StepLogits, as_step_logits
 
 
 def accept(logits: torch.Tensor, draft: Sequence[int], sampler: Sampler,

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-from . import cuda_block_fp8, cuda_row_fp8
-from .attention import RowGroup, StepLayout
-from .cuda_plan import BLOCK_ROWS
-from .cuda_kernels import BLOCK_N, FP8_BLOCK_N, attend_rows, dot_dtype, split_limit, store_rows
+from kakeya.runtime.kernels import fp8_block as cuda_block_fp8
+from kakeya.runtime.kernels import fp8_row as cuda_row_fp8
+from kakeya.runtime.forward.rows import RowGroup, StepLayout
+from kakeya.runtime.cuda.plan import BLOCK_ROWS
+from kakeya.runtime.kernels.triton_rows import BLOCK_N, FP8_BLOCK_N, attend_rows, dot_dtype, split_limit, store_rows
 
 # Which row kernel decode rows attend through (cuda_kernels.VARIANTS); read when graphs are captured.
 # On an H200 the aligned one read K/V at 3.0-4.5 TB/s, the other at 1.1-2.3 (ops/bench/attention_kernel.py).
@@ -72,7 +73,7 @@ def _attend_blocks(q, out, rows, meta, layer: int, scaling: float, num_kv: int, 
         # read (odd strides) end here, and the model's projections never make those.
         raise RuntimeError(f"blocks of {block_rows} rows planned for the fp8 CUDA block kernel, which cannot "
                            f"serve these queries (shape {tuple(q.shape)}, strides {q.stride()}, {rows.shape[0]} rows)")
-    from .cuda_block_kernel import attend_blocks
+    from kakeya.runtime.kernels.triton_blocks import attend_blocks
 
     attend_blocks(q, out, rows, meta, layer, scaling, num_kv, dot, BLOCK_ROWS, kv_dtype)
 

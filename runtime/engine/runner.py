@@ -13,15 +13,16 @@ from typing import Callable
 
 import torch
 
-from . import cpu_linear
-from .attention import RowGroup, StepLayout, cut_slab
-from .cpu_attention import plan_group, step_views
-from .cpu_decoder import CpuDecoder
-from .kv_memory import SessionKV
-from .model_loader import LoadedModel
-from .sampler import Sampler
-from .step_logits import as_step_logits
-from .verify import accept
+from kakeya.runtime.cpu import linear as cpu_linear
+from kakeya.runtime.engine import attention_hook  # noqa: F401 - registers the attention function every forward calls
+from kakeya.runtime.forward.rows import RowGroup, StepLayout, cut_slab
+from kakeya.runtime.cpu.plan import plan_group, step_views
+from kakeya.runtime.cpu.decoder import CpuDecoder
+from kakeya.runtime.forward.session_kv import SessionKV
+from kakeya.runtime.forward.loaded_model import LoadedModel
+from kakeya.runtime.engine.sampler import Sampler
+from kakeya.runtime.forward.step_logits import as_step_logits
+from kakeya.runtime.engine.verify import accept
 
 # Without packed weights (cpu_linear.py), GEMMs and the lm_head see a multiple of this many rows in
 # deterministic mode: on the AMD EPYC first measured, MKL gives a row one result once M >= 8
@@ -70,12 +71,12 @@ class ModelRunner:
         # (whose visible keys are not a prefix of the slab), on the packed SDPA path.
         self.cuda = None
         if loaded.device.type == "cuda" and not bounded:
-            from .cuda_forward import CudaForward  # needs triton, which CPU builds of torch lack
+            from kakeya.runtime.cuda.forward import CudaForward  # needs triton, which CPU builds of torch lack
             self.cuda = CudaForward(loaded, deterministic, cuda_graphs, cuda_fusion, kv_dtype=kv_dtype)
         # Fast-mode graphs only: deterministic steps are cut into fixed-size forwards instead.
         self.run_ahead = None
         if run_ahead and self.cuda is not None and cuda_graphs and not deterministic:
-            from .run_ahead import RunAhead
+            from kakeya.runtime.engine.run_ahead import RunAhead
 
             self.run_ahead = RunAhead(self.cuda, on_run_ahead)
         # CPU: packed on the model thread, at warm-up or the first step (OpenMP teams are per thread).

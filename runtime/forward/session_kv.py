@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import FailedPrecondition, Overloaded
+from kakeya.runtime.common.errors import FailedPrecondition, Overloaded
 
 
 def slab_dtype(kv_dtype: str, model_dtype: torch.dtype, device: torch.device, bounded: bool) -> torch.dtype:
