@@ -9,27 +9,30 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from kakeya.runtime.forward.session_kv import SessionKV
 from kakeya.runtime.engine.sampler import SamplingParams
+from kakeya.runtime.forward.session_kv import SessionKV
 
 from .token_stream import StopReason, TokenStream
 
 
-def _reject(reply: asyncio.Future[Any], error: BaseException) -> None:
-    if not reply.done():
-        reply.set_exception(error)
+class _Replies:
+    """Mixin of request/reply messages: a receiver that is gone fails the reply."""
+
+    __slots__ = ()
+    reply: asyncio.Future[Any]
+
+    def reject(self, error: BaseException) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(error)
 
 
 # --- to a session actor -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Append:
+class Append(_Replies):
     token_ids: tuple[int, ...]
     reply: asyncio.Future[int]
-
-    def reject(self, error: BaseException) -> None:
-        _reject(self.reply, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,44 +51,38 @@ class Generate:
 
 
 @dataclass(frozen=True, slots=True)
-class Close:
+class Close(_Replies):
     reason: str
     reply: asyncio.Future[int]
-
-    def reject(self, error: BaseException) -> None:
-        _reject(self.reply, error)
 
 
 # --- to the scheduler actor -----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class AllocateKV:
-    reply: asyncio.Future[SessionKV]
+class KVLease:
+    """A session's KV as the scheduler reports it: the handle to pass back, and what it holds."""
 
-    def reject(self, error: BaseException) -> None:
-        _reject(self.reply, error)
+    kv: SessionKV
+    num_positions: int  # positions fed so far
+    num_resident: int  # of those, held in the slab (fewer in bounded mode)
+    lease_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
-class ReserveKV:
-    """Grow kv to hold total_positions, or fail with Overloaded."""
+class ReserveKV(_Replies):
+    """Make the session's KV hold total_positions (allocating it when kv is None), or fail with
+    KVExhausted, which says how many bytes the reservation needs."""
 
-    kv: SessionKV
+    kv: SessionKV | None
     total_positions: int
-    reply: asyncio.Future[None]
-
-    def reject(self, error: BaseException) -> None:
-        _reject(self.reply, error)
+    reply: asyncio.Future[KVLease]
 
 
 @dataclass(frozen=True, slots=True)
-class FreeKV:
+class FreeKV(_Replies):
     kv: SessionKV
     reply: asyncio.Future[None]
-
-    def reject(self, error: BaseException) -> None:
-        _reject(self.reply, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +91,7 @@ class JobResult:
     num_fed: int  # inputs (pending + generated) whose K/V are now in the slab
     stop_reason: StopReason
     prefill_duration_s: float
+    lease: KVLease  # the session's KV after the job
     num_draft_tokens: int = 0  # speculative tokens proposed for this call and verified
     num_accepted_tokens: int = 0  # of those, accepted by the verifier
 
@@ -123,7 +121,8 @@ class Job:
     last_token_at: float | None = None
 
     def reject(self, error: BaseException) -> None:
-        _reject(self.done, error)
+        if not self.done.done():
+            self.done.set_exception(error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,7 @@ class SessionRegistry:
                 )
             session_id = secrets.token_hex(16)  # 128 random bits
             session = SessionActor(session_id, client_label, eos_token_ids, self._rules, self._scheduler,
-                                   self._metrics, self.make_room,
+                                   self._metrics, self.evict_for,
                                    lambda kind, sid=session_id: self._on_violation(sid, kind))
             session.owner = owner
             session.start()
@@ -91,9 +91,9 @@ class SessionRegistry:
         self._metrics.session_history_tokens.observe(final_length)
         return final_length
 
-    async def make_room(self, kv_bytes: int, exclude: str) -> None:
-        """Evicts idle sessions, least recently used first, until kv_bytes are free in the pool."""
-        while self._scheduler.pool.free_bytes < kv_bytes:
+    async def evict_for(self, kv_bytes: int, exclude: str) -> None:
+        """Evicts idle sessions, least recently used first, until kv_bytes of the KV budget are free."""
+        while self._scheduler.kv_free_bytes < kv_bytes:
             if not await self._evict_lru(exclude=exclude):
                 return
 

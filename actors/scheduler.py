@@ -1,10 +1,11 @@
 """The scheduler actor: pools every session's pending rows into one forward per step.
 
-Accepts: AllocateKV, ReserveKV, FreeKV (KV memory, which it owns through the pool) and
-SubmitJob (a Generate's work). Invariants: the model thread runs at most one step at a time,
-and KV slabs are resized or freed only between steps, never while the model thread uses them;
-after every step each slab holds exactly the tokens its session committed (speculative rows
-that were rejected, or cut by a stop condition, are rolled back).
+Accepts: ReserveKV, FreeKV (KV memory, which it owns through the pool) and SubmitJob (a
+Generate's work). Each step it hands the engine one StepRequest and gets one StepResult back;
+it alone pushes tokens into token streams. Invariants: the model thread runs at most one step
+at a time, and KV slabs are resized or freed only between steps, never while the model thread
+uses them; after every step each slab holds exactly the tokens its session committed (the
+engine rolls back rejected draft rows and rows past a stop).
 """
 
 from __future__ import annotations
@@ -15,32 +16,37 @@ from typing import Callable
 
 import structlog
 
-from kakeya.runtime.common.errors import EngineDead, Overloaded
-from kakeya.runtime.forward.session_kv import KVPool
+from kakeya.runtime.common.errors import EngineDead, KVExhausted
 from kakeya.runtime.common.metrics import Metrics
+from kakeya.runtime.engine.engine import Engine
+from kakeya.runtime.engine.kv_pool import KVPool
 from kakeya.runtime.engine.sampler import Sampler
+from kakeya.runtime.engine.step import RowResult, RowStop
+from kakeya.runtime.forward.session_kv import SessionKV
 
 from .base import Actor
 from .batch_policy import Slice, plan_step
-from .messages import AllocateKV, FreeKV, Job, JobResult, ReserveKV, SubmitJob
+from .messages import FreeKV, Job, JobResult, KVLease, ReserveKV, SubmitJob
 from .speculator import Speculator
 from .step_stats import StepRecorder
 from .token_stream import StopReason
 
 log = structlog.get_logger(__name__)
 
+_STOP_REASONS = {RowStop.EOS: StopReason.EOS, RowStop.MAX_TOKENS: StopReason.MAX_TOKENS}
+
 
 class SchedulerActor(Actor):
     name = "scheduler"
 
-    def __init__(self, speculator: Speculator, pool: KVPool, metrics: Metrics, chunk_tokens: int,
+    def __init__(self, engine: Engine, speculator: Speculator, pool: KVPool, metrics: Metrics, chunk_tokens: int,
                  max_step_tokens: int, mailbox_size: int, consumer_stall_s: float = 60.0,
                  on_crash: Callable[[BaseException], None] | None = None) -> None:
         super().__init__(mailbox_size, on_crash)
         self._consumer_stall_s = consumer_stall_s
         self._metrics = metrics
+        self._engine = engine
         self._speculator = speculator
-        self._executor = speculator.executor
         self.pool = pool
         self._chunk_tokens = chunk_tokens
         self._max_step_tokens = max_step_tokens
@@ -83,28 +89,27 @@ class SchedulerActor(Actor):
             # 3. Schedule.
             slices = plan_step(self._running, self._chunk_tokens, self._max_step_tokens,
                                self._speculator.draft_rows)
-            plan = self._speculator.plan(slices, self._samplers)
-            # 4. Run the forward (drafts first, if a draft model proposes) on the model thread;
+            request = self._speculator.plan(slices, self._samplers)
+            # 4. Run the step (drafts first, if a draft model proposes) on the model thread;
             # the event loop stays free meanwhile.
             started = time.monotonic()
             try:
-                emitted = await loop.run_in_executor(self._executor, self._speculator.run, plan)
+                result = await loop.run_in_executor(self._engine.executor, self._engine.step, request)
             except Exception as exc:
                 self._fail_all(EngineDead(f"the model thread failed: {exc!r}"))
                 raise
             self._recorder.step(slices, self._running, time.monotonic() - started)
-            # 5. Publish: commit fed rows and emitted tokens, finish jobs that hit a stop.
-            self._recorder.tokens(sum(self._commit(piece, tokens) for piece, tokens in zip(slices, emitted)))
+            # 5. Publish: push each row's tokens, finish jobs that hit a stop.
+            self._recorder.tokens(sum(self._commit(piece, row) for piece, row in zip(slices, result.rows)))
 
     def _accept(self, message: object) -> None:
         match message:
-            case AllocateKV(reply=reply):
-                reply.set_result(self.pool.allocate())
             case ReserveKV(kv=kv, total_positions=total, reply=reply):
                 try:
+                    kv = kv if kv is not None else self.pool.allocate()
                     self.pool.reserve(kv, total)
-                    reply.set_result(None)
-                except Overloaded as exc:
+                    reply.set_result(self._lease(kv))
+                except KVExhausted as exc:
                     reply.set_exception(exc)
                 self._recorder.memory()
             case FreeKV(kv=kv, reply=reply):
@@ -120,36 +125,32 @@ class SchedulerActor(Actor):
             case _:
                 raise TypeError(f"scheduler got an unknown message {message!r}")
 
-    def _commit(self, piece: Slice, emitted: tuple[int, ...]) -> int:
-        """Applies stop conditions to the emitted tokens in order; tokens after a stop are dropped
-        and their rows rolled back, so the slab holds exactly the committed tokens. Returns how
-        many tokens it kept."""
+    @staticmethod
+    def _lease(kv: SessionKV) -> KVLease:
+        return KVLease(kv, kv.num_positions, kv.num_resident, kv.lease_bytes)
+
+    @property
+    def kv_free_bytes(self) -> int:
+        """Free bytes of the KV budget; changes only when this actor handles a message."""
+        return self.pool.free_bytes
+
+    def _commit(self, piece: Slice, row: RowResult) -> int:
+        """Pushes the row's tokens to the job's stream and finishes the job at its stop. Returns
+        how many tokens the row emitted."""
         job = piece.job
-        job.num_fed = piece.stop
-        reason: StopReason | None = None
-        num_kept = 0
+        # Every token but the last was fed in this step (accepted draft rows); the last is
+        # pending, as a plain decode step's sampled token is.
+        job.num_fed = piece.stop + max(len(row.tokens) - 1, 0)
         now = time.monotonic()
-        for token in emitted:
-            num_kept += 1
+        for token in row.tokens:
             self._recorder.token(job, now)
             job.generated.append(token)
             job.inputs.append(token)
             job.stream.push(token)
-            if token in job.eos_token_ids:
-                reason = StopReason.EOS
-            elif len(job.generated) >= job.max_tokens:
-                reason = StopReason.MAX_TOKENS
-            if reason is not None:
-                break
-        if emitted:
-            # Every kept token but the last was fed in this step (accepted draft rows); the last
-            # is pending, as a plain decode step's sampled token is.
-            job.num_fed = piece.stop + num_kept - 1
-            job.kv.num_positions -= len(emitted) - num_kept
-        self._speculator.commit(piece, emitted, num_kept)
-        if reason is not None:
-            self._finish(job, reason)
-        return num_kept
+        self._speculator.commit(piece, row)
+        if row.stop is not None:
+            self._finish(job, _STOP_REASONS[row.stop])
+        return len(row.tokens)
 
     def _finish_cancelled(self) -> None:
         for job in list(self._running):
@@ -166,7 +167,7 @@ class SchedulerActor(Actor):
         first = job.first_token_at or time.monotonic()
         if not job.done.done():
             job.done.set_result(JobResult(tuple(job.generated), job.num_fed, reason, first - job.submitted_at,
-                                          job.num_draft_tokens, job.num_accepted_tokens))
+                                          self._lease(job.kv), job.num_draft_tokens, job.num_accepted_tokens))
 
     def _fail_all(self, error: Exception) -> None:
         for job in self._running:

@@ -15,12 +15,11 @@ from typing import Awaitable, Callable
 
 import structlog
 
-from kakeya.runtime.common.errors import InvariantViolation, KakeyaError, Overloaded, SessionNotFound
-from kakeya.runtime.forward.session_kv import SessionKV
+from kakeya.runtime.common.errors import InvariantViolation, KakeyaError, KVExhausted, SessionNotFound
 from kakeya.runtime.common.metrics import Metrics
 
 from .base import Actor
-from .messages import AllocateKV, Append, Close, FreeKV, Generate, Job, ReserveKV, SubmitJob
+from .messages import Append, Close, FreeKV, Generate, Job, KVLease, ReserveKV, SubmitJob
 from .scheduler import SchedulerActor
 from .session_rules import SessionRules
 from .token_stream import Done, StopReason, TokenStream, Truncated
@@ -42,7 +41,7 @@ class SessionSnapshot:
 
 class SessionActor(Actor):
     def __init__(self, session_id: str, client_label: str, eos_token_ids: frozenset[int], rules: SessionRules,
-                 scheduler: SchedulerActor, metrics: Metrics, make_room: Callable[[int, str], Awaitable[None]],
+                 scheduler: SchedulerActor, metrics: Metrics, evict_for: Callable[[int, str], Awaitable[None]],
                  on_violation: Callable[[str], None]) -> None:
         super().__init__(rules.limits.mailbox_size)
         self.name = f"session-{session_id[:8]}"
@@ -52,12 +51,12 @@ class SessionActor(Actor):
         self._rules = rules
         self._scheduler = scheduler
         self._metrics = metrics
-        self._make_room = make_room
+        self._evict_for = evict_for  # frees KV budget by evicting other, idle sessions
         self._on_violation = on_violation
         self._history: list[int] = []
         self._pending: list[int] = []  # the unfed tail of the history
         self._num_fed = 0
-        self._kv: SessionKV | None = None
+        self._lease: KVLease | None = None  # as the scheduler last reported it
         self._reported_dropped = 0
         self._violations = {"inv1": 0, "inv2": 0}
         self._active_stream: TokenStream | None = None
@@ -115,8 +114,8 @@ class SessionActor(Actor):
         started = time.monotonic()
         try:
             self._rules.check_generate(len(self._history), params.max_tokens)
-            self._check_invariants()
             await self._reserve(len(self._history) + params.max_tokens)
+            self._check_invariants()  # against the positions the reservation just reported
         except KakeyaError as exc:
             return stream.fail(exc)
         dropped = self._rules.dropped_after_prefill(len(self._history)) - self._reported_dropped
@@ -125,7 +124,7 @@ class SessionActor(Actor):
             stream.push(Truncated(dropped))
         prefill_tokens = len(self._pending)
         loop = asyncio.get_running_loop()
-        job = Job(kv=self._kv, inputs=list(self._pending), max_tokens=params.max_tokens,
+        job = Job(kv=self._lease.kv, inputs=list(self._pending), max_tokens=params.max_tokens,
                   eos_token_ids=self.eos_token_ids, sampling=params.sampling, stream=stream,
                   done=loop.create_future())
         self._active_stream = stream
@@ -136,6 +135,7 @@ class SessionActor(Actor):
             return stream.fail(exc)
         finally:
             self._active_stream = None
+        self._lease = result.lease
         self._history.extend(result.generated)
         self._pending = job.inputs[result.num_fed:]
         self._num_fed += result.num_fed
@@ -153,23 +153,19 @@ class SessionActor(Actor):
     async def _reserve(self, total_positions: int) -> None:
         """Makes sure the slab can hold total_positions, evicting idle sessions if the budget is short."""
         loop = asyncio.get_running_loop()
-        if self._kv is None:
-            reply = loop.create_future()
-            self._scheduler.send(AllocateKV(reply))
-            self._kv = await reply
         for attempt in (1, 2):
             reply = loop.create_future()
-            self._scheduler.send(ReserveKV(self._kv, total_positions, reply))
+            self._scheduler.send(ReserveKV(self._lease.kv if self._lease else None, total_positions, reply))
             try:
-                return await reply
-            except Overloaded:
+                self._lease = await reply
+                return
+            except KVExhausted as exc:
                 if attempt == 2:
                     raise
-                needed = self._scheduler.pool.bytes_needed(self._kv, total_positions)
-                await self._make_room(needed, self.session_id)
+                await self._evict_for(exc.needed_bytes, self.session_id)
 
     def _check_invariants(self) -> None:
-        kv_positions = self._kv.num_positions if self._kv is not None else 0
+        kv_positions = self._lease.num_positions if self._lease is not None else 0
         if kv_positions != self._num_fed:
             self._violate("inv1", f"slab holds {kv_positions} positions, session fed {self._num_fed}")
         if self._num_fed + len(self._pending) != len(self._history):
@@ -184,25 +180,25 @@ class SessionActor(Actor):
 
     async def _close(self, message: Close) -> None:
         self.is_closing = True
-        if self._kv is not None:
+        if self._lease is not None:
             reply = asyncio.get_running_loop().create_future()
             try:
-                self._scheduler.send(FreeKV(self._kv, reply))
+                self._scheduler.send(FreeKV(self._lease.kv, reply))
                 await reply
             except KakeyaError:
                 pass  # the scheduler is gone and its memory with it
-            self._kv = None
+            self._lease = None
         log.info("session_closed", session_id=self.session_id, reason=message.reason,
                  history_tokens=len(self._history))
         message.reply.set_result(len(self._history))
 
     def _snapshot(self) -> SessionSnapshot:
-        kv = self._kv
+        lease = self._lease
         return SessionSnapshot(
             history_length=len(self._history),
             pending_tokens=len(self._pending),
-            kv_resident_tokens=kv.num_resident if kv is not None else 0,
-            kv_live_bytes=kv.lease_bytes if kv is not None else 0,
+            kv_resident_tokens=lease.num_resident if lease is not None else 0,
+            kv_live_bytes=lease.lease_bytes if lease is not None else 0,
             inv1_violations=self._violations["inv1"],
             inv2_violations=self._violations["inv2"],
         )

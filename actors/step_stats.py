@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from kakeya.runtime.forward.session_kv import KVPool
+from kakeya.runtime.engine.kv_pool import KVPool
 from kakeya.runtime.common.metrics import Metrics
 
 from .batch_policy import Slice

@@ -79,7 +79,7 @@ async def test_bounded_mode_is_deterministic_across_the_trim_point(loaded_model)
         # Past the slab's capacity, compaction drops what no query can see; the slab never grows.
         third = await generate(handle.stub, session_id, 100)
         assert third.truncated == [4] and len(third.tokens) == 100
-        kv = runtime.registry.get(session_id)._kv
+        [kv] = runtime.pool.sessions()
         assert kv.num_positions == len(base) + 143 and kv.num_evicted > 0
         assert kv.capacity == runtime.pool.bounded_capacity and kv.num_resident <= kv.capacity
         await close(handle.stub, session_id)

@@ -124,7 +124,7 @@ async def test_invariant_violation_closes_session_and_counts(stub, server):
     await append(stub, session_id, PROMPT)
     await generate(stub, session_id, 2)
     # Fault injection: corrupt the slab's position count behind the session's back.
-    server.runtime.registry.get(session_id)._kv.num_positions += 3
+    server.runtime.pool.sessions()[0].num_positions += 3
     assert await status_of(generate(stub, session_id, 2)) == grpc.StatusCode.FAILED_PRECONDITION
     await eventually(lambda: server.runtime.registry.num_active == 0, TIMEOUT_S, "the session to close")
     assert await status_of(info(stub, session_id)) == grpc.StatusCode.NOT_FOUND

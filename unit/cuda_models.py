@@ -6,9 +6,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 import kakeya.runtime.forward.rows  # noqa: F401  (registers the "kakeya" attention function)
-from kakeya.runtime.forward.session_kv import KVPool, KVShape
+from kakeya.runtime.engine.kv_pool import KVPool
+from kakeya.runtime.forward.session_kv import KVShape
 from kakeya.runtime.engine.loader import describe
-from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.runner import ModelRunner
+from kakeya.runtime.engine.step import StepRow
 from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 CUDA = torch.device("cuda")
@@ -65,14 +67,14 @@ def run_sessions(runner: ModelRunner, pool: KVPool, prompts, count: int, split=N
             if chunks[i]:
                 size = chunks[i].pop(0)
                 last = not chunks[i]
-                items.append(WorkItem(kvs[i], tuple(p[offsets[i]:offsets[i] + size]),
+                items.append(StepRow(kvs[i], tuple(p[offsets[i]:offsets[i] + size]),
                                       Sampler(SamplingParams()) if last else None))
                 offsets[i] += size
                 owners.append((i, last))
             elif len(streams[i]) < count:
-                items.append(WorkItem(kvs[i], (streams[i][-1],), Sampler(SamplingParams())))
+                items.append(StepRow(kvs[i], (streams[i][-1],), Sampler(SamplingParams())))
                 owners.append((i, True))
-        for (i, samples), emitted in zip(owners, runner.step(items)):
+        for (i, samples), emitted in zip(owners, runner.run(items)):
             if samples:
                 streams[i].append(last_token(emitted))
     for kv in kvs:

@@ -12,7 +12,8 @@ import torch
 from kakeya.actors.batch_policy import Slice, plan_step
 from kakeya.actors.messages import Job
 from kakeya.actors.token_stream import TokenStream
-from kakeya.runtime.forward.session_kv import KVPool, KVShape
+from kakeya.runtime.engine.kv_pool import KVPool
+from kakeya.runtime.forward.session_kv import KVShape
 from kakeya.runtime.engine.sampler import SamplingParams
 
 

@@ -7,7 +7,8 @@ import torch
 
 from kakeya.runtime.forward.rows import RowGroup, cut_slab
 from kakeya.runtime.cpu.plan import BUCKET_TOKENS, attend, attend_step, num_keys, plan_group, step_views
-from kakeya.runtime.forward.session_kv import KVPool, KVShape
+from kakeya.runtime.engine.kv_pool import KVPool
+from kakeya.runtime.forward.session_kv import KVShape
 
 HEADS, KV_HEADS, HEAD_DIM, LAYERS = 9, 3, 64, 2
 

@@ -15,7 +15,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from kakeya.runtime.cpu import linear as cpu_linear
 from kakeya.runtime.engine.loader import describe
-from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.runner import ModelRunner
+from kakeya.runtime.engine.step import StepRow
 from tiny_models import ARCHS, CPU, greedy, load_tiny, make_pool, prompt, resident
 
 pytestmark = pytest.mark.skipif(
@@ -54,12 +55,12 @@ def test_decoder_steps_equal_transformers_forward(loaded, deterministic):
         prompts = [prompt(n, seed) for seed, n in enumerate((5, 17, 70))]  # 92 rows: past FAST_MAX_ROWS
         for kv, p in zip(kvs, prompts):
             pool.reserve(kv, len(p) + 40)
-        logits = [runner.feed([WorkItem(kv, tuple(p), greedy()) for kv, p in zip(kvs, prompts)])]
+        logits = [runner.feed([StepRow(kv, tuple(p), greedy()) for kv, p in zip(kvs, prompts)])]
         streams = [[int(row.argmax())] for row in logits[0]]
         for step in range(8):
-            items = [WorkItem(kv, (s[-1],), greedy()) for kv, s in zip(kvs, streams)]
+            items = [StepRow(kv, (s[-1],), greedy()) for kv, s in zip(kvs, streams)]
             if step == 4:  # an append of 9 tokens beside two decoding sessions
-                items[1] = WorkItem(kvs[1], (streams[1][-1], *prompt(8, 40)), greedy())
+                items[1] = StepRow(kvs[1], (streams[1][-1], *prompt(8, 40)), greedy())
             logits.append(runner.feed(items))
             for s, row in zip(streams, logits[-1]):
                 s.append(int(row.argmax()))

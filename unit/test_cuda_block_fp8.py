@@ -84,8 +84,9 @@ def test_an_appending_session_gives_the_triton_kernels_logits(graphs, monkeypatc
     kernel's logits equal the Triton kernel's up to the order of the sums, in graphs and eagerly."""
     from cuda_models import build, prompt
     from kakeya.runtime.kernels import fp8_block as cuda_block_fp8
-    from kakeya.runtime.forward.session_kv import KVPool, KVShape
-    from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+    from kakeya.runtime.engine.kv_pool import KVPool
+    from kakeya.runtime.forward.session_kv import KVShape
+    from kakeya.runtime.engine.runner import ModelRunner, StepRow
     from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
     loaded, _ = build(torch.bfloat16, head_dim=128)
@@ -105,9 +106,9 @@ def test_an_appending_session_gives_the_triton_kernels_logits(graphs, monkeypatc
         kv = pool.allocate()
         pool.reserve(kv, len(first) + len(appended) + 16)
         greedy = Sampler(SamplingParams())
-        logits = [runner.feed([WorkItem(kv, tuple(first), greedy)]).rows.float(),
-                  runner.feed([WorkItem(kv, tuple(appended), greedy)]).rows.float()]
-        logits += [runner.feed([WorkItem(kv, (3 + step,), greedy)]).rows.float() for step in range(6)]
+        logits = [runner.feed([StepRow(kv, tuple(first), greedy)]).rows.float(),
+                  runner.feed([StepRow(kv, tuple(appended), greedy)]).rows.float()]
+        logits += [runner.feed([StepRow(kv, (3 + step,), greedy)]).rows.float() for step in range(6)]
         runs.append(torch.cat(logits))
         runner.shutdown()
         if use_cuda_kernel:

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from kakeya.runtime.common.errors import FailedPrecondition
-from kakeya.runtime.forward.session_kv import KVPool, KVShape, SessionKV, slab_dtype
+from kakeya.runtime.engine.kv_pool import KVPool
+from kakeya.runtime.forward.session_kv import KVShape, SessionKV, slab_dtype
 
 FP8 = torch.float8_e4m3fn
 HAS_FP8_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
@@ -116,7 +117,7 @@ def test_fast_mode_on_fp8_slabs_stays_close_to_model_dtype_slabs(graphs):
     logits of bf16 slabs up to the rounding: a kernel reading fp8 bytes as bf16 would not. The
     300-row chunk over 900 keys attends in blocks; graphs on, the decode rows replay a graph."""
     from cuda_models import build, pool_for, prompt
-    from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+    from kakeya.runtime.engine.runner import ModelRunner, StepRow
     from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
     loaded, _ = build(torch.bfloat16)
@@ -127,11 +128,11 @@ def test_fast_mode_on_fp8_slabs_stays_close_to_model_dtype_slabs(graphs):
         kvs = [pool.allocate() for _ in prompts]
         for kv, p in zip(kvs, prompts):
             pool.reserve(kv, len(p) + 2)
-        runner.feed([WorkItem(kvs[0], tuple(prompts[0][:900]), None)])
-        rows = runner.feed([WorkItem(kvs[0], tuple(prompts[0][900:]), Sampler(SamplingParams())),
-                            WorkItem(kvs[1], tuple(prompts[1]), Sampler(SamplingParams())),
-                            WorkItem(kvs[2], tuple(prompts[2]), Sampler(SamplingParams()))])
-        decode = runner.feed([WorkItem(kv, (5,), Sampler(SamplingParams())) for kv in kvs])
+        runner.feed([StepRow(kvs[0], tuple(prompts[0][:900]), None)])
+        rows = runner.feed([StepRow(kvs[0], tuple(prompts[0][900:]), Sampler(SamplingParams())),
+                            StepRow(kvs[1], tuple(prompts[1]), Sampler(SamplingParams())),
+                            StepRow(kvs[2], tuple(prompts[2]), Sampler(SamplingParams()))])
+        decode = runner.feed([StepRow(kv, (5,), Sampler(SamplingParams())) for kv in kvs])
         logits.append(torch.cat([rows.rows, decode.rows]).float())
         runner.shutdown()
     reference, fp8 = logits

@@ -60,8 +60,9 @@ def test_a_decoding_session_gives_the_triton_kernels_logits(graphs, monkeypatch)
     equal the Triton kernel's up to the order of the sums, in graphs and eagerly."""
     from cuda_models import build, prompt
     from kakeya.runtime.kernels import fp8_row as cuda_row_fp8
-    from kakeya.runtime.forward.session_kv import KVPool, KVShape
-    from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+    from kakeya.runtime.engine.kv_pool import KVPool
+    from kakeya.runtime.forward.session_kv import KVShape
+    from kakeya.runtime.engine.runner import ModelRunner, StepRow
     from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
     loaded, _ = build(torch.bfloat16, head_dim=128)
@@ -77,8 +78,8 @@ def test_a_decoding_session_gives_the_triton_kernels_logits(graphs, monkeypatch)
                       1 << 32, 64, 0, 0, 256)
         kv = pool.allocate()
         pool.reserve(kv, len(tokens) + 16)
-        runner.feed([WorkItem(kv, tuple(tokens), None)])
-        logits = [runner.feed([WorkItem(kv, (3 + step,), Sampler(SamplingParams()))]).rows.float()
+        runner.feed([StepRow(kv, tuple(tokens), None)])
+        logits = [runner.feed([StepRow(kv, (3 + step,), Sampler(SamplingParams()))]).rows.float()
                   for step in range(12)]
         runs.append(torch.cat(logits))
         runner.shutdown()

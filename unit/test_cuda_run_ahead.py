@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from cuda_models import build, pool_for, prompt
-from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.runner import ModelRunner
+from kakeya.runtime.engine.step import StepRow, StopRule
 from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -36,9 +37,9 @@ def drive(runner: ModelRunner, prompts, counts, joins, sampling,
                 continue
             tokens = tuple(p) if not streams[i] else (streams[i][-1],)
             final = mark_final and len(streams[i]) + 1 >= counts[i]
-            items.append(WorkItem(kvs[i], tokens, samplers[i], final=final))
+            items.append(StepRow(kvs[i], tokens, samplers[i], stop=StopRule(frozenset(), 1) if final else None))
             owners.append(i)
-        for i, emitted in zip(owners, runner.step(items)):
+        for i, emitted in zip(owners, runner.run(items)):
             streams[i].extend(emitted)
         step += 1
     positions = [kv.num_positions for kv in kvs]

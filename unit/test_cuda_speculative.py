@@ -16,7 +16,8 @@ from cuda_models import CUDA, build, pool_for, prompt
 from kakeya.runtime.engine.draft import DraftRequest, DraftRunner, truncated_draft
 from kakeya.runtime.forward.session_kv import KVShape
 from kakeya.runtime.engine.loader import describe
-from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.runner import ModelRunner
+from kakeya.runtime.engine.step import StepRow
 from kakeya.runtime.speculative.ngram import NgramIndex
 from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
@@ -34,13 +35,13 @@ def greedy() -> Sampler:
 def decode_all(runner, kvs, prompts, propose) -> tuple[list[list[int]], int, int]:
     """Prefills every prompt in one step, then decodes all sessions together, one step each round,
     verifying propose(i, stream) drafts. Returns (streams, draft tokens, accepted draft tokens)."""
-    streams = [[e[-1]] for e in runner.step([WorkItem(kv, tuple(p), greedy()) for kv, p in zip(kvs, prompts)])]
+    streams = [[e[-1]] for e in runner.run([StepRow(kv, tuple(p), greedy()) for kv, p in zip(kvs, prompts)])]
     drafted = accepted = 0
     while any(len(s) < COUNT for s in streams):
         live = [i for i, s in enumerate(streams) if len(s) < COUNT]
         drafts = [tuple(propose(i, streams[i]))[:COUNT - len(streams[i]) - 1] for i in live]
-        items = [WorkItem(kvs[i], (streams[i][-1],), greedy(), d) for i, d in zip(live, drafts)]
-        for i, draft, emitted in zip(live, drafts, runner.step(items)):
+        items = [StepRow(kvs[i], (streams[i][-1],), greedy(), d) for i, d in zip(live, drafts)]
+        for i, draft, emitted in zip(live, drafts, runner.run(items)):
             assert 1 <= len(emitted) <= len(draft) + 1
             drafted += len(draft)
             accepted += len(emitted) - 1

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.runner import ModelRunner
+from kakeya.runtime.engine.step import StepRow
 from tiny_models import ARCHS, decode, feed, greedy, load_tiny, make_pool, prompt, resident
 
 MODES = [pytest.param(True, id="det"), pytest.param(False, id="fast")]
@@ -56,9 +57,9 @@ def test_batched_sessions_match_solo_runs(tiny, deterministic):
     kvs = [pool.allocate() for _ in prompts]
     for kv, p in zip(kvs, prompts):
         pool.reserve(kv, len(p) + 24)
-    streams = [list(t) for t in runner.step([WorkItem(kv, tuple(p), greedy()) for kv, p in zip(kvs, prompts)])]
+    streams = [list(t) for t in runner.run([StepRow(kv, tuple(p), greedy()) for kv, p in zip(kvs, prompts)])]
     for _ in range(23):
-        sampled = runner.step([WorkItem(kv, (s[-1],), greedy()) for kv, s in zip(kvs, streams)])
+        sampled = runner.run([StepRow(kv, (s[-1],), greedy()) for kv, s in zip(kvs, streams)])
         for s, t in zip(streams, sampled):
             s.extend(t)
 
@@ -84,17 +85,17 @@ def test_prefill_next_to_decoding_sessions(tiny, deterministic):
     pool.reserve(a, 40), pool.reserve(b, 40)
     stream_a = [feed(runner, a, early)]
     for _ in range(7):  # session a decodes alone for a while
-        [emitted] = runner.step([WorkItem(a, (stream_a[-1],), greedy())])
+        [emitted] = runner.run([StepRow(a, (stream_a[-1],), greedy())])
         stream_a += emitted
     # b's prompt arrives in two chunks, sharing steps with a's decode rows.
-    (t_a,), none = runner.step([WorkItem(a, (stream_a[-1],), greedy()), WorkItem(b, tuple(late[:10]), None)])
+    (t_a,), none = runner.run([StepRow(a, (stream_a[-1],), greedy()), StepRow(b, tuple(late[:10]), None)])
     assert none == ()
     stream_a.append(t_a)
-    (t_a,), (t_b,) = runner.step([WorkItem(a, (stream_a[-1],), greedy()), WorkItem(b, tuple(late[10:]), greedy())])
+    (t_a,), (t_b,) = runner.run([StepRow(a, (stream_a[-1],), greedy()), StepRow(b, tuple(late[10:]), greedy())])
     stream_a.append(t_a)
     stream_b = [t_b]
     while len(stream_b) < 12:
-        (t_a,), (t_b,) = runner.step([WorkItem(a, (stream_a[-1],), greedy()), WorkItem(b, (stream_b[-1],), greedy())])
+        (t_a,), (t_b,) = runner.run([StepRow(a, (stream_a[-1],), greedy()), StepRow(b, (stream_b[-1],), greedy())])
         stream_a.append(t_a), stream_b.append(t_b)
 
     assert stream_a == early_alone

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from kakeya.runtime.common.errors import Overloaded
-from kakeya.runtime.forward.session_kv import KVPool, KVShape
+from kakeya.runtime.engine.kv_pool import KVPool
+from kakeya.runtime.forward.session_kv import KVShape
 
 CPU = torch.device("cpu")
 SHAPE = KVShape(num_layers=2, num_kv_heads=2, head_dim=4, dtype=torch.float32, device=CPU)
@@ -111,7 +112,7 @@ def positions_slab(kv) -> None:
     kv.slab.copy_(idx.view(1, 1, 1, -1, 1).expand_as(kv.slab))
 
 
-def test_make_room_compacts_the_window_after_the_sinks():
+def test_compact_for_compacts_the_window_after_the_sinks():
     p = pool(block=8, sink=4, window=16, chunk=8)
     kv = p.allocate()
     p.reserve(kv, 100)
@@ -120,7 +121,7 @@ def test_make_room_compacts_the_window_after_the_sinks():
     kv.num_positions = 32
     assert kv.num_resident == 32 and kv.storage_index(31) == 31
 
-    kv.make_room(1)
+    kv.compact_for(1)
     # The next query (position 32) sees sinks 0..3 and positions 17..32: keep 17..31.
     assert kv.window_start == 17 == kv.first_visible(32)
     assert kv.num_resident == 4 + 15 and kv.num_evicted == 13
@@ -133,26 +134,26 @@ def test_make_room_compacts_the_window_after_the_sinks():
     assert kv.storage_index(2) == 2 and kv.storage_index(32) == 19
 
 
-def test_make_room_is_a_no_op_while_there_is_room():
+def test_compact_for_is_a_no_op_while_there_is_room():
     p = pool(block=8, sink=4, window=16, chunk=8)
     kv = p.allocate()
     p.reserve(kv, 100)
     positions_slab(kv)
     kv.num_positions = 24
     before = kv.slab.clone()
-    kv.make_room(8)
+    kv.compact_for(8)
     assert kv.window_start == 4 and torch.equal(kv.slab, before)
 
 
-def test_make_room_refuses_what_cannot_fit():
+def test_compact_for_refuses_what_cannot_fit():
     p = pool(block=8, sink=4, window=16, chunk=8)
     kv = p.allocate()
     p.reserve(kv, 100)
     kv.num_positions = 32
-    kv.make_room(13)  # compacts to 19 resident: 19 + 13 == 32
+    kv.compact_for(13)  # compacts to 19 resident: 19 + 13 == 32
     assert kv.window_start == 17
     with pytest.raises(Overloaded):
-        kv.make_room(14)  # nothing more can be dropped
+        kv.compact_for(14)  # nothing more can be dropped
 
 
 def test_full_attention_slab_never_compacts():
@@ -161,7 +162,7 @@ def test_full_attention_slab_never_compacts():
     p.reserve(kv, 16)
     kv.num_positions = 16
     with pytest.raises(Overloaded):
-        kv.make_room(1)
+        kv.compact_for(1)
     assert kv.window_start == 0 and kv.num_resident == 16 and kv.first_visible(1000) == 0
 
 
@@ -172,7 +173,7 @@ def test_window_of_one_drops_every_non_sink_token(sink):
     p.reserve(kv, 100)
     assert kv.capacity == sink + 2
     kv.num_positions = sink + 2  # full: the sinks and two window tokens
-    kv.make_room(1)
+    kv.compact_for(1)
     # Position sink + 2 attends to the sinks and itself only: nothing else stays resident.
     assert kv.window_start == sink + 2
     assert kv.num_resident == sink

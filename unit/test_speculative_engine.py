@@ -13,7 +13,8 @@ from kakeya.runtime.engine.draft import DraftRequest, DraftRunner, truncated_dra
 from kakeya.runtime.common.errors import FailedPrecondition
 from kakeya.runtime.forward.session_kv import KVShape
 from kakeya.runtime.engine.loader import describe
-from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.runner import ModelRunner
+from kakeya.runtime.engine.step import StepRow
 from tiny_models import ARCHS, CPU, build_reference, decode, feed, greedy, load_tiny, make_pool, prompt, resident
 
 MODES = [pytest.param(True, id="det"), pytest.param(False, id="fast")]
@@ -35,12 +36,12 @@ def speculative_stream(runner, kv, first: int, reference: list[int], rng: random
         left = len(reference) - len(stream)
         truth = reference[len(stream):len(stream) + min(rng.randint(0, 5), left - 1)]
         draft = [t if rng.random() < 0.7 else (t + 1) % 128 for t in truth]
-        items = [WorkItem(kv, (stream[-1],), greedy(), tuple(draft))]
+        items = [StepRow(kv, (stream[-1],), greedy(), tuple(draft))]
         if other is not None:
-            items.append(WorkItem(other[0], tuple(other[1]), None))
+            items.append(StepRow(other[0], tuple(other[1]), None))
             other = None
         before = kv.num_positions
-        emitted = runner.step(items)[0]
+        emitted = runner.run(items)[0]
         assert 1 <= len(emitted) <= len(draft) + 1
         assert kv.num_positions == before + len(emitted)  # the fed token and the accepted drafts
         stream.extend(emitted)
@@ -86,7 +87,7 @@ def test_bounded_mode_verifies_across_compaction(tiny):
     while len(stream) < len(reference):
         truth = reference[len(stream):len(stream) + min(3, len(reference) - len(stream) - 1)]
         draft = tuple(t if rng.random() < 0.8 else (t + 1) % 128 for t in truth)
-        stream.extend(runner.step([WorkItem(kv, (stream[-1],), greedy(), draft)])[0])
+        stream.extend(runner.run([StepRow(kv, (stream[-1],), greedy(), draft)])[0])
     assert stream == reference
     assert kv.num_evicted > 0 and kv.capacity == pool.bounded_capacity
     runner.shutdown()

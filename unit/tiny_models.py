@@ -12,10 +12,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 import kakeya.runtime.forward.rows  # noqa: F401  (registers the "kakeya" attention function)
-from kakeya.runtime.forward.session_kv import KVPool, KVShape, SessionKV
+from kakeya.runtime.engine.kv_pool import KVPool
+from kakeya.runtime.forward.session_kv import KVShape, SessionKV
 from kakeya.runtime.engine.loader import describe
 from kakeya.runtime.forward.loaded_model import LoadedModel
-from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.runner import ModelRunner
+from kakeya.runtime.engine.step import StepRow
 from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 CPU = torch.device("cpu")
@@ -69,7 +71,7 @@ def feed(runner: ModelRunner, kv: SessionKV, tokens: list[int], chunks: list[int
     start, token = 0, None
     for i, size in enumerate(chunks):
         last = i == len(chunks) - 1
-        [emitted] = runner.step([WorkItem(kv, tuple(tokens[start:start + size]), greedy() if last else None)])
+        [emitted] = runner.run([StepRow(kv, tuple(tokens[start:start + size]), greedy() if last else None)])
         token = emitted[0] if emitted else None
         start += size
     return token
@@ -79,7 +81,7 @@ def decode(runner: ModelRunner, kv: SessionKV, first: int, count: int) -> list[i
     """Greedy stream of `count` tokens starting with `first` (already sampled), one step per token."""
     stream = [first]
     while len(stream) < count:
-        [(token,)] = runner.step([WorkItem(kv, (stream[-1],), greedy())])
+        [(token,)] = runner.run([StepRow(kv, (stream[-1],), greedy())])
         stream.append(token)
     return stream
 

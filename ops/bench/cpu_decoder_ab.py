@@ -24,9 +24,11 @@ import torch
 
 from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
 from kakeya.runtime.common.config import ModelConfig
-from kakeya.runtime.forward.session_kv import KVPool, KVShape
+from kakeya.runtime.engine.kv_pool import KVPool
+from kakeya.runtime.forward.session_kv import KVShape
 from kakeya.runtime.engine.loader import load_model
-from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.runner import ModelRunner
+from kakeya.runtime.engine.step import StepRow
 from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 
@@ -39,14 +41,14 @@ class Sessions:
         for kv, p in zip(self.kvs, prompts):
             pool.reserve(kv, len(p) + room)
         self.samplers = [Sampler(SamplingParams()) for _ in prompts]
-        first = runner.step([WorkItem(kv, tuple(p), s) for kv, p, s in zip(self.kvs, prompts, self.samplers)])
+        first = runner.run([StepRow(kv, tuple(p), s) for kv, p, s in zip(self.kvs, prompts, self.samplers)])
         self.streams = [list(t) for t in first]
 
-    def items(self) -> list[WorkItem]:
-        return [WorkItem(kv, (s[-1],), g) for kv, s, g in zip(self.kvs, self.streams, self.samplers)]
+    def items(self) -> list[StepRow]:
+        return [StepRow(kv, (s[-1],), g) for kv, s, g in zip(self.kvs, self.streams, self.samplers)]
 
     def step(self) -> None:
-        for stream, emitted in zip(self.streams, self.runner.step(self.items())):
+        for stream, emitted in zip(self.streams, self.runner.run(self.items())):
             stream.extend(emitted)
 
     def timed(self, steps: int) -> float:

@@ -31,9 +31,11 @@ from kakeya.runtime.cpu import plan as cpu_attention  # noqa: E402
 from kakeya.runtime.engine import runner as model_runner  # noqa: E402
 from kakeya.runtime.engine.attention_hook import ATTENTION_NAME  # noqa: E402
 from kakeya.runtime.common.config import ModelConfig  # noqa: E402
-from kakeya.runtime.forward.session_kv import KVPool, KVShape  # noqa: E402
+from kakeya.runtime.engine.kv_pool import KVPool  # noqa: E402
+from kakeya.runtime.forward.session_kv import KVShape  # noqa: E402
 from kakeya.runtime.engine.loader import load_model  # noqa: E402
-from kakeya.runtime.engine.runner import ModelRunner, WorkItem  # noqa: E402
+from kakeya.runtime.engine.runner import ModelRunner  # noqa: E402
+from kakeya.runtime.engine.step import StepRow
 from kakeya.runtime.engine.sampler import Sampler, SamplingParams  # noqa: E402
 
 
@@ -102,7 +104,7 @@ def main() -> None:
         for kv, p in zip(kvs, prompts):
             pool.reserve(kv, len(p) + 8)
         started = time.perf_counter()
-        logits = runner.feed([WorkItem(kv, tuple(p), Sampler(SamplingParams())) for kv, p in zip(kvs, prompts)])
+        logits = runner.feed([StepRow(kv, tuple(p), Sampler(SamplingParams())) for kv, p in zip(kvs, prompts)])
         elapsed = time.perf_counter() - started
         for kv in kvs:
             pool.free(kv)

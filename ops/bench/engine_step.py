@@ -20,9 +20,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
-from kakeya.runtime.forward.session_kv import KVPool, KVShape
+from kakeya.runtime.engine.kv_pool import KVPool
+from kakeya.runtime.forward.session_kv import KVShape
 from kakeya.runtime.engine.loader import describe
-from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.runner import ModelRunner
+from kakeya.runtime.engine.step import StepRow
 from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 SHAPES = {
@@ -57,12 +59,12 @@ def engine_decode(loaded, prompts, new_tokens, deterministic, fusion=True, packe
     for kv, prompt in zip(slabs, prompts):
         pool.reserve(kv, len(prompt) + new_tokens)
     samplers = [Sampler(SamplingParams()) for _ in prompts]
-    tokens = runner.step([WorkItem(kv, tuple(p), s) for kv, p, s in zip(slabs, prompts, samplers)])
+    tokens = runner.run([StepRow(kv, tuple(p), s) for kv, p, s in zip(slabs, prompts, samplers)])
     streams = [list(t) for t in tokens]
     sync(loaded.device)
     started = time.perf_counter()
     for _ in range(new_tokens - 1):
-        tokens = runner.step([WorkItem(kv, (s[-1],), g) for kv, s, g in zip(slabs, streams, samplers)])
+        tokens = runner.run([StepRow(kv, (s[-1],), g) for kv, s, g in zip(slabs, streams, samplers)])
         for stream, emitted in zip(streams, tokens):
             stream.extend(emitted)
     sync(loaded.device)

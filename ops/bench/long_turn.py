@@ -19,9 +19,11 @@ import torch
 
 from engine_step import SHAPES
 from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
-from kakeya.runtime.forward.session_kv import KVPool, KVShape, slab_dtype
+from kakeya.runtime.engine.kv_pool import KVPool
+from kakeya.runtime.forward.session_kv import KVShape, slab_dtype
 from kakeya.runtime.engine.loader import describe
-from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.runner import ModelRunner
+from kakeya.runtime.engine.step import StepRow, StopRule
 from kakeya.runtime.engine.sampler import Sampler, SamplingParams
 
 def turn(runner: ModelRunner, kv, append: list[int], generate: int) -> tuple[float, float, float]:
@@ -31,14 +33,14 @@ def turn(runner: ModelRunner, kv, append: list[int], generate: int) -> tuple[flo
     sampler = Sampler(SamplingParams())
     torch.cuda.synchronize()
     started = time.perf_counter()
-    token = runner.step([WorkItem(kv, tuple(append), sampler)])[0][-1]
+    token = runner.run([StepRow(kv, tuple(append), sampler)])[0][-1]
     torch.cuda.synchronize()
     prefill = time.perf_counter() - started
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     started = time.perf_counter()
     begin.record()
     for i in range(generate - 1):
-        token = runner.step([WorkItem(kv, (token,), sampler, final=i == generate - 2)])[0][-1]
+        token = runner.run([StepRow(kv, (token,), sampler, stop=StopRule(frozenset(), 1) if i == generate - 2 else None)])[0][-1]
     end.record()
     torch.cuda.synchronize()
     steps = generate - 1
@@ -84,7 +86,7 @@ def main() -> None:
         kv = pool.allocate()
         pool.reserve(kv, history + (args.append + args.generate) * (args.turns + 1))
         for start in range(0, history, 256):
-            runner.step([WorkItem(kv, tuple(ids[start:min(history, start + 256)]), None)])
+            runner.run([StepRow(kv, tuple(ids[start:min(history, start + 256)]), None)])
         timings = []
         for _ in range(args.turns):
             kv.num_positions = history  # every turn appends the same chunk at the same place

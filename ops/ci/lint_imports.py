@@ -28,9 +28,11 @@ def main() -> int:
             shutil.copytree(ROOT / folder, target, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("__pycache__", "examples"))
         env = dict(os.environ, PYTHONPATH=tmp)
-        lint = pathlib.Path(sys.executable).with_name("lint-imports")
-        return subprocess.run([str(lint), "--no-cache", str(ROOT / "pyproject.toml")], env=env,
-                              cwd=tmp).returncode
+        # Through this interpreter rather than the lint-imports script, whose first line names
+        # the interpreter it was installed with.
+        command = "from importlinter.cli import lint_imports_command; lint_imports_command()"
+        return subprocess.run([sys.executable, "-c", command, "--no-cache", str(ROOT / "pyproject.toml")],
+                              env=env, cwd=tmp).returncode
 
 
 if __name__ == "__main__":

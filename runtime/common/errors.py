@@ -31,6 +31,14 @@ class Overloaded(KakeyaError):
     """A bounded resource is full (sessions, KV budget, a mailbox)."""
 
 
+class KVExhausted(Overloaded):
+    """The KV budget cannot hold a reservation, which would take needed_bytes of free budget."""
+
+    def __init__(self, message: str, needed_bytes: int) -> None:
+        super().__init__(message)
+        self.needed_bytes = needed_bytes
+
+
 class Unauthenticated(KakeyaError):
     """Missing or wrong API key."""
 

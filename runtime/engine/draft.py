@@ -19,7 +19,8 @@ from kakeya.runtime.common.errors import FailedPrecondition
 from kakeya.runtime.forward.session_kv import SessionKV
 from kakeya.runtime.engine.loader import describe, load_model
 from kakeya.runtime.forward.loaded_model import LoadedModel
-from kakeya.runtime.engine.runner import ModelRunner, WorkItem
+from kakeya.runtime.engine.runner import ModelRunner
+from kakeya.runtime.engine.step import StepRow
 from kakeya.runtime.engine.sampler import Sampler
 
 
@@ -111,7 +112,7 @@ class DraftRunner:
         tokens: list[list[int]] = [[] for _ in requests]
         probs: list[list[torch.Tensor]] = [[] for _ in requests]
         active = list(range(len(requests)))
-        items = [WorkItem(r.kv, r.tokens, r.sampler if r.num_draft else None) for r in requests]
+        items = [StepRow(r.kv, r.tokens, r.sampler if r.num_draft else None) for r in requests]
         while items:
             logits = self._runner.feed(items)
             proposing = [i for i, item in zip(active, items) if item.sampler is not None]
@@ -121,7 +122,7 @@ class DraftRunner:
                 if q is not None:
                     probs[i].append(q)
             active = [i for i in proposing if len(tokens[i]) < requests[i].num_draft]
-            items = [WorkItem(requests[i].kv, (tokens[i][-1],), requests[i].sampler) for i in active]
+            items = [StepRow(requests[i].kv, (tokens[i][-1],), requests[i].sampler) for i in active]
         return [Proposal(tuple(t), torch.stack(p) if p else None) for t, p in zip(tokens, probs)]
 
 

@@ -25,9 +25,10 @@ import torch
 
 from kakeya.runtime.forward.rows import RowGroup
 
-if TYPE_CHECKING:  # the CUDA path only
+from kakeya.runtime.engine.step import StepRow
+
+if TYPE_CHECKING:  # the CUDA path only: importing it needs triton
     from kakeya.runtime.cuda.forward import CudaForward
-    from kakeya.runtime.engine.runner import WorkItem
 
 
 class _Launched:
@@ -44,7 +45,7 @@ class _Launched:
         self.tokens = tokens  # [rows] int64 on the device
         self.host, self.ready = _copy_to_host(tokens)
 
-    def match(self, items: Sequence["WorkItem"]) -> list[int] | None:
+    def match(self, items: Sequence[StepRow]) -> list[int] | None:
         """The launched row of each item, when every item asks exactly what its row computed."""
         rows = []
         for item in items:
@@ -56,7 +57,7 @@ class _Launched:
         return rows
 
 
-def eligible_item(item: "WorkItem") -> bool:
+def eligible_item(item: StepRow) -> bool:
     """Decode rows that sample greedily: the next input token is their argmax, known on the GPU."""
     return (item.sampler is not None and item.sampler.params.is_greedy and not item.draft
             and item.draft_probs is None)
@@ -80,7 +81,7 @@ class RunAhead:
         self.num_claimed = 0
         self.num_dropped = 0
 
-    def claim(self, items: Sequence["WorkItem"]) -> list[tuple[int, ...]] | None:
+    def claim(self, items: Sequence[StepRow]) -> list[tuple[int, ...]] | None:
         """The step's emitted tokens if the launched forward computed them (and the next forward is
         launched before waiting for them); None when the step must run normally."""
         launched, self._launched = self._launched, None
@@ -98,7 +99,7 @@ class RunAhead:
         self._launch(items, launched.tokens, rows)
         return self._read(launched, rows)
 
-    def after_step(self, items: Sequence["WorkItem"], logits: torch.Tensor) -> list[tuple[int, ...]] | None:
+    def after_step(self, items: Sequence[StepRow], logits: torch.Tensor) -> list[tuple[int, ...]] | None:
         """After a normal forward whose kept rows are `logits` ([items, vocab], one per item, on the
         GPU): launches the next step from their argmax, then returns each item's token. None when
         some item is not a greedy decode row."""
@@ -116,11 +117,11 @@ class RunAhead:
         if self._on_outcome is not None:
             self._on_outcome(outcome)
 
-    def _launch(self, items: Sequence["WorkItem"], tokens: torch.Tensor, rows: list[int]) -> None:
+    def _launch(self, items: Sequence[StepRow], tokens: torch.Tensor, rows: list[int]) -> None:
         """Launches the step after `items`, row j feeding tokens[rows[j]], for the items whose
         request goes on: one that samples its last token here would only be dropped, and the next
         step (the session's next turn, say) would wait for it."""
-        going_on = [(item.kv, row) for item, row in zip(items, rows) if not item.final]
+        going_on = [(item.kv, row) for item, row in zip(items, rows) if not item.is_final]
         if not going_on:
             return
         kvs = [kv for kv, _ in going_on]

@@ -8,19 +8,18 @@ from __future__ import annotations
 import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from kakeya.runtime.cpu import linear as cpu_linear
 from kakeya.runtime.engine import attention_hook  # noqa: F401 - registers the attention function every forward calls
+from kakeya.runtime.engine.run_ahead import RunAhead
 from kakeya.runtime.forward.rows import RowGroup, StepLayout, cut_slab
 from kakeya.runtime.cpu.plan import plan_group, step_views
 from kakeya.runtime.cpu.decoder import CpuDecoder
-from kakeya.runtime.forward.session_kv import SessionKV
 from kakeya.runtime.forward.loaded_model import LoadedModel
-from kakeya.runtime.engine.sampler import Sampler
+from kakeya.runtime.engine.step import StepRow
 from kakeya.runtime.forward.step_logits import as_step_logits
 from kakeya.runtime.engine.verify import accept
 
@@ -30,25 +29,6 @@ from kakeya.runtime.engine.verify import accept
 # or 64 rows; blas_probe.py warns at start-up. Packed GEMMs need no padding: a row's bits do not
 # depend on the row count there.
 DETERMINISTIC_ROW_MULTIPLE = 8
-
-
-@dataclass(frozen=True, slots=True)
-class WorkItem:
-    """Feed `tokens` to a session at its next positions; sample after the last one if sampler is set.
-
-    With a draft (speculative decoding, sampler set), the draft tokens are fed after `tokens` in
-    the same forward and verified: the step emits the accepted ones plus one verifier token, and
-    the KV of rejected draft tokens is rolled back.
-    """
-
-    kv: SessionKV
-    tokens: tuple[int, ...]
-    sampler: Sampler | None
-    draft: tuple[int, ...] = ()
-    # [len(draft), vocab]: what each draft token was drawn from; None: proposed with certainty.
-    draft_probs: torch.Tensor | None = None
-    # The token sampled here is its request's last (max_tokens): run-ahead launches no step for it.
-    final: bool = False
 
 
 def model_thread() -> ThreadPoolExecutor:
@@ -71,13 +51,13 @@ class ModelRunner:
         # (whose visible keys are not a prefix of the slab), on the packed SDPA path.
         self.cuda = None
         if loaded.device.type == "cuda" and not bounded:
-            from kakeya.runtime.cuda.forward import CudaForward  # needs triton, which CPU builds of torch lack
+            # Imported here: the CUDA path needs triton, which CPU builds of torch lack.
+            from kakeya.runtime.cuda.forward import CudaForward
+
             self.cuda = CudaForward(loaded, deterministic, cuda_graphs, cuda_fusion, kv_dtype=kv_dtype)
         # Fast-mode graphs only: deterministic steps are cut into fixed-size forwards instead.
         self.run_ahead = None
         if run_ahead and self.cuda is not None and cuda_graphs and not deterministic:
-            from kakeya.runtime.engine.run_ahead import RunAhead
-
             self.run_ahead = RunAhead(self.cuda, on_run_ahead)
         # CPU: packed on the model thread, at warm-up or the first step (OpenMP teams are per thread).
         self.pack_linears = cpu_packed_linears and cpu_linear.available(loaded.model)
@@ -89,7 +69,7 @@ class ModelRunner:
         self.fault_gate: threading.Event | None = None
         self.fault_error: BaseException | None = None
 
-    def step(self, items: list[WorkItem]) -> list[tuple[int, ...]]:
+    def run(self, items: list[StepRow]) -> list[tuple[int, ...]]:
         """One forward over every item's rows; returns each item's emitted tokens: () when it
         samples nothing, else its accepted draft tokens and one sampled token."""
         if self.fault_gate is not None:
@@ -123,7 +103,7 @@ class ModelRunner:
             results.append(emitted)
         return results
 
-    def feed(self, items: list[WorkItem]) -> torch.Tensor:
+    def feed(self, items: list[StepRow]) -> torch.Tensor:
         """One forward over every item's tokens and draft, all of which join its KV; returns the
         logits rows of items with a sampler: each one's last token's row and its draft's rows."""
         ids: list[int] = []
@@ -132,7 +112,7 @@ class ModelRunner:
         keep_rows: list[int] = []
         for item in items:
             rows = item.tokens + item.draft
-            item.kv.make_room(len(rows))
+            item.kv.compact_for(len(rows))
             first = item.kv.num_positions
             groups.append(RowGroup(item.kv, len(ids), len(rows), first))
             ids.extend(rows)

@@ -20,7 +20,9 @@ from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
 from kakeya.runtime.engine.blas_probe import warn_if_row_dependent
 from kakeya.runtime.common.config import RuntimeConfig
 from kakeya.runtime.engine.draft import DraftRunner, load_draft
-from kakeya.runtime.forward.session_kv import KVPool, KVShape, slab_dtype
+from kakeya.runtime.engine.engine import Engine
+from kakeya.runtime.engine.kv_pool import KVPool
+from kakeya.runtime.forward.session_kv import KVShape, slab_dtype
 from kakeya.runtime.common.metrics import Metrics
 from kakeya.runtime.engine.loader import load_model
 from kakeya.runtime.forward.loaded_model import LoadedModel
@@ -100,9 +102,10 @@ class Runtime:
         self.draft_runner = None
         if self.draft is not None:
             self.draft_runner = DraftRunner(self.draft, self.deterministic, self.runner.executor, **runner_options)
-        speculator = Speculator(config.speculative, self.runner, self.draft_runner, self.metrics,
+        self.engine = Engine(self.runner, self.draft_runner)
+        speculator = Speculator(config.speculative, self.draft_runner is not None, self.metrics,
                                 engine.prefill_chunk_tokens)
-        self.scheduler = SchedulerActor(speculator, self.pool, self.metrics, engine.prefill_chunk_tokens,
+        self.scheduler = SchedulerActor(self.engine, speculator, self.pool, self.metrics, engine.prefill_chunk_tokens,
                                         engine.max_step_tokens, engine.mailbox_size,
                                         engine.consumer_stall_timeout_s,
                                         on_crash=on_engine_death or _exit_on_engine_death)
@@ -118,9 +121,7 @@ class Runtime:
         draft = executor.submit(load_draft, config.speculative, config.model, loaded, ATTENTION_NAME).result()
         runtime = cls(config, loaded, executor=executor, draft=draft, **kwargs)
         # CUDA: compile and capture the decode graphs now rather than inside the first requests.
-        executor.submit(runtime.runner.warm_up, config.engine.max_step_tokens).result()
-        if runtime.draft_runner is not None:
-            executor.submit(runtime.draft_runner.warm_up, config.engine.max_step_tokens).result()
+        executor.submit(runtime.engine.warm_up, config.engine.max_step_tokens).result()
         if runtime.deterministic and loaded.device.type == "cpu" and runtime.runner.packed is None:
             executor.submit(warn_if_row_dependent, loaded.model).result()
         return runtime
@@ -135,7 +136,7 @@ class Runtime:
     async def stop(self) -> None:
         await self.registry.close_all()
         await self.scheduler.stop()
-        self.runner.shutdown()
+        self.engine.shutdown()
 
     def info(self) -> RuntimeInfo:
         stats, limits, loaded = self.scheduler.stats, self.config.limits, self.loaded
