@@ -1,12 +1,16 @@
 """Plain values the SDK returns: why a generation stopped, and snapshots of a session and the runtime.
 
-They are built from the wire messages here so that proto types never reach callers.
+They are built from the wire messages here so that proto types never reach callers; the
+session and runtime snapshots copy every field of their reply through its descriptor.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
 
 from kakeya.proto.v1 import runtime_pb2 as pb
 
@@ -21,9 +25,25 @@ class StopReason(enum.Enum):
     TRUNCATED = pb.GenerateDone.STOP_REASON_TRUNCATED
 
 
+# The invariant counters' attribute names: shorter than the wire names, and public API already.
+ATTRIBUTE_OF_WIRE_NAME = {"cache_invariant_inv1_violations": "inv1_violations",
+                          "cache_invariant_inv2_violations": "inv2_violations"}
+
+
+def reply_values(reply: Message) -> dict[str, Any]:
+    """Every field of a reply, keyed by attribute name; repeated fields become tuples so the values
+    stay immutable. Driven by the message's descriptor: the proto is the one list of fields, and
+    unit/test_sdk_info_fields.py checks the dataclasses below declare exactly those, typed alike."""
+    values = {}
+    for field in reply.DESCRIPTOR.fields:
+        value = getattr(reply, field.name)
+        values[ATTRIBUTE_OF_WIRE_NAME.get(field.name, field.name)] = tuple(value) if field.is_repeated else value
+    return values
+
+
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
-    """One session's state as the runtime saw it when answering."""
+    """One session's state as the runtime saw it when answering (GetSessionInfoResponse)."""
 
     history_length: int
     kv_live_bytes: int
@@ -38,17 +58,7 @@ class SessionInfo:
 
     @classmethod
     def from_proto(cls, reply: pb.GetSessionInfoResponse) -> SessionInfo:
-        return cls(
-            history_length=reply.history_length,
-            kv_live_bytes=reply.kv_live_bytes,
-            kv_resident_tokens=reply.kv_resident_tokens,
-            pending_tokens=reply.pending_tokens,
-            inv1_violations=reply.cache_invariant_inv1_violations,
-            inv2_violations=reply.cache_invariant_inv2_violations,
-            idle_seconds=reply.idle_seconds,
-            client_label=reply.client_label,
-            eos_token_ids=tuple(reply.eos_token_ids),
-        )
+        return cls(**reply_values(reply))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,30 +99,7 @@ class RuntimeInfo:
 
     @classmethod
     def from_proto(cls, reply: pb.GetRuntimeInfoResponse) -> RuntimeInfo:
-        return cls(
-            model_id=reply.model_id,
-            vocab_size=reply.vocab_size,
-            default_eos_token_ids=tuple(reply.default_eos_token_ids),
-            device=reply.device,
-            dtype=reply.dtype,
-            version=reply.version,
-            max_context_tokens=reply.max_context_tokens,
-            max_sessions=reply.max_sessions,
-            kv_budget_bytes=reply.kv_budget_bytes,
-            kv_used_bytes=reply.kv_used_bytes,
-            active_sessions=reply.active_sessions,
-            max_append_tokens=reply.max_append_tokens,
-            max_generate_tokens=reply.max_generate_tokens,
-            sink_tokens=reply.sink_tokens,
-            window_tokens=reply.window_tokens,
-            deterministic=reply.deterministic,
-            forward_count=reply.forward_count,
-            max_sessions_per_forward=reply.max_sessions_per_forward,
-            mean_sessions_per_forward=reply.mean_sessions_per_forward,
-            kv_bytes_per_token=reply.kv_bytes_per_token,
-            inv1_violations=reply.cache_invariant_inv1_violations,
-            inv2_violations=reply.cache_invariant_inv2_violations,
-            speculative_mode=reply.speculative_mode or "none",
-            num_draft_tokens=reply.num_draft_tokens,
-            draft_model_id=reply.draft_model_id,
-        )
+        values = reply_values(reply)
+        # A runtime older than speculative decoding leaves the mode unset.
+        values["speculative_mode"] = values["speculative_mode"] or "none"
+        return cls(**values)

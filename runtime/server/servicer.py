@@ -7,12 +7,13 @@ import dataclasses
 import functools
 import secrets
 import time
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Mapping, TypeVar
 
 import grpc
 import structlog
 
 from kakeya.actors.messages import Append, Generate, GenerateParams
+from kakeya.actors.session import SessionActor
 from kakeya.actors.token_stream import Done, TokenStream, Truncated
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
@@ -161,22 +162,44 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
     async def GetSessionInfo(self, request: pb.GetSessionInfoRequest, context) -> pb.GetSessionInfoResponse:
         runtime, owner = self._ready(context)
         session = runtime.registry.get(request.session_id, owner)
-        snap = session.snapshot
-        return pb.GetSessionInfoResponse(
-            history_length=snap.history_length,
-            kv_live_bytes=snap.kv_live_bytes,
-            cache_invariant_inv1_violations=snap.inv1_violations,
-            cache_invariant_inv2_violations=snap.inv2_violations,
-            idle_seconds=session.idle_seconds,
-            kv_resident_tokens=snap.kv_resident_tokens,
-            pending_tokens=snap.pending_tokens,
-            client_label=session.client_label,
-            eos_token_ids=sorted(session.eos_token_ids),
-        )
+        return reply_of(pb.GetSessionInfoResponse, session_values(session))
 
     @unary
     async def GetRuntimeInfo(self, request: pb.GetRuntimeInfoRequest, context) -> pb.GetRuntimeInfoResponse:
-        return pb.GetRuntimeInfoResponse(**dataclasses.asdict(self._ready(context)[0].info()))
+        return reply_of(pb.GetRuntimeInfoResponse, self._ready(context)[0].info())
+
+
+Reply = TypeVar("Reply", pb.GetSessionInfoResponse, pb.GetRuntimeInfoResponse)
+# Snapshot fields named otherwise on the wire, where the invariant counters share GetRuntimeInfo's names.
+WIRE_NAME_OF_SNAPSHOT_FIELD = {"inv1_violations": "cache_invariant_inv1_violations",
+                               "inv2_violations": "cache_invariant_inv2_violations"}
+
+
+def session_values(session: SessionActor) -> dict[str, object]:
+    """What GetSessionInfo reports, keyed by wire name: every snapshot field, then what the actor
+    itself holds. A snapshot field without a proto field (or the reverse) fails in reply_of."""
+    snap = session.snapshot
+    values: dict[str, object] = {WIRE_NAME_OF_SNAPSHOT_FIELD.get(field.name, field.name): getattr(snap, field.name)
+                                 for field in dataclasses.fields(snap)}
+    values.update(idle_seconds=session.idle_seconds, client_label=session.client_label,
+                  eos_token_ids=sorted(session.eos_token_ids))
+    return values
+
+
+@functools.cache
+def _field_names(message_type: type) -> frozenset[str]:
+    return frozenset(field.name for field in message_type.DESCRIPTOR.fields)
+
+
+def reply_of(message_type: type[Reply], values: Mapping[str, object]) -> Reply:
+    """The reply with one value per field, from `values` keyed by field name. The proto is the one
+    list of fields, and the message constructor would quietly default a missing one: a key set that
+    differs from the proto's is a runtime bug, answered INTERNAL rather than with made-up zeros."""
+    names = _field_names(message_type)
+    missing, extra = names - values.keys(), values.keys() - names
+    if missing or extra:
+        raise TypeError(f"{message_type.__name__}: no value for {sorted(missing)}; not fields: {sorted(extra)}")
+    return message_type(**values)
 
 
 def _check_parsed(request) -> None:
