@@ -1,4 +1,4 @@
-"""Every RPC over real gRPC, and the status-code table of DESIGN.md §4."""
+"""Every RPC over real gRPC, and the status-code table of the README."""
 
 from __future__ import annotations
 

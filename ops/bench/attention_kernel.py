@@ -1,4 +1,4 @@
-"""The row-attention kernels (runtime/cuda_kernels.py) against SDPA, per variant and setting, on one GPU.
+"""The row-attention kernels (runtime/kernels/triton_rows.py) against SDPA, per variant and setting, on one GPU.
 
 Decode attention only: each row attends to `keys` keys of its own slab (Qwen3-0.6B heads: 16 query
 heads, 8 KV heads, head_dim 128, bf16). Every kernel variant ("dot", "dot_aligned"; see

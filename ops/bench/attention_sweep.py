@@ -5,9 +5,9 @@ step's K/V (about 600 MB at least) streams from memory instead of staying in L2;
 on one small slab over and over reads from cache and flatters small splits. Qwen3-0.6B heads
 (16 query, 8 KV, head_dim 128), bf16.
 
-- row kernel (`cuda_kernels.attend_rows`): R decoding rows of R sessions, each over K keys, per
+- row kernel (`triton_rows.attend_rows`): R decoding rows of R sessions, each over K keys, per
   split count, key block, warps and stages;
-- block kernel (`cuda_block_kernel`): a 65-row append (the previous turn's last token and 64 new
+- block kernel (`triton_blocks.attend_blocks`): a 65-row append (the previous turn's last token and 64 new
   ones) after H keys of history, per rows per block, split count, warps and stages.
 
 The baseline of each case, same run, is the runtime's own setting; every row reports its time

@@ -1,4 +1,4 @@
-"""The CPU decoder (runtime/cpu_decoder.py) against transformers' modules, interleaved, same model.
+"""The CPU decoder (runtime/cpu/decoder.py) against transformers' modules, interleaved, same model.
 
 Two runners share one model and its packed linears: one calls the ops directly, the baseline
 runs transformers' forward. Each decodes N sessions (prompt P) in turns of S steps, alternating

@@ -1,9 +1,9 @@
-"""A service turn's append over fp8 slabs: the runtime's CUDA block kernel (cuda_block_fp8) against
-its Triton block kernel (cuda_block_kernel).
+"""A service turn's append over fp8 slabs: the runtime's CUDA block kernel (kernels/fp8_block.py)
+against its Triton block kernel (kernels/triton_blocks.py).
 
 The append is 65 rows (the previous turn's last token and 64 new ones) after H keys of history,
 in the blocks the planner makes of them for each kernel: one block of 65 for the CUDA kernel
-(cuda_block_fp8.BLOCK_ROWS), blocks of 32, 17 and 16 for the Triton one. Both write split partials
+(fp8_block.BLOCK_ROWS), blocks of 32, 17 and 16 for the Triton one. Both write split partials
 that the Triton combine kernel merges, and both are timed with it, per layer over 28 layers' slabs
 (Qwen3-0.6B heads unless --group says otherwise), replayed from a CUDA graph. Errors are the
 largest absolute difference from an fp32 reference over every row. Prints one JSON document.

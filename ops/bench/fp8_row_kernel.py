@@ -1,7 +1,7 @@
-"""The lone fp8 row: the runtime's CUDA kernel (cuda_row_fp8) against its Triton row kernel.
+"""The lone fp8 row: the runtime's CUDA kernel (kernels/fp8_row.py) against its Triton row kernel.
 
 The Triton row kernel reads a V tile for the PV product one byte at a time from shared memory
-(README, long session); `runtime/cuda_row_fp8.cu` regroups V's bytes in registers. Both write split
+(docs/cuda.md); `runtime/kernels/fp8_row.cu` regroups V's bytes in registers. Both write split
 partials that the Triton combine kernel merges, and both are timed with it, per layer over 28
 layers' slabs (Qwen3-0.6B heads unless --group says otherwise), replayed from a CUDA graph. Errors
 are the largest absolute difference from an fp32 reference. Prints one JSON document.

@@ -1,7 +1,8 @@
 """Prometheus metrics of sessions and the scheduler, on a registry of their own, served on loopback.
 
-Names follow CONTRACT.md (session series) and vLLM's meanings (scheduler series), prefixed
-`kakeya_`, in base units. Ids never become labels. Observed per step and per lifecycle event.
+Session series keep the names that the alerts and dashboard in ops/ read, scheduler series vLLM's
+meanings; all are prefixed `kakeya_`, in base units. Ids never become labels. Observed per step and
+per lifecycle event.
 """
 
 from __future__ import annotations

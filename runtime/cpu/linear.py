@@ -1,17 +1,16 @@
 """CPU linears on MKL's packed weights.
 
-Measured on a Xeon (AVX-512, 2 threads, SmolLM2-135M fp32):
+Why packed:
 - Speed. For a few rows MKL's sgemm re-packs the weight on every call; with the weight packed once
-  at start-up a GEMM of 8-16 rows takes about half the time, and an 8-session decode step drops
-  from ~94 to ~74 ms. From a few hundred rows on, the plain GEMM is 20-30% faster again, and the
-  lm_head (49152 outputs) is 2.4x faster plain already at 64 rows.
+  at start-up, decode-sized GEMMs take about half the time. From a few hundred rows on (for the
+  wide lm_head already at 64 rows) the plain GEMM is faster again.
 - Determinism. A packed GEMM gives a row the same bits at every row count (2 to 1024 tried, and 1
-  from 576 features up) and whatever the other rows hold. The plain one does not on this CPU:
-  576x1536 changes from 64 rows.
+  from 576 features up) and whatever the other rows hold. The plain one does not on every CPU: on
+  an AVX-512 Xeon some shapes change from 16 or 64 rows.
   So deterministic mode runs every linear packed, at any size, and needs no padded row count.
 
 Fast mode runs packed up to FAST_MAX_ROWS rows (decode steps, small appends) and plain above.
-The packed copy adds about the weights' own size to the resident memory (+516 MB for SmolLM2).
+The packed copy adds about the weights' own size to the resident memory. Figures: docs/determinism.md.
 """
 
 from __future__ import annotations

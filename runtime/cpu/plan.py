@@ -44,9 +44,8 @@ class GroupPlan:
 def by_kv_head(queries: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
     """[B, heads, 1, head_dim] one-row queries as [B, kv_heads, group, head_dim]: the query heads
     that share a KV head become that head's rows, so SDPA solves one problem per KV head. Its GQA
-    path (enable_gqa) copies K/V out per query head instead: on 2 threads, SmolLM2's heads, a call
-    took 28 against 46 us at 160 keys and 36 against 60 at 320; the decode attention of an
-    8-session step (240 calls, ~330 keys) 19.2 against 22.2 ms. Each row still attends alone:
+    path (enable_gqa) copies K/V out per query head instead, which makes each decode call slower
+    (docs/benchmarks.md). Each row still attends alone:
     same dot products, same softmax, though not the GQA path's bits."""
     batch, heads, _, head_dim = queries.shape
     return queries.reshape(batch, num_kv_heads, heads // num_kv_heads, head_dim)

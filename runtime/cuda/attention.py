@@ -1,7 +1,7 @@
 """Attention of one layer of a CUDA step: every row's K/V stored by one kernel, then rows attend
 through the row kernel or, for long prefill chunks, through SDPA over the session's slab.
 
-Both the transformers attention hook (attention.py) and the fused decoder (cuda_decoder.py) call
+Both the transformers attention hook (engine/attention_hook.py) and the fused decoder (decoder.py) call
 `attend` with row-major views: query [rows, heads, head_dim], key/value [rows, kv_heads, head_dim].
 """
 
@@ -17,12 +17,13 @@ from kakeya.runtime.forward.rows import RowGroup, StepLayout
 from kakeya.runtime.cuda.plan import BLOCK_ROWS
 from kakeya.runtime.kernels.triton_rows import BLOCK_N, FP8_BLOCK_N, attend_rows, dot_dtype, split_limit, store_rows
 
-# Which row kernel decode rows attend through (cuda_kernels.VARIANTS); read when graphs are captured.
-# On an H200 the aligned one read K/V at 3.0-4.5 TB/s, the other at 1.1-2.3 (ops/bench/attention_kernel.py).
+# Which row kernel decode rows attend through (triton_rows.VARIANTS); read when graphs are captured.
+# The aligned one loads K/V as vector copies, at about twice the other's bandwidth (docs/cuda.md).
 ROW_VARIANT = "dot_aligned"
 ROW_STAGES = 2  # the aligned kernel's best or near-best stage count with several rows
 # A lone row (one session decoding, fast mode) runs 32 programs a KV head: a deeper pipeline hides
-# more of each program's load latency (1 row: 10.4 against 12.2 us at 4k keys; 8 rows: 42 against 38).
+# more of each program's load latency. Several rows bring more programs to hide it, and there the
+# shallower pipeline is faster (docs/cuda.md).
 LONE_ROW_STAGES = 3
 
 
@@ -38,8 +39,8 @@ def attend(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tenso
         num_rows = rows.kernel_rows.shape[0]
         if rows.blocks:
             # Rows in blocks leave the row kernel at once. Sizing its splits by every row would give
-            # the few it keeps (a chunk's last row, decode rows beside an append) one split each:
-            # a 65-row append over 19k keys took 20 ms instead of 6. Count each block as one row.
+            # the few it keeps (a chunk's last row, decode rows beside an append) one split each, and
+            # one such row over a long history costs more than the whole append. Count each block as one row.
             num_rows = -(-num_rows // rows.block_rows)
         splits = split_limit(num_rows, key.shape[1], layout.deterministic)
         dot = dot_dtype(key.dtype, kv_dtype)

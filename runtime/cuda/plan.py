@@ -14,9 +14,9 @@ BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 102
 SMALL_GROUP_ROWS = 8
 ROW_KERNEL_WORK = 256 * 1024  # key reads: blocks x visible keys
 # Fast mode: a chunk's rows attend in blocks of this many rows, each block reading its keys once
-# (cuda_block_kernel.py). A 65-row append over 19k keys took 105 us a layer in blocks of 16 rows,
-# 74 in blocks of 32 and 96 in blocks of 64 (H200, Qwen3-0.6B heads).
-# The fp8 slabs' CUDA block kernel (cuda_block_fp8.py) takes larger blocks (its BLOCK_ROWS): every
+# (kernels/triton_blocks.py). Smaller blocks read the keys more often; of 16, 32 and 64 rows, 32 ran
+# a service turn's append fastest (docs/cuda.md).
+# The fp8 slabs' CUDA block kernel (kernels/fp8_block.py) takes larger blocks (its BLOCK_ROWS): every
 # function here takes the block size of the kernel that serves the step.
 BLOCK_ROWS = 32
 
@@ -29,8 +29,8 @@ def kernel_eligible(group: RowGroup, block_rows: int = BLOCK_ROWS) -> bool:
 def block_leads(num_rows: int, one_forward: bool, block_rows: int = BLOCK_ROWS) -> list[int]:
     """Each row's lead when a group attends in blocks: the block's size on its first row, 0 on the
     others. A lone last row (lead 1) would go to the row kernel, whose splits are sized for a block
-    step and so few that its one row over a long history cost more than the whole append (20 ms
-    against 6 at 19k keys); when the group runs in one forward its last two blocks share the rows
+    step and so few that its one row over a long history cost more than the whole append;
+    when the group runs in one forward its last two blocks share the rows
     instead (32 + 1 -> 17 + 16). Sliced groups keep whole blocks: slices start on block boundaries."""
     b = block_rows
     sizes = [b] * (num_rows // b) + ([num_rows % b] if num_rows % b else [])

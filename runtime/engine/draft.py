@@ -3,7 +3,7 @@
 Two sources: a model of its own sharing the verifier's vocabulary (`--draft-model`), or the
 verifier's first N decoder layers with its final norm and lm_head (`--draft-layers`), which share
 the verifier's weights and cost no weight memory. Either keeps its own KV slab per session, held
-in the session's lease (runtime/kv_memory.py).
+in the session's lease (runtime/forward/session_kv.py).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from kakeya.runtime.engine.verify import accept
 
 # Without packed weights (cpu_linear.py), GEMMs and the lm_head see a multiple of this many rows in
 # deterministic mode: on the AMD EPYC first measured, MKL gives a row one result once M >= 8
-# (BATCHING.md §3). Not on every CPU: on an Intel Xeon (AVX-512) some shapes change again from 16
+# (docs/determinism.md). Not on every CPU: on an Intel Xeon (AVX-512) some shapes change again from 16
 # or 64 rows; blas_probe.py warns at start-up. Packed GEMMs need no padding: a row's bits do not
 # depend on the row count there.
 DETERMINISTIC_ROW_MULTIPLE = 8

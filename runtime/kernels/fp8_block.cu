@@ -1,5 +1,5 @@
 // Blocks of consecutive rows of one session over fp8 (e4m3) K/V slabs, head_dim 128, split-K: the
-// CUDA counterpart of cuda_block_kernel.py's Triton kernel for fp8 slabs, loaded by cuda_block_fp8.py
+// CUDA counterpart of triton_blocks.py's Triton kernel for fp8 slabs, loaded by fp8_block.py
 // (NVRTC). It computes the same partials for the same combine kernel.
 //
 // Why not Triton: its block kernel multiplies P by a V tile that it reads from shared memory one
@@ -19,16 +19,16 @@
 #define HEAD_DIM 128
 #define TILE 64
 // Splits of a block's keys: at least one tile each, so a block over a short history still spreads
-// over several CTAs (its rows' products, not its keys, are the work there). Measured on an H200 with
-// a 65-row block: 13.8 against 23.8 us a layer at 256 keys for 256-key splits, the same at 19,200.
+// over several CTAs (its rows' products, not its keys, are the work there). Larger least splits left
+// a short history's block on few CTAs and gained nothing on long ones (docs/cuda.md).
 #ifndef MIN_SPLIT
 #define MIN_SPLIT 64
 #endif
 #ifndef SPLIT_ALIGN
 #define SPLIT_ALIGN TILE
 #endif
-// Two stages (one tile in flight while one is widened and multiplied) measured as fast as three or
-// four (75.4 against 77.0 us at 19,200 keys): the products, not the loads, bound the loop.
+// Two stages (one tile in flight while one is widened and multiplied) are as fast as three or four:
+// the products, not the loads, bound the loop (docs/cuda.md).
 #ifndef STAGES
 #define STAGES 2
 #endif
@@ -41,7 +41,7 @@
 #define M_CTA (16 * WARPS)
 #define FP8_STAGE (2 * TILE * HEAD_DIM)  // one stage: K then V, TILE rows of 128 bytes
 #define ROW16 (2 * HEAD_DIM)             // bytes of one widened key: 16 chunks of 16 bytes
-// Dynamic shared memory: STAGES fp8 stages, then the widened K and V tiles (cuda_block_fp8.py).
+// Dynamic shared memory: STAGES fp8 stages, then the widened K and V tiles (fp8_block.py).
 #define SMEM_BYTES (STAGES * FP8_STAGE + 2 * TILE * ROW16)
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
@@ -304,7 +304,7 @@ __device__ void attend_block(long long r, int h, int j0, int s, const unsigned s
 
 // The step's work items (block b, split s), numbered b * splits_max + s, shared among the CTAs of a
 // KV head: CTA y serves items y, y + gridDim.y, ... The blocks' leading rows come listed in meta's
-// sixth row, then -1 (cuda_forward.py). A grid over every row instead (as the Triton kernel's)
+// sixth row, then -1 (cuda/forward.py). A grid over every row instead (as the Triton kernel's)
 // launches mostly CTAs that find no block, and only one of these fits an SM.
 template <int GROUP>
 __device__ void attend_blocks(const unsigned short* q, int q_stride_t, int q_stride_h, const long long* meta,

@@ -1,14 +1,14 @@
 """A lone decoding row over fp8 slabs through a CUDA kernel compiled at run time (fp8_row.cu).
 
 The Triton row kernel reads the V tile of its PV product one byte at a time from shared memory
-(README, long session); this kernel regroups V's bytes in registers, and streams each warp's keys
-through a cp.async ring in shared memory. On an H200 with Qwen3-0.6B heads it took 15.7 against
-20.5 µs a layer at 19,200 keys and 6.4 against 8.4 at 256, the combine included. It writes the
-same split partials, which the Triton combine kernel merges.
+(fp8 has no transposing matrix load); this kernel regroups V's bytes in registers, and streams each
+warp's keys through a cp.async ring in shared memory, so a lone row over a long fp8 history takes
+less time than through Triton (docs/cuda.md). It writes the same split partials, which the Triton
+combine kernel merges.
 
 It serves what it was measured on: one row (fast mode's lone decoding row), bf16 queries, head_dim
 128, 1-8 query heads a KV head, compute capability 8.9 or later, where a block may hold its ~104 KiB
-of shared memory (Hopper; Ada's 99 KiB is too little). It is compiled with NVRTC (cuda_nvrtc.py);
+of shared memory (Hopper; Ada's 99 KiB is too little). It is compiled with NVRTC (nvrtc.py);
 where that cannot happen, `eligible` says no and the Triton kernel serves every row.
 """
 
@@ -24,8 +24,8 @@ from kakeya.runtime.kernels.triton_rows import _combine_kernel
 HEAD_DIM = 128
 GROUPS = (1, 2, 4, 8)  # the kernel's entry points (fp8_row_attend_g<G>)
 WARPS = 8
-# Splits of a row's keys, one CTA each: 16 CTAs of 8 warps a KV head measured best (17.3 us at
-# 19,200 keys, against 17.5-18.0 for 32 CTAs of 4 warps or 16 of 8 with one chunk ahead).
+# Splits of a row's keys, one CTA each: 16 CTAs of 8 warps a KV head were the fastest shape tried,
+# ahead of 32 CTAs of 4 warps and of 16 of 8 with one chunk ahead (docs/cuda.md).
 SPLITS = 16
 RING_STAGES = 3  # as the .cu file's RING_STAGES: 16-key chunks in each warp's ring of slots
 SHARED_MEM = WARPS * RING_STAGES * 4096  # dynamic: the rings (a chunk is 4 KiB of K and V)
@@ -59,7 +59,7 @@ def _fits(device_index: int | None, group: int) -> bool:
 
 def attend_lone(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor, layer: int,
                 scale: float, num_kv: int, blocks: bool) -> None:
-    """As cuda_kernels.attend_rows for the listed rows (query/out [rows, heads, 128], meta [4 or 5, rows]);
+    """As triton_rows.attend_rows for the listed rows (query/out [rows, heads, 128], meta [4 or 5, rows]);
     blocks: meta has a lead row and rows whose lead is not 1 are left to the block kernel."""
     num_rows, num_heads = rows.shape[0], query.shape[1]
     kernel = _kernel(query.device.index, num_heads // num_kv)

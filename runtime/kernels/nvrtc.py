@@ -1,4 +1,4 @@
-"""CUDA C++ kernels of the runtime (runtime/*.cu), compiled at run time with NVRTC.
+"""CUDA C++ kernels of the runtime (runtime/kernels/*.cu), compiled at run time with NVRTC.
 
 NVRTC comes through `torch.cuda._compile_kernel` (torch 2.8 and later), so the package ships
 sources, not binaries, and needs no compiler at install time. Where that API is missing, the
@@ -24,7 +24,7 @@ ENABLED = True
 
 
 def kernel(source: str, entry: str, device_index: int | None, shared_mem: int = 0):
-    """`entry` of runtime/`source`, compiled for this device, or None when it cannot run here.
+    """`entry` of runtime/kernels/`source`, compiled for this device, or None when it cannot run here.
     Compiled once a device and entry (about a second), on the first step that needs it: the
     warm-up forward before graph capture. shared_mem: dynamic shared memory of every launch,
     configured once here (above 48 KiB it must be)."""

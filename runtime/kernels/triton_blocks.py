@@ -22,18 +22,17 @@ import triton.language as tl
 
 from kakeya.runtime.kernels.triton_rows import _TL_DTYPE, MIN_SPLIT_KEYS, load_partials, to_dot
 
-# Measured on an H200 for a 65-row append (blocks of 32): at 19k keys 8 splits and 3 stages took
-# 74 us a layer, 16 splits 76-85; at 4k keys 30 against 33-35. Fewer splits also waste fewer
-# programs early in a conversation, where a block sees a few hundred keys and uses one split.
+# A service turn's 65-row append (blocks of 32) ran fastest with 8 splits and 3 stages, over long
+# and short histories alike (docs/cuda.md). Fewer splits also waste fewer programs early in a
+# conversation, where a block sees a few hundred keys and uses one split.
 MAX_BLOCK_SPLITS = 8
 BLOCK_KEYS = 64
 FP8_BLOCK_KEYS = 128  # fp8 slabs: 81 against 95 us a layer at 19k keys, 28 against 29 at 4k (H200)
 BLOCK_STAGES = 3
-# fp8 slabs' 128-key tiles: two stages. With three, a 65-row append (with its combine) took 126
-# against 97 us a layer at 19k keys and 43 against 33 at 4k (H200, blocks of 32 rows, 8 splits); the
-# engine's append step over 19k keys, 7.85 against 7.19 ms. A service turn appends 65 rows (its chunk
-# and the last generated token): three blocks, more programs than SMs, and two stages let two share
-# an SM. A 64-row append (two blocks, one program an SM) gained nothing: 6.3-6.4 ms either way.
+# fp8 slabs' 128-key tiles: two stages, which let two programs share an SM. A service turn appends
+# 65 rows (its chunk and the last generated token): three blocks, more programs than SMs, so the
+# append runs faster with two stages than with three; a 64-row append (two blocks, one program an
+# SM) neither gains nor loses (docs/cuda.md).
 FP8_BLOCK_STAGES = 2
 
 
@@ -133,7 +132,7 @@ def attend_blocks(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, me
                   scale: float, num_kv: int, dtype: torch.dtype, rows_per_block: int,
                   kv_dtype: torch.dtype | None = None) -> None:
     """query/out: [rows, heads, head_dim]; meta: [5, rows] (address, capacity, store, keys, lead);
-    dtype: what the dots multiply in (cuda_kernels.dot_dtype); kv_dtype: the slabs' when it differs (fp8).
+    dtype: what the dots multiply in (triton_rows.dot_dtype); kv_dtype: the slabs' when it differs (fp8).
     Every listed row that leads a block (lead >= 2) attends with its block's rows; rows with
     lead 1 are left to the row kernel."""
     num_rows, (num_heads, head_dim) = rows.shape[0], query.shape[1:]

@@ -14,7 +14,7 @@ Two variants of the row kernel compute the same thing (`attend_rows`'s variant):
 runtime's, is told that slab addresses are 16-byte aligned, so its K/V loads become vector copies
 that triton pipelines; "dot" lacks the hint: an address read from memory is taken as unaligned and
 each element is loaded on its own, at half the bandwidth (ops/bench/attention_kernel.py measures both;
-a CUDA-core kernel without tl.dot was measured 3-6x slower still and dropped).
+a CUDA-core kernel without tl.dot was slower still and was dropped).
 
 Importing this module needs triton (shipped with the CUDA builds of torch); the CPU path never
 imports it.
@@ -27,9 +27,9 @@ import triton
 import triton.language as tl
 
 DETERMINISTIC_SPLITS = 16  # at most; how many a row uses depends on its key count alone
-# One row over 19k keys: 25.6 us a layer in 32 splits (3 stages, cuda_attention.LONE_ROW_STAGES)
-# against 26.4 in 64 (2 stages), and at 4k keys 10.4 against 13.6; 64 splits with 3 stages took
-# 29.8 and 12.2 (H200). A graph's grid launches every split, used or not.
+# A lone row ran fastest in 32 splits (3 stages, cuda/attention.LONE_ROW_STAGES) over long and
+# short histories alike; 64 splits were slower at both (docs/cuda.md). A graph's grid launches
+# every split, used or not.
 MAX_SPLITS = 32
 MIN_SPLIT_KEYS = 256  # fewer keys than this per split would cost more in the combine than it saves
 BLOCK_N = 64
@@ -47,9 +47,8 @@ def split_limit(num_rows: int, num_kv: int, deterministic: bool) -> int:
 _TL_DTYPE = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
              torch.float8_e4m3fn: tl.float8e4nv}
 
-# fp8 slabs: dots run in fp16, which holds every e4m3 value exactly; widening e4m3 to bf16 took
-# ~18% longer (H200, Qwen3-0.6B heads: a lone row over 19k keys 21.5 against 25.2 us a layer, a
-# 65-row append 246 against 298). Wider key tiles halve the loop trips of the lone row: 20.5.
+# fp8 slabs: dots run in fp16, which holds every e4m3 value exactly and widens faster than bf16
+# would (docs/cuda.md). Wider key tiles halve the loop trips of the lone row.
 FP8_BLOCK_N = 128
 
 
