@@ -38,10 +38,10 @@ class EngineConfig:
     max_step_tokens: int = 1024
     deterministic: bool | None = None  # None: on for CPU, off elsewhere
     cuda_graphs: bool = True  # CUDA: replay decode steps as captured graphs
-    cuda_fusion: bool = True  # CUDA: fused decoder layers (runtime/cuda_decoder.py), compiled pointwise kernels
-    cuda_run_ahead: bool = True  # CUDA fast mode: launch the next greedy decode step early (runtime/run_ahead.py)
-    cpu_packed_linears: bool = True  # CPU fp32 with MKL: linears on packed weights (runtime/cpu_linear.py)
-    cpu_decoder: bool = True  # CPU, packed linears: the forward without transformers' modules (cpu_decoder.py)
+    cuda_fusion: bool = True  # CUDA: fused decoder layers (runtime/cuda/decoder.py), compiled pointwise kernels
+    cuda_run_ahead: bool = True  # CUDA fast mode: launch the next greedy decode step early (runtime/engine/run_ahead.py)
+    cpu_packed_linears: bool = True  # CPU fp32 with MKL: linears on packed weights (runtime/cpu/linear.py)
+    cpu_decoder: bool = True  # CPU, packed linears: the forward without transformers' modules (runtime/cpu/decoder.py)
     kv_dtype: str = "auto"  # auto: the model's dtype; fp8: e4m3 slabs (CUDA), half the KV bytes
     sink_tokens: int = 0
     window_tokens: int = 0

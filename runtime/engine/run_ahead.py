@@ -1,8 +1,7 @@
 """Run-ahead decoding on the CUDA fast path: the next decode step is on the GPU before it is asked for.
 
-A decode step is short on the GPU (about 3 ms for 64 sessions of a 0.6B model) and the host round
-trip around it is about as long: the step's tokens go to the event loop, which commits them,
-streams them and plans the next step. Without run-ahead the GPU idles through that round trip.
+A decode step of a small model is short on the GPU, and the host round trip around it is of the
+same order: the step's tokens go to the event loop, which streams them and plans the next step. Without run-ahead the GPU idles through that round trip.
 
 So after a step whose rows all sample greedily, the model thread launches one more forward at
 once: every row feeds the token it just sampled (still on the GPU, gathered there) at its next

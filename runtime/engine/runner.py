@@ -23,7 +23,7 @@ from kakeya.runtime.engine.step import StepRow
 from kakeya.runtime.forward.step_logits import as_step_logits
 from kakeya.runtime.engine.verify import accept
 
-# Without packed weights (cpu_linear.py), GEMMs and the lm_head see a multiple of this many rows in
+# Without packed weights (runtime/cpu/linear.py), GEMMs and the lm_head see a multiple of this many rows in
 # deterministic mode: on the AMD EPYC first measured, MKL gives a row one result once M >= 8
 # (docs/determinism.md). Not on every CPU: on an Intel Xeon (AVX-512) some shapes change again from 16
 # or 64 rows; blas_probe.py warns at start-up. Packed GEMMs need no padding: a row's bits do not
@@ -34,7 +34,7 @@ DETERMINISTIC_ROW_MULTIPLE = 8
 def model_thread() -> ThreadPoolExecutor:
     """The one thread that touches the device. Loading the model on it too matters on the CPU:
     OpenMP keeps a thread team per calling thread, and a second team left spinning from another
-    thread cost 35% of decode speed on 2 cores."""
+    thread slows decoding on a machine with few cores."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="kakeya-model")
 
 
