@@ -24,14 +24,10 @@ from kakeya.runtime.common.config import EngineConfig, RuntimeConfig, SessionLim
 from kakeya.runtime.engine.sampler import SamplingParams
 from kakeya.runtime.forward.loaded_model import LoadedModel
 from kakeya.runtime.server.host import Runtime
-from tiny_models import load_tiny, prompt
+from tiny_models import load_tiny, prompt  # noqa: F401 - prompt is re-exported for the tests
 
 TIMEOUT_S = 20.0  # a bound on every wait; a healthy test finishes each wait in milliseconds
 BYTES_PER_TOKEN = 2 * 2 * 2 * 16 * 4  # tiny Llama: layers * (K, V) * kv heads * head dim * fp32
-
-__all__ = ["TIMEOUT_S", "BYTES_PER_TOKEN", "Tiny", "load", "started", "append", "generate", "collect",
-           "open_session", "prompt"]
-
 
 @dataclass
 class Tiny:
