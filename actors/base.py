@@ -45,9 +45,13 @@ class Actor:
 
     async def send_wait(self, message: Any) -> None:
         """Like send, but waits for mailbox room instead of failing (for messages that must land)."""
-        if self._task is None or self._task.done():
+        if self._task is None or self._task.done() or self.is_stopping:
             raise self.closed_error()
         await self._mailbox.put(message)
+        if self._task.done():
+            # The actor ended while this sender waited for room (its final drain made the room):
+            # nothing will handle the message, so it is failed here rather than left waiting.
+            self._drain()
 
     def closed_error(self) -> Exception:
         return SessionNotFound(f"{self.name} is closed")
@@ -84,6 +88,7 @@ class Actor:
             if self._on_crash is not None:
                 self._on_crash(exc)
         finally:
+            self.is_stopping = True  # however the task ends, later sends are refused
             self._drain()
 
     def _drain(self) -> None:

@@ -75,7 +75,8 @@ class SchedulerActor(Actor):
             self.last_tick = time.monotonic()
             if not self._running:
                 self._recorder.idle()
-            message = await self.next_message(block=not self._running)
+            # Never block once stopping: the stop marker may have been taken while jobs ran.
+            message = await self.next_message(block=not self._running and not self.is_stopping)
             self.last_tick = time.monotonic()  # an idle wait is not a stall
             while message is not None:
                 self._accept(message)
@@ -105,11 +106,13 @@ class SchedulerActor(Actor):
     def _accept(self, message: object) -> None:
         match message:
             case ReserveKV(kv=kv, total_positions=total, reply=reply):
+                lease = kv if kv is not None else self.pool.allocate()
                 try:
-                    kv = kv if kv is not None else self.pool.allocate()
-                    self.pool.reserve(kv, total)
-                    reply.set_result(self._lease(kv))
+                    self.pool.reserve(lease, total)
+                    reply.set_result(self._lease(lease))
                 except KVExhausted as exc:
+                    if kv is None:
+                        self.pool.free(lease)  # the session never got the handle
                     reply.set_exception(exc)
                 self._recorder.memory()
             case FreeKV(kv=kv, reply=reply):

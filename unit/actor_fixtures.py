@@ -151,10 +151,10 @@ async def next_token(events: AsyncIterator[object]) -> int:
 def assert_clean(stack: Stack) -> None:
     """After every session closed: no KV held, nothing running, no invariant broken, no crash."""
     info = stack.runtime.info()
-    assert info.active_sessions == 0
+    assert info["active_sessions"] == 0
     assert stack.pool.used_bytes == 0
     assert stack.pool.num_slabs == 0
     assert stack.scheduler.num_running == 0
-    assert info.cache_invariant_inv1_violations == 0
-    assert info.cache_invariant_inv2_violations == 0
+    assert info["cache_invariant_inv1_violations"] == 0
+    assert info["cache_invariant_inv2_violations"] == 0
     assert stack.crashes == []

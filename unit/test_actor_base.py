@@ -238,8 +238,6 @@ async def test_the_actor_task_drops_its_creators_log_context():
     assert actor.log_context == [{}]
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError,
-                   reason="send_wait blocked on a full mailbox lands after the crash drained it: never rejected")
 async def test_a_sender_waiting_for_room_is_failed_when_the_actor_crashes():
     actor = Recorder(mailbox_size=1, on_crash=lambda exc: None)
     actor.start()
@@ -261,8 +259,6 @@ async def test_a_sender_waiting_for_room_is_failed_when_the_actor_crashes():
         await asyncio.wait_for(waiting.reply, 0.5)
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError,
-                   reason="send_wait does not check is_stopping: a message queued behind stop() is never rejected")
 async def test_a_sender_waiting_for_room_behind_stop_is_failed():
     actor = Recorder(mailbox_size=1)
     actor.start()

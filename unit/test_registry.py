@@ -138,7 +138,7 @@ async def test_a_full_kv_budget_evicts_the_least_recently_used_idle_session(tiny
     # The budget holds one and a half of them.
     budget = 24 * BYTES_PER_TOKEN
     async with started(tiny, kv_budget_bytes=budget) as stack:
-        assert stack.runtime.info().kv_bytes_per_token == BYTES_PER_TOKEN
+        assert stack.runtime.info()["kv_bytes_per_token"] == BYTES_PER_TOKEN
         old, recent = prompt(8, 26), prompt(8, 27)
         a = await open_session(stack, old)
         generated_a, _ = await collect(generate(a, 8))

@@ -38,8 +38,8 @@ async def test_concurrent_sessions_each_get_their_solo_tokens(tiny, speculative)
             assert done.stop_reason == StopReason.MAX_TOKENS
         assert len({tuple(tokens) for tokens, _ in results}) == 4  # a mix-up of rows would show
         info = stack.runtime.info()
-        assert info.max_sessions_per_forward >= 2  # they really shared forwards
-        assert info.forward_count < sum(counts)
+        assert info["max_sessions_per_forward"] >= 2  # they really shared forwards
+        assert info["forward_count"] < sum(counts)
         for s in sessions:
             await close(stack, s)
         assert_clean(stack)
@@ -58,7 +58,7 @@ async def test_a_session_joining_mid_stream_changes_no_ones_tokens(tiny):
             asyncio.gather(collect(stream_a), collect(stream_b)), TIMEOUT_S)
         assert head + rest_a == tiny.solo(early, 40)
         assert tokens_b == tiny.solo(late, 12)
-        assert stack.runtime.info().max_sessions_per_forward == 2
+        assert stack.runtime.info()["max_sessions_per_forward"] == 2
         await close(stack, a)
         await close(stack, b)
         assert_clean(stack)
@@ -123,12 +123,9 @@ async def test_stop_ends_an_idle_scheduler_and_later_generates_fail_with_engine_
         assert stack.crashes == []  # a stop is not a crash
         assert await append(session, [5]) == 7 + 8 + 1  # the session actor itself is fine
         assert await close(stack, session) == 16
-        assert stack.runtime.info().cache_invariant_inv1_violations == 0
+        assert stack.runtime.info()["cache_invariant_inv1_violations"] == 0
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError,
-                   reason="stop() during a running Generate: the loop takes the stop marker while stepping, "
-                          "then blocks on an empty mailbox once the work is done and never ends")
 async def test_stop_lets_a_running_generate_finish_then_ends_the_scheduler(tiny):
     tokens = prompt(7, 64)
     async with started(tiny) as stack:
@@ -139,11 +136,7 @@ async def test_stop_lets_a_running_generate_finish_then_ends_the_scheduler(tiny)
         rest, done = await collect(stream)
         assert [first, *rest] == tiny.solo(tokens, 32)  # the running Generate finishes
         assert done.stop_reason == StopReason.MAX_TOKENS
-        finished, _ = await asyncio.wait({stopping}, timeout=1.0)  # the work is done: it should end now
-        if not finished:
-            await asyncio.wait_for(stack.scheduler.send_wait(None), TIMEOUT_S)  # wakes the stuck loop
-            await asyncio.wait_for(stopping, TIMEOUT_S)
-            raise TimeoutError("the scheduler did not end after its last running Generate")
+        await asyncio.wait_for(stopping, TIMEOUT_S)  # the work is done: it ends now
         assert not stack.scheduler.is_alive
 
 
@@ -174,9 +167,6 @@ async def test_a_failing_model_thread_fails_every_generate_in_flight_with_engine
         assert stack.registry.num_active == 0
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantViolation,
-                   reason="a Generate cut by the engine's death leaves its fed rows in the slab but not in "
-                          "the session's count: the next Generate reports INV-1, not EngineDead")
 async def test_after_the_engine_died_mid_generate_the_next_generate_fails_with_engine_dead(tiny):
     tokens = prompt(9, 67)
     async with started(tiny) as stack:
@@ -188,7 +178,7 @@ async def test_after_the_engine_died_mid_generate_the_next_generate_fails_with_e
             await collect(stream)
         with pytest.raises(EngineDead):
             await collect(generate(session, 4))
-        assert stack.runtime.info().cache_invariant_inv1_violations == 0
+        assert stack.runtime.info()["cache_invariant_inv1_violations"] == 0
 
 
 async def test_a_consumer_that_stops_reading_is_cut_off(tiny):
