@@ -76,7 +76,7 @@ class SessionRegistry:
         self.get(session_id, owner)
         session = self._sessions.pop(session_id)
         self._metrics.session_active.set(len(self._sessions))
-        session.begin_close()
+        session.begin_close(reason)
         reply = asyncio.get_running_loop().create_future()
         try:
             # Close must always land: wait for mailbox room, which begin_close frees quickly.

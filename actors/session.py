@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 
 import structlog
 
-from kakeya.runtime.common.errors import InvariantViolation, KakeyaError, KVExhausted, SessionNotFound
+from kakeya.runtime.common.errors import InvariantViolation, KakeyaError, KVExhausted, SessionNotFound, Unavailable
 from kakeya.runtime.common.metrics import Metrics
 
 from .base import Actor
@@ -61,22 +61,28 @@ class SessionActor(Actor):
         self._violations = {"inv1": 0, "inv2": 0}
         self._active_stream: TokenStream | None = None
         self.is_closing = False
+        self._is_shut_down = False  # closed by the server's drain, not by its client
         self.owner = ""  # the API-key identity that created it; set once by the registry
         self.last_active = time.monotonic()
         self.snapshot = self._snapshot()
 
     def closed_error(self) -> Exception:
+        if self._is_shut_down:
+            return Unavailable("the server is shutting down")
         return SessionNotFound(f"session {self.session_id} is closed")
 
     @property
     def idle_seconds(self) -> float:
         return 0.0 if not self.is_idle else time.monotonic() - self.last_active
 
-    def begin_close(self) -> None:
-        """Stops accepting work and cancels a running Generate within one scheduler step."""
+    def begin_close(self, reason: str = "close") -> None:
+        """Stops accepting work and cancels a running Generate within one scheduler step. A drain's
+        close (reason "shutdown") ends that Generate, and work still queued, with Unavailable: the
+        client did not stop them, and another server can take the retry."""
         self.is_closing = True
+        self._is_shut_down = self._is_shut_down or reason == "shutdown"
         if self._active_stream is not None:
-            self._active_stream.cancel()
+            self._active_stream.cancel(self.closed_error() if self._is_shut_down else None)
 
     async def handle(self, message: object) -> None:
         try:

@@ -1,7 +1,8 @@
 """One Generate call's event stream: tokens from the scheduler, then exactly one Done or an error.
 
 Producers never block (the scheduler must not wait on a client); the stream is bounded by the
-request's max_tokens. Only the consumer cancels it; the scheduler polls `is_cancelled` each step.
+request's max_tokens. The consumer cancels it, and so do the scheduler (a consumer that stopped
+reading) and the session (closed under it); the scheduler polls `is_cancelled` each step.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class TokenStream:
         self._ready: asyncio.Future[None] | None = None  # set by a push that satisfies the waiting reader
         self._wanted = 1  # events the waiting reader needs before a push wakes it
         self.is_cancelled = False
+        self.cancel_cause: BaseException | None = None  # why, when the stop was not the client's
         self.is_finished = False
         self._last_read_at = time.monotonic()
 
@@ -65,6 +67,10 @@ class TokenStream:
         return bool(self._events) and not waiting and time.monotonic() - self._last_read_at > stall_s
 
     def push(self, event: Event) -> None:
+        if isinstance(event, Done) and event.stop_reason is StopReason.CANCELLED and self.cancel_cause is not None:
+            # A CANCELLED done would tell the client it stopped the call itself; it must learn
+            # the real cause (the server shutting down) to retry elsewhere.
+            return self.fail(self.cancel_cause)
         if not self.is_finished:
             self._events.append(event)
             self.is_finished = isinstance(event, Done)
@@ -76,8 +82,12 @@ class TokenStream:
             self._events.append(_Failed(error))
             self._wake()
 
-    def cancel(self) -> None:
+    def cancel(self, cause: BaseException | None = None) -> None:
+        """Stops the generation within one scheduler step. With a cause, the stream ends with that
+        error rather than a CANCELLED done; the first cause given stays."""
         self.is_cancelled = True
+        if self.cancel_cause is None:
+            self.cancel_cause = cause
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         """One event at a time."""

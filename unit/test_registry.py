@@ -12,7 +12,7 @@ from actor_fixtures import (BYTES_PER_TOKEN, TIMEOUT_S, append, assert_clean, co
                             open_session, prompt, started)
 from kakeya.actors.token_stream import StopReason
 from kakeya.runtime.common.config import SessionLimits
-from kakeya.runtime.common.errors import Overloaded, SessionNotFound
+from kakeya.runtime.common.errors import Overloaded, SessionNotFound, Unavailable
 
 
 @pytest.fixture(scope="module")
@@ -189,11 +189,26 @@ async def test_close_all_ends_every_session_and_returns_every_byte(tiny):
         await collect(generate(idle, 3))
         running = await open_session(stack, prompt(5, 31))
         stream = generate(running, 200)
+        queued = generate(running, 5)  # waits its turn behind the first
         await next_token(stream.__aiter__())
         assert stack.pool.used_bytes > 0
         await asyncio.wait_for(stack.registry.close_all(), TIMEOUT_S)
-        _, done = await collect(stream)
-        assert done.stop_reason == StopReason.CANCELLED
+        # The drain stopped them, not their client: they fail Unavailable (UNAVAILABLE on the
+        # wire, so the client retries elsewhere) rather than end as a client's own cancel.
+        for cut in (stream, queued):
+            with pytest.raises(Unavailable, match="the server is shutting down"):
+                await collect(cut)
         assert not idle.is_alive and not running.is_alive
         assert stack.runtime.counter("kakeya_session_total", outcome="closed") == 2
+        assert_clean(stack)
+
+
+async def test_a_clients_close_during_generate_still_ends_it_cancelled(tiny):
+    async with started(tiny) as stack:
+        session = await open_session(stack, prompt(5, 32))
+        stream = generate(session, 200)
+        await next_token(stream.__aiter__())
+        await close(stack, session.session_id)
+        _, done = await collect(stream)
+        assert done.stop_reason == StopReason.CANCELLED
         assert_clean(stack)

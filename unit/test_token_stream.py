@@ -10,6 +10,7 @@ from kakeya import Client
 from kakeya.session import Session
 from kakeya.transport import Transport
 from kakeya.actors.token_stream import Done, StopReason, TokenStream, Truncated
+from kakeya.runtime.common.errors import Unavailable
 
 TIMEOUT_S = 5
 DONE = Done(StopReason.MAX_TOKENS, 5, 3, 0.1, 0.2)
@@ -148,3 +149,28 @@ def test_a_generation_refuses_a_bad_minimum_before_any_call(value):
     session = Session(Transport("127.0.0.1:1", None, None, max_tokens_per_message=64), "0" * 32)
     with pytest.raises(ValueError, match="min_tokens_per_message"):
         session.generate(4, min_tokens_per_message=value)
+
+
+async def test_a_cancel_with_a_cause_ends_the_stream_with_it_instead_of_a_cancelled_done():
+    cancelled = Done(StopReason.CANCELLED, 2, 3, 0.1, 0.2)
+    plain = TokenStream()
+    plain.push(1)
+    plain.cancel()
+    plain.push(cancelled)
+    assert await _all(plain.batches(4)) == [[1], cancelled]
+
+    shut = TokenStream()
+    shut.push(1)
+    shut.cancel(Unavailable("the server is shutting down"))
+    shut.cancel()  # the reader's own cancel afterwards keeps the first cause
+    shut.push(2)
+    shut.push(cancelled)
+    iterator = shut.batches(4)
+    assert await asyncio.wait_for(anext(iterator), TIMEOUT_S) == [1, 2]  # tokens already sampled still go
+    with pytest.raises(Unavailable, match="shutting down"):
+        await asyncio.wait_for(anext(iterator), TIMEOUT_S)
+    # A stream that ends on its own (max tokens) is not turned into an error by a late cause.
+    finished = TokenStream()
+    finished.cancel(Unavailable("the server is shutting down"))
+    finished.push(DONE)
+    assert await _all(finished.batches(4)) == [DONE]
