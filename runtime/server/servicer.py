@@ -108,6 +108,7 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
         runtime, owner = self._ready(context)
         _check_ids(request.eos_token_ids, runtime.loaded.vocab_size, "eos_token_ids")
         session_id = await runtime.registry.create(request.client_label, frozenset(request.eos_token_ids), owner)
+        structlog.contextvars.bind_contextvars(session_id=session_id)  # the request named none: log the new one
         return pb.CreateSessionResponse(session_id=session_id)
 
     @unary
