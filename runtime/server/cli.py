@@ -10,6 +10,11 @@ import sys
 from kakeya.runtime.common.config import (KV_DTYPES, SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
                      SpeculativeConfig, cpu_threads, env_default, read_api_keys)
 
+# Top-level modules of the `[runtime]` extra's packages (pyproject.toml): `pip install kakeya`
+# (the SDK) has none of them.
+RUNTIME_EXTRA_MODULES = frozenset({"torch", "transformers", "accelerate", "gguf", "anyio", "structlog",
+                                   "prometheus_client", "grpc_health", "grpc_reflection"})
+
 
 def _flag(parser: argparse.ArgumentParser, name: str, kind=str, default=None, help: str = "", **kw) -> None:
     env = env_default(name)
@@ -64,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bitwise-stable streams whatever the append pattern or batch (default on CPU)")
     det.add_argument("--no-deterministic", dest="deterministic", action="store_false")
     for name, what in (("cuda-graphs", "replay decode steps as CUDA graphs"),
-                       ("cuda-fusion", "fused decoder layers (QKV and gate/up GEMMs, norms fused with adds and RoPE)"),
+                       ("cuda-fusion", "use fused decoder layers (QKV and gate/up GEMMs, norms fused with adds and RoPE)"),
                        ("cuda-run-ahead", "launch the next greedy decode step before the scheduler asks for it")):
         env = env_default(name)
         serve.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false",
@@ -123,8 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
-    from kakeya.runtime.server.log_setup import configure_logging
-    from kakeya.runtime.server.server import serve
+    try:
+        from kakeya.runtime.server.log_setup import configure_logging
+        from kakeya.runtime.server.server import serve
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in RUNTIME_EXTRA_MODULES:
+            raise  # a module of kakeya itself: a broken install, not a missing extra
+        print(f"kakeya serve: the server needs the runtime extra ({exc.name} is not installed): "
+              "pip install 'kakeya[runtime]'", file=sys.stderr)
+        return 1
 
     configure_logging(config.server.log_format, config.server.log_level)
     threads = cpu_threads()

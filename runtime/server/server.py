@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 import signal
+from typing import Callable
 
 import grpc
 import structlog
@@ -16,7 +17,7 @@ from kakeya.proto.v1 import runtime_pb2
 
 from kakeya.runtime.server import wire as service_handlers
 from kakeya.runtime.server.auth import ApiKeys
-from kakeya.runtime.common.config import RuntimeConfig
+from kakeya.runtime.common.config import RuntimeConfig, ServerConfig
 from kakeya.runtime.common.errors import FailedPrecondition
 from kakeya.runtime.server.ports import listen_port
 from kakeya.runtime.server.host import Runtime
@@ -70,6 +71,14 @@ class RuntimeServer:
         await self._server.start()
         if server.unix_socket:
             os.chmod(server.unix_socket, 0o600)
+        try:
+            # Checked now, not first found when the endpoint binds after the model has loaded for
+            # many seconds; after the gRPC listener, so a metrics port equal to it is caught too.
+            if server.metrics_port:  # 0 takes whatever port is free then
+                _metrics_port(server, lambda: listen_port(server.metrics_host, server.metrics_port))
+        except FailedPrecondition:
+            await self._server.stop(0)
+            raise
         await self._set_serving(False)
         log.info("server_listening", address=self.address)
         return self.address
@@ -82,11 +91,14 @@ class RuntimeServer:
             raise FailedPrecondition(f"cannot listen on {address} (in use, or not an address here)") from exc
 
     async def attach(self, runtime: Runtime) -> None:
-        runtime.start()
+        """Serves `runtime`; FailedPrecondition, with nothing started, when the metrics port was
+        taken since start() checked it."""
         server = self.config.server
         if server.metrics_port is not None:
-            self.metrics_port = runtime.metrics.serve(server.metrics_host, server.metrics_port)
+            self.metrics_port = _metrics_port(server, lambda: runtime.metrics.serve(server.metrics_host,
+                                                                                    server.metrics_port))
             log.info("metrics_listening", address=f"{server.metrics_host}:{self.metrics_port}")
+        runtime.start()
         self.servicer.runtime = runtime
         await self._set_serving(True)
         self._watchdog = asyncio.create_task(self._watch_scheduler(runtime), name="health-watchdog")
@@ -155,13 +167,36 @@ async def serve(config: RuntimeConfig) -> int:
             await server.stop(0)
             return 1
         frozen = _freeze_loaded_objects()
-        await server.attach(runtime)
+        if not await _attach(server, runtime):
+            return 1
         log.info("server_ready", address=server.address, gc_frozen_objects=frozen)
         await waiter
     log.info("server_draining")
     await server.stop()
     log.info("server_stopped", exit_code=exit_code)
     return exit_code
+
+
+async def _attach(server: RuntimeServer, runtime: Runtime) -> bool:
+    try:
+        await server.attach(runtime)
+    except FailedPrecondition as exc:
+        log.error("server_start_failed", error=str(exc))
+        await runtime.stop()
+        await server.stop(0)
+        return False
+    return True
+
+
+def _metrics_port(server: ServerConfig, bind: Callable[[], int]) -> int:
+    """`bind()`'s port; its failure as one FailedPrecondition that names the setting to change."""
+    try:
+        return bind()
+    except (FailedPrecondition, OSError) as exc:
+        reason = (str(exc) if isinstance(exc, FailedPrecondition)
+                  else f"cannot listen on {server.metrics_host}:{server.metrics_port}: {exc.strerror}")
+        raise FailedPrecondition(f"cannot serve /metrics: {reason} (choose another --metrics-port, or -1 "
+                                 "for no endpoint)") from exc
 
 
 def _freeze_loaded_objects() -> int:
