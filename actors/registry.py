@@ -86,7 +86,7 @@ class SessionRegistry:
             final_length = session.snapshot.history_length
         await session.stop()
         self._metrics.session_total.labels(_OUTCOMES.get(reason, "evicted")).inc()
-        if reason in ("ttl", "lru", "close"):
+        if reason in ("ttl", "lru"):  # a client's close, a failure or a shutdown is no eviction
             self._metrics.session_evicted.labels(reason).inc()
         self._metrics.session_history_tokens.observe(final_length)
         return final_length

@@ -26,7 +26,7 @@ class Metrics:
         self.session_active = Gauge("kakeya_session_active", "Sessions currently open.", registry=r)
         self.session_total = Counter("kakeya_session", "Sessions ended, by outcome (closed, evicted, failed).",
                                      ["outcome"], registry=r)
-        self.session_evicted = Counter("kakeya_session_evicted", "Sessions removed, by reason (ttl, lru, close).",
+        self.session_evicted = Counter("kakeya_session_evicted", "Sessions evicted, by reason (ttl, lru).",
                                        ["reason"], registry=r)
         self.session_kv_live_bytes = Gauge("kakeya_session_kv_live_bytes",
                                            "Bytes of KV memory held by all sessions' slabs.", registry=r)
