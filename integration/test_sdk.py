@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 
 import grpc
 import pytest
 
-from kakeya import (Client, FailedPreconditionError, InvalidArgumentError, RuntimeInfo, SessionClosedError,
-                    SessionInfo, SessionNotFoundError, StopReason)
+from kakeya import (Client, FailedPreconditionError, InvalidArgumentError, RuntimeInfo, RuntimeUnavailableError,
+                    SessionClosedError, SessionInfo, SessionNotFoundError, StopReason, SyncClient)
 
-from .harness import TIMEOUT_S, eventually
+from .harness import TIMEOUT_S, eventually, start_server
 
 PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11, 2]
 
@@ -105,6 +106,42 @@ async def test_session_context_manager_closes(client, server):
         async with client.session() as session:
             raise LookupError("inside the block")
     assert session.is_closed and server.runtime.registry.num_active == 0
+
+
+def _raise_in_sync_block(session) -> BaseException:
+    try:
+        with session:
+            raise LookupError("the sync block's own error")
+    except BaseException as exc:  # noqa: BLE001 - whatever left the block is the finding
+        return exc
+    raise AssertionError("the block's error was swallowed")
+
+
+async def test_leaving_session_blocks_once_the_server_is_gone(loaded_model, caplog):
+    handle = await start_server(loaded_model)
+    try:
+        with SyncClient(handle.server.address, timeout_s=TIMEOUT_S) as sync_client:
+            async with Client(handle.server.address, timeout_s=TIMEOUT_S) as client:
+                kept = await bounded(client.create_session(initial_tokens=PROMPT))
+                sync_session = await bounded(asyncio.to_thread(sync_client.create_session, initial_tokens=PROMPT))
+                with pytest.raises(LookupError, match="the block's own error") as caught:
+                    async with client.session(initial_tokens=PROMPT) as session:
+                        await handle.stop()  # the runtime goes away while the block runs
+                        raise LookupError("the block's own error")
+                # The close failed as well (the runtime is gone): noted on the block's error, not raised over it.
+                assert not session.is_closed
+                assert any("RuntimeUnavailableError" in note for note in caught.value.__notes__)
+                sync_error = await bounded(asyncio.to_thread(_raise_in_sync_block, sync_session))
+                assert isinstance(sync_error, LookupError) and not sync_session.is_closed
+                # A block that succeeded: a close the gone runtime cannot take is logged, not raised.
+                with caplog.at_level(logging.WARNING, logger="kakeya.session"):
+                    async with client.attach_session(kept.session_id):
+                        pass
+                assert f"session {kept.session_id} was not closed" in caplog.text
+                with pytest.raises(RuntimeUnavailableError):  # close() called directly still raises
+                    await bounded(kept.close())
+    finally:
+        await handle.stop()
 
 
 async def test_closed_session_raises_locally(client):

@@ -69,7 +69,8 @@ class Client:
     @contextlib.asynccontextmanager
     async def session(self, *, eos_token_ids: Iterable[int] = (), initial_tokens: Iterable[int] = (),
                       label: str = "") -> AsyncIterator[Session]:
-        """`async with client.session(...) as s:` closes the session when the block leaves."""
+        """`async with client.session(...) as s:` closes the session when the block leaves; an
+        error from the close never replaces the block's own (see `close_after`)."""
         session = await self.create_session(eos_token_ids=eos_token_ids, initial_tokens=initial_tokens,
                                             label=label)
         try:
@@ -77,7 +78,7 @@ class Client:
         except BaseException as exc:
             await close_after(session, exc)
             raise
-        await session.close()
+        await close_after(session, None)
 
     def attach_session(self, session_id: str) -> Session:
         """A handle on an existing session, e.g. one created by an earlier connection. No RPC is made."""

@@ -7,14 +7,17 @@ is what frees its KV memory.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Iterable
 
 from kakeya.proto.v1 import runtime_pb2 as pb
 
-from .errors import KakeyaError, SessionClosedError
+from .errors import DeadlineExceededError, RuntimeUnavailableError, SessionClosedError
 from .stream import GenerationStream
 from .transport import Transport, build_request
 from .types import SessionInfo
+
+log = logging.getLogger(__name__)
 
 
 class Session:
@@ -92,11 +95,23 @@ class Session:
 
 
 async def close_after(session: Session, exc: BaseException | None) -> None:
-    """Closes a session when a block leaves; an error from the block wins over one from the close."""
-    if exc is None:
-        await session.close()
-        return
+    """Closes a session when a block leaves (`async with`, the sync `with`).
+
+    After a block that raised, the block's error is the one that propagates: a close that fails
+    too is added to it as a note, never raised in its place. After a block that succeeded, a close
+    the runtime cannot take (unavailable: shutting down or gone; or past its deadline) is logged
+    as a warning, not raised: a runtime that stops ends its sessions with it, one out of reach
+    evicts the session after its TTL, and the block's work is done. Any other close error is
+    raised. `session.close()` itself always raises.
+    """
     try:
         await session.close()
-    except KakeyaError:
-        pass  # the block's own error is the one worth seeing
+    except Exception as error:  # noqa: BLE001 - the block's error, or the policy above, decides
+        if exc is None:
+            if not isinstance(error, (RuntimeUnavailableError, DeadlineExceededError)):
+                raise
+            log.warning("session %s was not closed: %s", session.session_id, error)
+            return
+        add_note = getattr(exc, "add_note", None)  # Python 3.11+
+        if add_note is not None:
+            add_note(f"closing session {session.session_id} then failed too: {type(error).__name__}: {error}")

@@ -11,9 +11,8 @@ import weakref
 from typing import AsyncIterator, Iterable, Iterator
 
 from .client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_S, DEFAULT_TOKENS_PER_MESSAGE, Client
-from .errors import KakeyaError
 from .loop_thread import LoopThread
-from .session import Session
+from .session import Session, close_after
 from .stream import GenerationStream
 from .types import RuntimeInfo, SessionInfo, StopReason
 
@@ -108,11 +107,12 @@ class SyncSession:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: object) -> None:
+        # The async `async with`'s rules (close_after); a client closed in the block can't run them.
         if exc is None:
-            self.close()
+            self._loop.run(close_after(self._session, None))
             return
-        with contextlib.suppress(KakeyaError):  # the block's own error is the one worth seeing
-            self.close()
+        with contextlib.suppress(Exception):  # the block's own error is the one that propagates
+            self._loop.run(close_after(self._session, exc))
 
     def __repr__(self) -> str:
         return f"<SyncSession {self.session_id} {'closed' if self.is_closed else 'open'}>"
