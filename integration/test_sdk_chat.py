@@ -164,6 +164,14 @@ async def test_chat_repl(server):
     assert code == 0, err
     assert "kakeya chat on" in out and len(out.split("> ")[1].strip()) > 0
     assert "Traceback" not in err
+    # Cut by --max-tokens: marked (plain text, stdout is no terminal here), not shown as a whole answer.
+    reply = out.split("> ")[1]
+    assert reply.rstrip("\n").endswith(" [max tokens]"), reply
+    # A reply that ends at EOS carries no marker.
+    code, out, err = await run_python("-m", "kakeya.runtime.server.cli", "chat", "--address", server.server.address,
+                                      "--max-tokens", "64", "--system", "Answer in one word.", stdin=b"Hi\n")
+    assert code == 0, err
+    assert len(out.split("> ")[1].strip()) > 0 and "[max tokens]" not in out
 
 
 async def test_chat_repl_without_a_runtime():

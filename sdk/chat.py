@@ -83,6 +83,7 @@ class ChatSession:
         self._history: list[int] = []  # ids the runtime holds, as far as this object knows
         self._pending: list[int] = []  # closing ids to send with the next append
         self._active_reply: AsyncGenerator[str, None] | None = None
+        self.last_stop_reason: StopReason | None = None  # of the last reply: MAX_TOKENS means it was cut
 
     @classmethod
     async def create(cls, client: Client, tokenizer: Any, *, system: str | None = None,
@@ -185,6 +186,7 @@ class ChatSession:
         if stop is StopReason.EOS and emitted == 0 and content_ids:
             content_ids = content_ids[:-1]  # an EOS outside the closing is not content
         content = self.tokenizer.decode(content_ids, skip_special_tokens=True)
+        self.last_stop_reason = stop
         self._pending = self._closing[emitted:]
         self._messages.append({"role": "assistant", "content": content})
         self._turns.append(Turn("assistant", content, tuple(prompt), tuple(generated), tuple(self._pending)))

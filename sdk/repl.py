@@ -1,7 +1,7 @@
 """`kakeya chat`: an interactive chat with a running runtime, replies streamed as they are sampled.
 
 Lines are user messages; `/reset` starts a new conversation (a new session), `/quit` or end of
-input exits. The tokenizer (the `[chat]` extra) is loaded locally: the runtime only sees ids.
+input exits. A reply cut by `--max-tokens` ends with a dim `[max tokens]`. The tokenizer (the `[chat]` extra) is loaded locally: the runtime only sees ids.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from .chat import ChatSession, ChatStateError
 from .client import DEFAULT_ADDRESS, Client
 from .errors import KakeyaError, RuntimeUnavailableError
 from .tokenizer import load_tokenizer
+from .types import StopReason
 
 HELP = "/reset starts a new conversation, /quit (or Ctrl-D) exits"
 
@@ -96,10 +97,17 @@ async def _loop(client: Client, tokenizer: object, args: argparse.Namespace) -> 
             await chat.add_user(text)
             async for piece in chat.reply(max_tokens=args.max_tokens, **sampling):
                 print(piece, end="", flush=True)
+            if chat.last_stop_reason is StopReason.MAX_TOKENS:
+                # Otherwise a reply cut mid-sentence reads as the model's whole answer.
+                print(_dim(" [max tokens]"), end="")
             print(flush=True)
     finally:
         with contextlib.suppress(KakeyaError):
             await chat.close()
+
+
+def _dim(text: str) -> str:
+    return f"\x1b[2m{text}\x1b[0m" if sys.stdout.isatty() else text
 
 
 def _read_line(prompt: str) -> asyncio.Future:
