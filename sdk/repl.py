@@ -1,7 +1,8 @@
 """`kakeya chat`: an interactive chat with a running runtime, replies streamed as they are sampled.
 
 Lines are user messages; `/reset` starts a new conversation (a new session), `/quit` or end of
-input exits. A reply cut by `--max-tokens` ends with a dim `[max tokens]`. The tokenizer (the `[chat]` extra) is loaded locally: the runtime only sees ids.
+input exits. A reply cut by `--max-tokens` ends with a dim `[max tokens]`. The tokenizer (the
+`[chat]` extra) is loaded locally: the runtime only sees ids.
 """
 
 from __future__ import annotations
