@@ -1,6 +1,6 @@
 """Soak: N sessions x T seconds of mixed traffic against an in-process runtime, checked for leaks.
 
-The traffic is ops/soak/soak.py's (the standalone runner, loaded here from its file, so CI also
+The traffic is the standalone runner's (ops/soak/, imported here from its folder, so CI also
 exercises it): create, append, generate (1-3 tokens), a Generate cancelled after its first token,
 info, runtime info, close. Every answer is checked against a model of each session's history;
 errors must be 0. A first, shorter run warms the caches
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib.util
 import json
 import os
 import sys
@@ -45,17 +44,10 @@ WARMUP_SECONDS = 10.0
 WARMUP_FRACTION = 0.25
 MIN_REQUESTS = 1000  # on a slow machine the run goes past SECONDS until there are enough samples
 RUNNER = Path(__file__).resolve().parents[1] / "ops" / "soak" / "soak.py"
+sys.path.insert(0, str(RUNNER.parent))
 
-
-def _load_runner():
-    spec = importlib.util.spec_from_file_location("kakeya_soak_runner", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _load_runner()
+import soak_rss  # noqa: E402
+import soak_traffic  # noqa: E402
 
 
 async def _idle_objects(runtime) -> int:
@@ -69,20 +61,20 @@ async def _idle_objects(runtime) -> int:
 
 
 def _rss_mb() -> float | None:
-    return soak.read_rss_mb(os.getpid())
+    return soak_rss.read_rss_mb(os.getpid())
 
 
 async def test_mixed_traffic_soak(loaded_model):
     handle = await start_server(loaded_model, limits={"max_sessions": 16})
     runtime = handle.runtime
     try:
-        warm_up = soak.SoakConfig(sessions=SESSIONS, seconds=WARMUP_SECONDS, seed=7)
-        warm = await asyncio.wait_for(soak.Soak(handle.stub, warm_up).run(), WARMUP_SECONDS + 5 * TIMEOUT_S)
+        warm_up = soak_traffic.SoakConfig(sessions=SESSIONS, seconds=WARMUP_SECONDS, seed=7)
+        warm = await asyncio.wait_for(soak_traffic.Soak(handle.stub, warm_up).run(), WARMUP_SECONDS + 5 * TIMEOUT_S)
         assert warm["errors"] == 0, warm["error_kinds"]
-        config = soak.SoakConfig(sessions=SESSIONS, seconds=SECONDS, seed=20_261_126, min_requests=MIN_REQUESTS,
-                                 warmup_fraction=WARMUP_FRACTION)
+        config = soak_traffic.SoakConfig(sessions=SESSIONS, seconds=SECONDS, seed=20_261_126,
+                                         min_requests=MIN_REQUESTS, warmup_fraction=WARMUP_FRACTION)
         objects_before = await _idle_objects(runtime)
-        runner = soak.Soak(handle.stub, config, rss_mb=_rss_mb)
+        runner = soak_traffic.Soak(handle.stub, config, rss_mb=_rss_mb)
         summary = await asyncio.wait_for(runner.run(), SECONDS + 5 * TIMEOUT_S)
         summary["objects_rise_per_1000_requests"] = round(
             (await _idle_objects(runtime) - objects_before) / summary["requests"] * 1000, 1)

@@ -21,12 +21,13 @@ rendered probe reply; those the model did not emit (all at max_tokens, the `\\n`
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, AsyncGenerator, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterable, AsyncIterator
 
 from .client import Client
 from .session import Session, close_after
-from .text import IncrementalDecoder
+from .text import stream_text
 from .tokenizer import chat_eos_token_ids, closing_ids, load_tokenizer, render_ids
 from .types import StopReason
 
@@ -154,22 +155,25 @@ class ChatSession:
             self._active_reply = None  # nothing was generated: the user turn is still the last
             raise
         stream = self.session.generate(max_tokens, **sampling)
-        decoder = IncrementalDecoder(self.tokenizer, skip_special_tokens=True)
         generated: list[int] = []
+        tokens = self._record(stream, generated)
+        texts = stream_text(tokens, self.tokenizer, skip_special_tokens=True)
         try:
-            async for token_id in stream:
-                generated.append(token_id)
-                self._history.append(token_id)
-                text = decoder.push(token_id)
-                if text:
+            # Both close before the turn is recorded, not whenever the loop's finalizer gets to them.
+            async with contextlib.aclosing(tokens), contextlib.aclosing(texts):
+                async for text in texts:
                     yield text
-            tail = decoder.flush()
-            if tail:
-                yield tail
         finally:
             stream.cancel()
             self._active_reply = None
             self._finish_reply(prompt, generated, stream.stop_reason)
+
+    async def _record(self, stream: AsyncIterable[int], generated: list[int]) -> AsyncIterator[int]:
+        # Each id joins the history as it is read, so a reply left early records what was seen.
+        async for token_id in stream:
+            generated.append(token_id)
+            self._history.append(token_id)
+            yield token_id
 
     async def _settle_reply(self) -> None:
         # A reply left with `break` is closed only when collected; close it now, so that its

@@ -134,9 +134,8 @@ class SyncGenerationStream:
                     return
                 yield token
         finally:
-            # On the loop, so that the iterator dropped here afterwards finds nothing left to cancel.
-            if not self._loop.is_closed:
-                self._loop.call(self._stream.cancel)
+            # Cancelled on the loop, so that the iterator dropped here afterwards finds nothing left to cancel.
+            self.cancel()
 
     def collect(self) -> list[int]:
         return self._loop.run(self._stream.collect())

@@ -47,6 +47,15 @@ def _empty(axis, title: str, section: dict) -> None:
     axis.set_axis_off()
 
 
+def _label(axis, title: str, xlabel: str, ylabel: str, grid: str = "major") -> None:
+    """Titles, grid and legend, alike on every panel; `grid="both"` adds minor lines for log axes."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(True, which=grid, alpha=0.3)
+    axis.legend(fontsize=8)
+
+
 def throughput(axis, section: dict) -> None:
     rows = _rows(section)
     if not rows:
@@ -61,11 +70,8 @@ def throughput(axis, section: dict) -> None:
             axis.plot(*zip(*points), marker="o", linewidth=2.5 if name == "kakeya" else 1.2, label=name)
     axis.set_xscale("log", base=2)
     axis.set_yscale("log")
-    axis.set_xlabel("concurrent sessions N")
-    axis.set_ylabel("generated tok/s (all sessions)")
-    axis.set_title(f"multi-session: prompt {section.get('prompt_tokens')}, {section.get('new_tokens')} new")
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=8)
+    _label(axis, f"multi-session: prompt {section.get('prompt_tokens')}, {section.get('new_tokens')} new",
+           "concurrent sessions N", "generated tok/s (all sessions)", grid="both")
 
 
 def latency(axis, section: dict) -> None:
@@ -80,11 +86,8 @@ def latency(axis, section: dict) -> None:
             if points:
                 axis.plot(*zip(*points), style, marker="o", label=f"{name} ITL {quantile}")
     axis.set_xscale("log", base=2)
-    axis.set_xlabel("concurrent sessions N")
-    axis.set_ylabel("ms between tokens of one stream")
-    axis.set_title("inter-token latency (generate: not measurable per token)")
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
+    _label(axis, "inter-token latency (generate: not measurable per token)", "concurrent sessions N",
+           "ms between tokens of one stream")
 
 
 def long_turns(axis, section: dict) -> None:
@@ -102,11 +105,8 @@ def long_turns(axis, section: dict) -> None:
         axis.text(0.02, 0.9, f"baseline: {baseline.get('error') or baseline.get('skipped')}"[:100],
                   transform=axis.transAxes, fontsize=8)
     axis.set_yscale("log")
-    axis.set_xlabel("turn")
-    axis.set_ylabel("seconds per turn")
-    axis.set_title(f"long session: append {section.get('append_tokens')}, generate {section.get('generate_tokens')}")
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=8)
+    _label(axis, f"long session: append {section.get('append_tokens')}, generate {section.get('generate_tokens')}",
+           "turn", "seconds per turn", grid="both")
 
 
 def memory(axis, section: dict) -> None:
@@ -126,11 +126,7 @@ def memory(axis, section: dict) -> None:
         if sample.get("phase") != previous:
             axis.axvline(t, color="grey", alpha=0.2, linewidth=0.8)
             previous = sample.get("phase")
-    axis.set_xlabel("seconds since the server was ready")
-    axis.set_ylabel("GiB")
-    axis.set_title("memory across the run (grey lines: phase changes)")
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
+    _label(axis, "memory across the run (grey lines: phase changes)", "seconds since the server was ready", "GiB")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
 """Prometheus metrics of sessions and the scheduler, on a registry of their own, served on loopback.
 
-Session series keep the names that the alerts and dashboard in ops/ read, scheduler series vLLM's
-meanings; all are prefixed `kakeya_`, in base units. Ids never become labels. Observed per step and
-per lifecycle event.
+Names follow CONTRACT.md (session series) and vLLM's meanings (scheduler series), prefixed
+`kakeya_`, in base units. Ids never become labels. Observed per step and per lifecycle event.
 """
 
 from __future__ import annotations
@@ -21,74 +20,80 @@ class Metrics:
     """Every collector the runtime exports. Each is written by one owner (named in its help)."""
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        # Sessions (registry and session actors).
-        self.session_active = Gauge("kakeya_session_active", "Sessions currently open.", registry=r)
-        self.session_total = Counter("kakeya_session", "Sessions ended, by outcome (closed, evicted, failed).",
-                                     ["outcome"], registry=r)
-        self.session_evicted = Counter("kakeya_session_evicted", "Sessions evicted, by reason (ttl, lru).",
-                                       ["reason"], registry=r)
-        self.session_kv_live_bytes = Gauge("kakeya_session_kv_live_bytes",
-                                           "Bytes of KV memory held by all sessions' slabs.", registry=r)
-        self.session_history_tokens = Histogram("kakeya_session_history_tokens",
-                                                "History length of sessions when they end.", buckets=_TOKENS,
-                                                registry=r)
-        self.generate_prefill_tokens = Histogram("kakeya_generate_prefill_tokens",
-                                                 "Tokens prefilled by one Generate (its new history).",
-                                                 buckets=_TOKENS, registry=r)
-        self.generate_prefill_duration = Histogram("kakeya_generate_prefill_duration_seconds",
-                                                   "From a Generate's start to its first token.",
-                                                   buckets=_SECONDS, registry=r)
-        self.invariant_violations = Counter("kakeya_cache_invariant_violations",
-                                            "Cache invariant violations (inv1, inv2); each closed its session.",
-                                            ["kind"], registry=r)
-        # Scheduler (scheduler actor).
-        self.running = Gauge("kakeya_scheduler_running_requests", "Generates the scheduler is running.", registry=r)
-        self.waiting = Gauge("kakeya_scheduler_waiting_requests",
-                             "Running Generates that got no rows in the last step (token budget full).", registry=r)
-        self.forwards = Counter("kakeya_scheduler_forwards", "Batched forwards run.", registry=r)
-        self.batch_sessions = Histogram("kakeya_scheduler_batch_sessions", "Sessions carried by one forward.",
-                                        buckets=_SESSIONS, registry=r)
-        self.batch_tokens = Histogram("kakeya_scheduler_batch_tokens", "Token rows in one forward.",
-                                      buckets=_TOKENS, registry=r)
-        self.step_duration = Histogram("kakeya_scheduler_step_duration_seconds",
-                                       "Wall time of one scheduler step (forward and sampling).",
-                                       buckets=_SECONDS, registry=r)
-        self.queue_time = Histogram("kakeya_request_queue_time_seconds",
-                                    "From a Generate's submission to its first scheduled rows.",
-                                    buckets=_SECONDS, registry=r)
-        self.time_to_first_token = Histogram("kakeya_request_time_to_first_token_seconds",
-                                             "From a Generate's submission to its first token.",
-                                             buckets=_SECONDS, registry=r)
-        self.inter_token_latency = Histogram("kakeya_request_inter_token_latency_seconds",
-                                             "Between consecutive tokens of one Generate.",
-                                             buckets=_SECONDS, registry=r)
-        self.prompt_tokens = Counter("kakeya_prompt_tokens", "Prefilled tokens (history fed to the model).",
-                                     registry=r)
-        self.generation_tokens = Counter("kakeya_generation_tokens", "Generated tokens.", registry=r)
-        self.stalled_consumers = Counter("kakeya_stream_stalled",
-                                         "Generates stopped because their consumer left tokens unread too long.",
-                                         registry=r)
-        self.kv_usage_ratio = Gauge("kakeya_kv_usage_ratio", "KV bytes in use over the KV budget.", registry=r)
-        # Speculative decoding (scheduler actor), as vLLM's spec_decode series.
-        self.spec_drafts = Counter("kakeya_spec_decode_drafts", "Drafts verified (one per session and step).",
-                                   registry=r)
-        self.spec_draft_tokens = Counter("kakeya_spec_decode_draft_tokens", "Draft tokens verified.", registry=r)
-        self.spec_accepted_tokens = Counter("kakeya_spec_decode_accepted_tokens",
-                                            "Draft tokens the verifier accepted.", registry=r)
-        # Per position in the draft (1 = first): accepted over drafted is that position's acceptance rate.
-        self.spec_draft_per_position = Counter("kakeya_spec_decode_draft_tokens_per_position",
-                                               "Draft tokens verified, by position in the draft.", ["position"],
-                                               registry=r)
-        self.spec_accepted_per_position = Counter("kakeya_spec_decode_accepted_tokens_per_position",
-                                                  "Draft tokens accepted, by position in the draft.", ["position"],
-                                                  registry=r)
-        # Run-ahead decoding (model thread, CUDA): a launched step is claimed, or dropped when the
-        # scheduler asks for other rows (a session joined, a sampler has a temperature).
-        self.run_ahead_steps = Counter("kakeya_run_ahead_steps", "Decode steps launched ahead, by outcome.",
-                                       ["outcome"], registry=r)
+        self.registry = CollectorRegistry()
+        self._add_session_metrics()
+        self._add_scheduler_metrics()
+        self._add_speculative_metrics()
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+
+    def _gauge(self, name: str, documentation: str) -> Gauge:
+        return Gauge(name, documentation, registry=self.registry)
+
+    def _counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def _histogram(self, name: str, documentation: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(name, documentation, buckets=buckets, registry=self.registry)
+
+    def _add_session_metrics(self) -> None:
+        """Written by the registry and the session actors."""
+        self.session_active = self._gauge("kakeya_session_active", "Sessions currently open.")
+        self.session_total = self._counter("kakeya_session", "Sessions ended, by outcome (closed, evicted, failed).",
+                                           ("outcome",))
+        self.session_evicted = self._counter("kakeya_session_evicted",
+                                             "Sessions evicted, by reason (ttl, lru).", ("reason",))
+        self.session_kv_live_bytes = self._gauge("kakeya_session_kv_live_bytes",
+                                                 "Bytes of KV memory held by all sessions' slabs.")
+        self.session_history_tokens = self._histogram("kakeya_session_history_tokens",
+                                                      "History length of sessions when they end.", _TOKENS)
+        self.generate_prefill_tokens = self._histogram("kakeya_generate_prefill_tokens",
+                                                       "Tokens prefilled by one Generate (its new history).", _TOKENS)
+        self.generate_prefill_duration = self._histogram("kakeya_generate_prefill_duration_seconds",
+                                                         "From a Generate's start to its first token.", _SECONDS)
+        self.invariant_violations = self._counter("kakeya_cache_invariant_violations",
+                                                  "Cache invariant violations (inv1, inv2); each closed its session.",
+                                                  ("kind",))
+
+    def _add_scheduler_metrics(self) -> None:
+        """Written by the scheduler actor."""
+        self.running = self._gauge("kakeya_scheduler_running_requests", "Generates the scheduler is running.")
+        self.waiting = self._gauge("kakeya_scheduler_waiting_requests",
+                                   "Running Generates that got no rows in the last step (token budget full).")
+        self.forwards = self._counter("kakeya_scheduler_forwards", "Batched forwards run.")
+        self.batch_sessions = self._histogram("kakeya_scheduler_batch_sessions", "Sessions carried by one forward.",
+                                              _SESSIONS)
+        self.batch_tokens = self._histogram("kakeya_scheduler_batch_tokens", "Token rows in one forward.", _TOKENS)
+        self.step_duration = self._histogram("kakeya_scheduler_step_duration_seconds",
+                                             "Wall time of one scheduler step (forward and sampling).", _SECONDS)
+        self.queue_time = self._histogram("kakeya_request_queue_time_seconds",
+                                          "From a Generate's submission to its first scheduled rows.", _SECONDS)
+        self.time_to_first_token = self._histogram("kakeya_request_time_to_first_token_seconds",
+                                                   "From a Generate's submission to its first token.", _SECONDS)
+        self.inter_token_latency = self._histogram("kakeya_request_inter_token_latency_seconds",
+                                                   "Between consecutive tokens of one Generate.", _SECONDS)
+        self.prompt_tokens = self._counter("kakeya_prompt_tokens", "Prefilled tokens (history fed to the model).")
+        self.generation_tokens = self._counter("kakeya_generation_tokens", "Generated tokens.")
+        self.stalled_consumers = self._counter("kakeya_stream_stalled",
+                                               "Generates stopped because their consumer left tokens unread too long.")
+        self.kv_usage_ratio = self._gauge("kakeya_kv_usage_ratio", "KV bytes in use over the KV budget.")
+
+    def _add_speculative_metrics(self) -> None:
+        """Written by the scheduler actor, as vLLM's spec_decode series, and the model thread (run-ahead)."""
+        self.spec_drafts = self._counter("kakeya_spec_decode_drafts", "Drafts verified (one per session and step).")
+        self.spec_draft_tokens = self._counter("kakeya_spec_decode_draft_tokens", "Draft tokens verified.")
+        self.spec_accepted_tokens = self._counter("kakeya_spec_decode_accepted_tokens",
+                                                  "Draft tokens the verifier accepted.")
+        # Per position in the draft (1 = first): accepted over drafted is that position's acceptance rate.
+        self.spec_draft_per_position = self._counter("kakeya_spec_decode_draft_tokens_per_position",
+                                                     "Draft tokens verified, by position in the draft.", ("position",))
+        self.spec_accepted_per_position = self._counter("kakeya_spec_decode_accepted_tokens_per_position",
+                                                        "Draft tokens accepted, by position in the draft.",
+                                                        ("position",))
+        # Run-ahead decoding (model thread, CUDA): a launched step is claimed, or dropped when the
+        # scheduler asks for other rows (a session joined, a sampler has a temperature).
+        self.run_ahead_steps = self._counter("kakeya_run_ahead_steps", "Decode steps launched ahead, by outcome.",
+                                             ("outcome",))
 
     def serve(self, host: str, port: int) -> int:
         """Starts the /metrics HTTP endpoint; returns the bound port."""

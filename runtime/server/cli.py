@@ -16,23 +16,59 @@ RUNTIME_EXTRA_MODULES = frozenset({"torch", "transformers", "accelerate", "gguf"
                                    "prometheus_client", "grpc_health", "grpc_reflection"})
 
 
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _env_name(name: str) -> str:
+    return f"KAKEYA_{name.upper().replace('-', '_')}"
+
+
+def _switch(env: str | None) -> bool | None:
+    """A KAKEYA_* value read as a switch; None when the variable is not set."""
+    return None if env is None else env.lower() in _TRUE
+
+
 def _flag(parser: argparse.ArgumentParser, name: str, kind=str, default=None, help: str = "", **kw) -> None:
     env = env_default(name)
     value = kind(env) if env is not None and kind is not bool else default
     parser.add_argument(f"--{name}", type=kind, default=value,
-                        help=f"{help} [env KAKEYA_{name.upper().replace('-', '_')}; default {default}]", **kw)
+                        help=f"{help} [env {_env_name(name)}; default {default}]", **kw)
+
+
+def _opt_out(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    """--no-NAME: a feature that is on unless the flag or KAKEYA_<NAME> turns it off."""
+    parser.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false",
+                        default=_switch(env_default(name)) is not False, help=f"{help} [env {_env_name(name)}=0]")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kakeya", description="Kakeya session-bound LLM inference runtime")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the gRPC runtime")
+    # In this order in --help.
+    for add_flags in (_listen_flags, _model_flags, _memory_flags, _speculative_flags, _request_flags,
+                      _operation_flags, _access_flags, _stall_flags, _switch_flags):
+        add_flags(serve)
+    # The client side lives in the SDK, which imports neither torch nor the server.
+    from kakeya import repl
+
+    repl.add_arguments(commands.add_parser("chat", help="chat with a running runtime (needs the [chat] extra)"))
+    return parser
+
+
+def _listen_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "host", default="127.0.0.1", help="address to bind")
     _flag(serve, "port", int, 50051, help="TCP port (0: pick a free one)")
     _flag(serve, "unix-socket", help="serve on this unix socket (mode 0600) instead of TCP")
+
+
+def _model_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "model", help="a .gguf file, a local model directory or a cached hub id; default: embedded SmolLM2-135M-Instruct")
     _flag(serve, "device", default="auto", help="auto, cpu, cuda[:N] or mps")
     _flag(serve, "dtype", default="auto", help="auto, float32, bfloat16 or float16")
+
+
+def _memory_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "max-sessions", int, 64, help="sessions held at once (LRU-evicts idle ones beyond)")
     _flag(serve, "kv-budget-bytes", int, 4 * 1024**3, help="bytes of KV memory shared by all sessions")
     _flag(serve, "kv-dtype", default="auto", choices=KV_DTYPES,
@@ -42,54 +78,57 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "sink", int, 0, help="bounded mode: tokens kept at the start of every history")
     _flag(serve, "window", int, 0, help="bounded mode: most recent tokens attended (0: full attention)")
     _flag(serve, "prefill-chunk", int, 256, help="prefill tokens per session per step")
+
+
+def _speculative_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "speculative", default="none", help="speculative decoding: none, ngram (prompt lookup in the "
           "session's history) or draft (a draft model)", choices=SPECULATIVE_MODES)
     _flag(serve, "num-draft-tokens", int, 4, help="draft tokens a session verifies per step")
     _flag(serve, "draft-model", help="--speculative draft: a model with the verifier's vocabulary (same forms as --model)")
     _flag(serve, "draft-layers", int, 0, help="--speculative draft: use the verifier's first N layers as the draft "
           "(shares its weights)")
+
+
+def _request_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "max-append-tokens", int, 65536, help="largest single append")
     _flag(serve, "max-generate-tokens", int, 8192, help="largest max_tokens of a Generate")
+
+
+def _operation_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "log-format", default="console", help="json or console", choices=("json", "console"))
     _flag(serve, "log-level", default="info", help="debug, info, warning or error")
     _flag(serve, "grace-s", float, 5.0, help="seconds in-flight calls get on shutdown")
     _flag(serve, "metrics-host", default="127.0.0.1", help="address of the Prometheus /metrics endpoint")
     _flag(serve, "metrics-port", int, 9400, help="port of the /metrics endpoint (-1: none)")
+
+
+def _access_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--api-key", action="append", default=[], help="accept this API key (repeatable) [env KAKEYA_API_KEYS, comma-separated]")
     serve.add_argument("--api-key-file", action="append", default=[], help="accept the keys in this file, one per line")
     serve.add_argument("--allow-insecure-bind", action="store_true", help="serve a non-loopback address without API keys")
     _flag(serve, "tls-cert", help="PEM certificate: serve TLS (needs --tls-key)")
     _flag(serve, "tls-key", help="PEM private key of --tls-cert")
+
+
+def _stall_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "consumer-stall-timeout-s", float, 60.0, help="stop a Generate whose client leaves tokens unread this long")
     _flag(serve, "stall-timeout-s", float, 30.0, help="health reports NOT_SERVING when pending work waits this long for a step")
+
+
+def _switch_flags(serve: argparse.ArgumentParser) -> None:
     det = serve.add_mutually_exclusive_group()
-    env_det = env_default("deterministic")
     det.add_argument("--deterministic", dest="deterministic", action="store_true",
-                     default=None if env_det is None else env_det.lower() in ("1", "true", "yes", "on"),
+                     default=_switch(env_default("deterministic")),
                      help="bitwise-stable streams whatever the append pattern or batch (default on CPU)")
     det.add_argument("--no-deterministic", dest="deterministic", action="store_false")
     for name, what in (("cuda-graphs", "replay decode steps as CUDA graphs"),
                        ("cuda-fusion", "use fused decoder layers (QKV and gate/up GEMMs, norms fused with adds and RoPE)"),
                        ("cuda-run-ahead", "launch the next greedy decode step before the scheduler asks for it")):
-        env = env_default(name)
-        serve.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false",
-                           default=env is None or env.lower() in ("1", "true", "yes", "on"),
-                           help=f"CUDA only: do not {what} [env KAKEYA_{name.upper().replace('-', '_')}=0]")
-    env = env_default("cpu-packed-linears")
-    serve.add_argument("--no-cpu-packed-linears", dest="cpu_packed_linears", action="store_false",
-                       default=env is None or env.lower() in ("1", "true", "yes", "on"),
-                       help="CPU only: plain linears instead of MKL-packed weights, which double the "
-                            "weights' memory [env KAKEYA_CPU_PACKED_LINEARS=0]")
-    env = env_default("cpu-decoder")
-    serve.add_argument("--no-cpu-decoder", dest="cpu_decoder", action="store_false",
-                       default=env is None or env.lower() in ("1", "true", "yes", "on"),
-                       help="CPU only: run transformers' modules instead of the same ops called directly "
-                            "(same logits, slower) [env KAKEYA_CPU_DECODER=0]")
-    # The client side lives in the SDK, which imports neither torch nor the server.
-    from kakeya import repl
-
-    repl.add_arguments(commands.add_parser("chat", help="chat with a running runtime (needs the [chat] extra)"))
-    return parser
+        _opt_out(serve, name, f"CUDA only: do not {what}")
+    _opt_out(serve, "cpu-packed-linears", "CPU only: plain linears instead of MKL-packed weights, which double the "
+                                          "weights' memory")
+    _opt_out(serve, "cpu-decoder", "CPU only: run transformers' modules instead of the same ops called directly "
+                                   "(same logits, slower)")
 
 
 def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
