@@ -38,11 +38,11 @@ BLOCK_STAGES = 3
 FP8_BLOCK_STAGES = 2
 
 
-def block_splits(num_rows: int) -> int:
+def block_splits(num_rows: int, most: int = MAX_BLOCK_SPLITS) -> int:
     """Splits per block: many when a step has few rows (one long append should still fill the
-    GPU), few when it has many; bounded so the partial buffers stay small."""
+    GPU), few when it has many; at most `most` (the kernel's), so the partial buffers stay small."""
     wanted = max(1, 2048 // max(1, num_rows))
-    return min(MAX_BLOCK_SPLITS, 1 << (wanted.bit_length() - 1))
+    return min(most, 1 << (wanted.bit_length() - 1))
 
 
 @triton.jit
