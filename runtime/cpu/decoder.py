@@ -2,7 +2,7 @@
 
 A CPU decode step of a small model spends a large share of its time in Python: transformers'
 modules, hooks, mask building and keyword plumbing around ~20 small ops a layer. This calls the
-same ops in the same order on the same tensors (the packed linears of cpu_linear.py, the slab
+same ops in the same order on the same tensors (the packed linears of linear.py, the slab
 attention of attention.py), without the modules. On SmolLM2-135M, 8 sessions decoding, 2 threads
 (Xeon), interleaved with transformers' forward (ops/bench/cpu_decoder_ab.py): 1.02-1.06x faster a
 step in fast mode and 1.09-1.10x in deterministic mode (two runs each), every logit bitwise equal. unit/test_cpu_decoder.py

@@ -1,7 +1,7 @@
 """Attention of one layer of a CUDA step: every row's K/V stored by one kernel, then rows attend
 through the row kernel or, for long prefill chunks, through SDPA over the session's slab.
 
-Both the transformers attention hook (attention.py) and the fused decoder (cuda_decoder.py) call
+Both the transformers attention hook (engine/attention_hook.py) and the fused decoder (decoder.py) call
 `attend` with row-major views: query [rows, heads, head_dim], key/value [rows, kv_heads, head_dim].
 """
 
@@ -17,7 +17,7 @@ from kakeya.runtime.forward.rows import RowGroup, StepLayout
 from kakeya.runtime.cuda.plan import BLOCK_ROWS
 from kakeya.runtime.kernels.triton_rows import BLOCK_N, FP8_BLOCK_N, attend_rows, dot_dtype, split_limit, store_rows
 
-# Which row kernel decode rows attend through (cuda_kernels.VARIANTS); read when graphs are captured.
+# Which row kernel decode rows attend through (triton_rows.VARIANTS); read when graphs are captured.
 # On an H200 the aligned one read K/V at 3.0-4.5 TB/s, the other at 1.1-2.3 (ops/bench/attention_kernel.py).
 ROW_VARIANT = "dot_aligned"
 ROW_STAGES = 2  # the aligned kernel's best or near-best stage count with several rows

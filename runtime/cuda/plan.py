@@ -14,9 +14,9 @@ BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 102
 SMALL_GROUP_ROWS = 8
 ROW_KERNEL_WORK = 256 * 1024  # key reads: blocks x visible keys
 # Fast mode: a chunk's rows attend in blocks of this many rows, each block reading its keys once
-# (cuda_block_kernel.py). A 65-row append over 19k keys took 105 us a layer in blocks of 16 rows,
+# (kernels/triton_blocks.py). A 65-row append over 19k keys took 105 us a layer in blocks of 16 rows,
 # 74 in blocks of 32 and 96 in blocks of 64 (H200, Qwen3-0.6B heads).
-# The fp8 slabs' CUDA block kernel (cuda_block_fp8.py) takes larger blocks (its BLOCK_ROWS): every
+# The fp8 slabs' CUDA block kernel (kernels/fp8_block.py) takes larger blocks (its BLOCK_ROWS): every
 # function here takes the block size of the kernel that serves the step.
 BLOCK_ROWS = 32
 

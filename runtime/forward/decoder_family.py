@@ -1,4 +1,4 @@
-"""Which models the hand-written decoder stacks (cuda_decoder.py, cpu_decoder.py) can run.
+"""Which models the hand-written decoder stacks (cuda/decoder.py, cpu/decoder.py) can run.
 
 Both replay transformers' Llama-family layer: RMSNorm, attention with optional Q/K norm and
 bias, rotary embedding, a SwiGLU MLP without bias, full attention. Anything else keeps

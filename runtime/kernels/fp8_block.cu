@@ -1,5 +1,5 @@
 // Blocks of consecutive rows of one session over fp8 (e4m3) K/V slabs, head_dim 128, split-K: the
-// CUDA counterpart of cuda_block_kernel.py's Triton kernel for fp8 slabs, loaded by cuda_block_fp8.py
+// CUDA counterpart of triton_blocks.py's Triton kernel for fp8 slabs, loaded by fp8_block.py
 // (NVRTC). It computes the same partials for the same combine kernel.
 //
 // Why not Triton: its block kernel multiplies P by a V tile that it reads from shared memory one
@@ -41,7 +41,7 @@
 #define M_CTA (16 * WARPS)
 #define FP8_STAGE (2 * TILE * HEAD_DIM)  // one stage: K then V, TILE rows of 128 bytes
 #define ROW16 (2 * HEAD_DIM)             // bytes of one widened key: 16 chunks of 16 bytes
-// Dynamic shared memory: STAGES fp8 stages, then the widened K and V tiles (cuda_block_fp8.py).
+// Dynamic shared memory: STAGES fp8 stages, then the widened K and V tiles (fp8_block.py).
 #define SMEM_BYTES (STAGES * FP8_STAGE + 2 * TILE * ROW16)
 
 #include "common.cuh"
@@ -289,7 +289,7 @@ __device__ void attend_block(long long r, int h, int j0, int s, const unsigned s
 
 // The step's work items (block b, split s), numbered b * splits_max + s, shared among the CTAs of a
 // KV head: CTA y serves items y, y + gridDim.y, ... The blocks' leading rows come listed in meta's
-// sixth row, then -1 (cuda_forward.py). A grid over every row instead (as the Triton kernel's)
+// sixth row, then -1 (cuda/row_meta.py). A grid over every row instead (as the Triton kernel's)
 // launches mostly CTAs that find no block, and only one of these fits an SM.
 template <int GROUP>
 __device__ void attend_blocks(const unsigned short* q, int q_stride_t, int q_stride_h, const long long* meta,

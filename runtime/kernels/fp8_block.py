@@ -1,6 +1,6 @@
 """Blocks of rows over fp8 slabs through a CUDA kernel compiled at run time (fp8_block.cu).
 
-A prompt chunk appended to a long conversation attends in blocks of rows (cuda_plan.py). Over fp8
+A prompt chunk appended to a long conversation attends in blocks of rows (cuda/plan.py). Over fp8
 slabs the Triton block kernel reads each V tile byte by byte from shared memory and widens K and V
 in every warp; this kernel widens each key tile once, into fp16 in shared memory, and multiplies
 from there with matrix loads. Its CTA holds 144 (row, query head) pairs, so where it serves, the
@@ -9,7 +9,7 @@ block whose keys are read once, where the Triton kernel's blocks of 32, 17 and 1
 times. It writes the same split partials, which the same combine kernel merges.
 
 It serves what it was measured on: bf16 queries, head_dim 128, 1-8 query heads a KV head,
-compute capability 8.9 or later, NVRTC through torch (cuda_nvrtc.py). Elsewhere `eligible` says
+compute capability 8.9 or later, NVRTC through torch (nvrtc.py). Elsewhere `eligible` says
 no and the Triton kernel serves the blocks.
 """
 
@@ -75,7 +75,7 @@ def _fits(device_index: int | None) -> bool:
 
 def attend_blocks(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor, layer: int,
                   scale: float, num_kv: int, rows_per_block: int) -> None:
-    """As cuda_block_kernel.attend_blocks over fp8 slabs: query/out [rows, heads, 128]; meta [6, rows],
+    """As triton_blocks.attend_blocks over fp8 slabs: query/out [rows, heads, 128]; meta [6, rows],
     whose sixth row lists the rows that lead blocks (then -1), each of which attends with its
     block's rows (rows_per_block at most); rows: the rows the combine writes."""
     num_rows, num_heads = rows.shape[0], query.shape[1]

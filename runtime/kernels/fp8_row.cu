@@ -1,12 +1,12 @@
 // One decoding row over fp8 (e4m3) K/V slabs, head_dim 128, GROUP query heads a KV head (1-8), split-K.
-// Loaded by cuda_row_fp8.py (NVRTC); the runtime's Triton row kernel computes the same partials.
+// Loaded by fp8_row.py (NVRTC); the runtime's Triton row kernel computes the same partials.
 //
 // One CTA per (row, kv head, split), 8 warps; each warp walks 16-key chunks with its own online
 // softmax, copying them into a ring of RING_STAGES slots in shared memory with cp.async, so
 // RING_STAGES - 1 chunks are in flight while one is multiplied. Against two chunks prefetched into
 // registers: 15.7 us against 17.1 a layer at 19,200 keys on an H200 (3 slots; 4: 16.1, 5: 16.6).
 // The CTA merges its warps and writes one partial (m, l, acc) per query
-// head in the layout the combine kernel (cuda_kernels.py) reads. mma.sync m16n8k16, fp16 in, fp32
+// head in the layout the combine kernel (triton_rows.py) reads. mma.sync m16n8k16, fp16 in, fp32
 // accumulate: the same products as the Triton kernel's, summed in another order.
 //
 // Why not Triton: the PV product needs, in each thread, one column's bytes of four keys, which lie

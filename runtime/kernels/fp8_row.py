@@ -8,7 +8,7 @@ same split partials, which the Triton combine kernel merges.
 
 It serves what it was measured on: one row (fast mode's lone decoding row), bf16 queries, head_dim
 128, 1-8 query heads a KV head, compute capability 8.9 or later, where a block may hold its ~104 KiB
-of shared memory (Hopper; Ada's 99 KiB is too little). It is compiled with NVRTC (cuda_nvrtc.py);
+of shared memory (Hopper; Ada's 99 KiB is too little). It is compiled with NVRTC (nvrtc.py);
 where that cannot happen, `eligible` says no and the Triton kernel serves every row.
 """
 
@@ -59,7 +59,7 @@ def _fits(device_index: int | None, group: int) -> bool:
 
 def attend_lone(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, meta: torch.Tensor, layer: int,
                 scale: float, num_kv: int, blocks: bool) -> None:
-    """As cuda_kernels.attend_rows for the listed rows (query/out [rows, heads, 128], meta [4 or 5, rows]);
+    """As triton_rows.attend_rows for the listed rows (query/out [rows, heads, 128], meta [4 or 5, rows]);
     blocks: meta has a lead row and rows whose lead is not 1 are left to the block kernel."""
     num_rows, num_heads = rows.shape[0], query.shape[1]
     kernel = _kernel(query.device.index, num_heads // num_kv)

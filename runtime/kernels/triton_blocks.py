@@ -109,7 +109,7 @@ def attend_blocks(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, me
                   scale: float, num_kv: int, dtype: torch.dtype, rows_per_block: int,
                   kv_dtype: torch.dtype | None = None) -> None:
     """query/out: [rows, heads, head_dim]; meta: [5, rows] (address, capacity, store, keys, lead);
-    dtype: what the dots multiply in (cuda_kernels.dot_dtype); kv_dtype: the slabs' when it differs (fp8).
+    dtype: what the dots multiply in (triton_rows.dot_dtype); kv_dtype: the slabs' when it differs (fp8).
     Every listed row that leads a block (lead >= 2) attends with its block's rows; rows with
     lead 1 are left to the row kernel."""
     num_rows, (num_heads, head_dim) = rows.shape[0], query.shape[1:]

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 DETERMINISTIC_SPLITS = 16  # at most; how many a row uses depends on its key count alone
-# One row over 19k keys: 25.6 us a layer in 32 splits (3 stages, cuda_attention.LONE_ROW_STAGES)
+# One row over 19k keys: 25.6 us a layer in 32 splits (3 stages, cuda/attention.py LONE_ROW_STAGES)
 # against 26.4 in 64 (2 stages), and at 4k keys 10.4 against 13.6; 64 splits with 3 stages took
 # 29.8 and 12.2 (H200). A graph's grid launches every split, used or not.
 MAX_SPLITS = 32
@@ -155,7 +155,7 @@ def _attend_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta_strid
     r = tl.load(rows_ptr + i)
     if HAS_LEAD:
         if tl.load(meta_ptr + 4 * meta_stride + r) != 1:
-            return  # a row of a block: cuda_block_kernel.py attends it
+            return  # a row of a block: triton_blocks.py attends it
     base = tl.load(meta_ptr + r).to(tl.pointer_type(KV_DTYPE))
     if ALIGN > 1:
         base = tl.multiple_of(base, ALIGN)
