@@ -67,11 +67,11 @@ def test_the_fp8_block_kernels_blocks_hold_a_service_turns_append():
 
 
 def test_a_forwards_leaders_row_lists_the_rows_that_lead_blocks():
-    from kakeya.runtime.cuda.forward import _with_leaders
+    from kakeya.runtime.cuda.row_meta import with_leaders
 
     leads = [1, 3, 0, 0, 2, 0, 1]
     meta = [[0] * 7 for _ in range(4)] + [leads]
-    assert _with_leaders(meta)[5] == [1, 4, -1, -1, -1, -1, -1]
-    assert _with_leaders(meta)[:5] == meta
+    assert with_leaders(meta)[5] == [1, 4, -1, -1, -1, -1, -1]
+    assert with_leaders(meta)[:5] == meta
     # An eager step leaves out the blocks of a group that attends through SDPA (rows 4 and 5 here).
-    assert _with_leaders(meta, {0, 1, 2, 3, 6})[5] == [1, -1, -1, -1, -1, -1, -1]
+    assert with_leaders(meta, {0, 1, 2, 3, 6})[5] == [1, -1, -1, -1, -1, -1, -1]

@@ -28,22 +28,14 @@ from kakeya.runtime.cpu import linear as cpu_linear
 from kakeya.runtime.cpu.attention import attend_cpu
 from kakeya.runtime.forward.rows import StepLayout
 from kakeya.runtime.forward.decoder_family import unsupported
+from kakeya.runtime.forward.norms import norm_of, qk_norm_of, rms_norm
 
 log = structlog.get_logger(__name__)
 
 
 # In-place forms of transformers' ops where the operand is a fresh tensor: the same elementwise
-# arithmetic (a * b and a + b are exact in either order), without allocating, and in fp32 without
-# the no-op casts; every call is a few microseconds of a decode step, and a fresh prefill-sized
-# tensor is memory to fault in.
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    x32 = x if dtype == torch.float32 else x.to(torch.float32)
-    scale = x32.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
-    x32 = x32 * scale
-    return x32.mul_(weight) if dtype == torch.float32 else weight * x32.to(dtype)
-
-
+# arithmetic (a * b and a + b are exact in either order), without allocating; every call is a few
+# microseconds of a decode step, and a fresh prefill-sized tensor is memory to fault in.
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1).mul_(sin)
@@ -76,18 +68,11 @@ def _linear(module) -> _Linear:
     return _Linear(module.packed, module.weight, module.bias)
 
 
-def _norm(module) -> tuple[torch.Tensor, float]:
-    return module.weight, float(module.variance_epsilon)
-
-
 def _layer(module) -> _Layer:
     attn, mlp = module.self_attn, module.mlp
-    qk_norm = None
-    if hasattr(attn, "q_norm"):
-        qk_norm = (attn.q_norm.weight, attn.k_norm.weight, float(attn.q_norm.variance_epsilon))
     return _Layer(_linear(attn.q_proj), _linear(attn.k_proj), _linear(attn.v_proj), _linear(attn.o_proj),
                   _linear(mlp.gate_proj), _linear(mlp.up_proj), _linear(mlp.down_proj),
-                  _norm(module.input_layernorm), _norm(module.post_attention_layernorm), qk_norm,
+                  norm_of(module.input_layernorm), norm_of(module.post_attention_layernorm), qk_norm_of(attn),
                   float(attn.scaling))
 
 
@@ -99,7 +84,7 @@ class CpuDecoder:
         self.mode = mode
         self.embed = inner.embed_tokens
         self.rotary = inner.rotary_emb
-        self.final_norm = _norm(inner.norm)
+        self.final_norm = norm_of(inner.norm)
         self.lm_head = _linear(model.lm_head)
         self.layers = [_layer(layer) for layer in inner.layers]
         self.head_dim = inner.layers[0].self_attn.head_dim
@@ -128,7 +113,7 @@ class CpuDecoder:
         q, k = self._apply(x, layer.q).view(shape), self._apply(x, layer.k).view(shape)
         if layer.qk_norm is not None:
             q_weight, k_weight, eps = layer.qk_norm
-            q, k = _rms(q, q_weight, eps), _rms(k, k_weight, eps)
+            q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self._apply(x, layer.v).view(shape).transpose(1, 2)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -143,11 +128,11 @@ class CpuDecoder:
         cos, sin = self.rotary(hidden, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         for index, layer in enumerate(self.layers):
-            attended = self._attention(index, layer, _rms(hidden, *layer.input_norm), cos, sin, layout)
+            attended = self._attention(index, layer, rms_norm(hidden, *layer.input_norm), cos, sin, layout)
             hidden = attended.add_(hidden)
-            x = _rms(hidden, *layer.post_norm)
+            x = rms_norm(hidden, *layer.post_norm)
             gate = F.silu(self._apply(x, layer.gate), inplace=True).mul_(self._apply(x, layer.up))
             hidden = self._apply(gate, layer.down).add_(hidden)
         if keep_rows is None:
             return None
-        return self._apply(_rms(hidden, *self.final_norm)[:, keep_rows, :], self.lm_head)
+        return self._apply(rms_norm(hidden, *self.final_norm)[:, keep_rows, :], self.lm_head)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from kakeya.runtime.forward.rows import StepLayout
 from kakeya.runtime.cuda.attention import attend
 from kakeya.runtime.forward.decoder_family import unsupported
+from kakeya.runtime.forward.norms import norm_of, qk_norm_of, rms_norm
 
 log = structlog.get_logger(__name__)
 
@@ -30,22 +31,15 @@ TABLE_ROPE = {"default", "linear", "llama3", "yarn"}  # cos/sin depend on the po
 MAX_TABLE_POSITIONS = 1 << 18
 
 
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype)
-
-
 @torch.compile(dynamic=True)
 def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return _rms(x, weight, eps)
+    return rms_norm(x, weight, eps)
 
 
 @torch.compile(dynamic=True)
 def _add_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
     hidden = residual + x
-    return _rms(hidden, weight, eps), hidden
+    return rms_norm(hidden, weight, eps), hidden
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -62,7 +56,7 @@ def _rotary(q, k, cos, sin):
 @torch.compile(dynamic=True)
 def _norm_rotary(q, k, q_weight, k_weight, eps: float, cos, sin):
     cos, sin = cos[:, None], sin[:, None]
-    return _rotate(_rms(q, q_weight, eps), cos, sin), _rotate(_rms(k, k_weight, eps), cos, sin)
+    return _rotate(rms_norm(q, q_weight, eps), cos, sin), _rotate(rms_norm(k, k_weight, eps), cos, sin)
 
 
 @torch.compile(dynamic=True)
@@ -100,10 +94,6 @@ def _fuse(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | 
     return weight, bias
 
 
-def _norm_of(module) -> tuple[torch.Tensor, float]:
-    return module.weight, float(module.variance_epsilon)
-
-
 def _layer(module) -> _Layer:
     cached = getattr(module, "kakeya_fused", None)
     if cached is not None:
@@ -111,11 +101,8 @@ def _layer(module) -> _Layer:
     attn, mlp = module.self_attn, module.mlp
     qkv, qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
     gate_up, _ = _fuse([mlp.gate_proj, mlp.up_proj])
-    qk_norm = None
-    if hasattr(attn, "q_norm"):
-        qk_norm = (attn.q_norm.weight, attn.k_norm.weight, float(attn.q_norm.variance_epsilon))
     fused = _Layer(qkv, qkv_bias, attn.o_proj.weight, attn.o_proj.bias, gate_up, mlp.down_proj.weight,
-                   _norm_of(module.input_layernorm), _norm_of(module.post_attention_layernorm), qk_norm,
+                   norm_of(module.input_layernorm), norm_of(module.post_attention_layernorm), qk_norm_of(attn),
                    float(attn.scaling))
     module.kakeya_fused = fused
     return fused
@@ -129,7 +116,7 @@ class FusedDecoder:
         config = model.config
         self.embed = inner.embed_tokens
         self.rotary = inner.rotary_emb
-        self.final_norm = _norm_of(inner.norm)
+        self.final_norm = norm_of(inner.norm)
         with torch.no_grad():
             self.layers = [_layer(layer) for layer in inner.layers]
         first = inner.layers[0].self_attn

@@ -15,76 +15,16 @@ Only the host copies of the inputs and of the sampled rows synchronise with the 
 
 from __future__ import annotations
 
-import bisect
-import time
-from dataclasses import dataclass
-
-import structlog
 import torch
 
 from kakeya.runtime.forward.rows import RowGroup, StepLayout
-from kakeya.runtime.cuda.plan import BLOCK_ROWS, BUCKETS, block_leads, graph_plan, kernel_eligible
+from kakeya.runtime.cuda.graphs import Graphs
+from kakeya.runtime.cuda.plan import BLOCK_ROWS, BUCKETS, graph_plan, kernel_eligible
+from kakeya.runtime.cuda.row_meta import KEEP, META, STAGED_ROWS, CudaRows, row_meta, with_leaders
 from kakeya.runtime.forward.loaded_model import LoadedModel
 from kakeya.runtime.forward.step_logits import StepLogits
 
-log = structlog.get_logger(__name__)
-
-# ids, positions, then meta (slab address, capacity, storage index, visible keys, block lead, leaders), kept rows
-STAGED_ROWS = 9  # ids, positions, 6 rows of meta, kept rows
-META = slice(2, 8)
-KEEP = 8
 NO_MASK = {"full_attention": None, "sliding_attention": None}
-
-
-@dataclass(frozen=True, slots=True)
-class CudaRows:
-    """Per-row device metadata of one forward, read by the attention function."""
-
-    # [6, rows] int64: slab address, capacity, storage index, visible keys, block lead; the last row
-    # lists the rows that lead blocks, in order, then -1 (kernels/fp8_block.cu reads it)
-    meta: torch.Tensor
-    kernel_rows: torch.Tensor  # [n] int64: rows that attend through the row (or block) kernel
-    sdpa_groups: tuple[RowGroup, ...]  # sessions whose rows attend through SDPA
-    blocks: bool = False  # some rows attend in blocks (lead >= 2): the block kernel runs too
-    kv_dtype: torch.dtype | None = None  # the slabs' dtype where it is not the model's (fp8)
-    block_rows: int = BLOCK_ROWS  # most rows a block holds (CudaForward.block_rows)
-
-
-class _Graph:
-    """One captured forward over `rows` rows; inputs are copied into its static buffers.
-
-    Fast mode captures the decoder only (the lm_head runs on the kept rows after the replay, so a
-    1024-row bucket holds no [1024, vocab] buffer); deterministic mode captures the lm_head too,
-    because its GEMM must always see det_rows rows."""
-
-    def __init__(self, owner: "CudaForward", rows: int, pool, blocks: bool) -> None:
-        device = owner.device
-        self.rows = rows
-        # ids, positions, 5 rows of meta, and the kept rows' indices (read after the replay).
-        self.inputs = torch.zeros(STAGED_ROWS, rows, dtype=torch.int64, device=device)
-        self.inputs[META] = owner.scratch_meta[:, None]
-        self.keep = self.inputs[KEEP]
-        cuda = CudaRows(self.inputs[META], torch.arange(rows, device=device), (), blocks, owner.kv_dtype,
-                        owner.block_rows)
-        # Kept: the graph reads these tensors' memory on every replay.
-        self.layout = layout = StepLayout((), rows, owner.deterministic, cuda)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up: lazy initialisation and autotuning stay out of the graph
-                owner.run_captured(self.inputs[0:1], self.inputs[1:2], layout)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.output = owner.run_captured(self.inputs[0:1], self.inputs[1:2], layout)
-
-    def replay(self, staged: torch.Tensor, gather_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """gather_ids: the staged ids are indices into this device tensor (run-ahead decoding)."""
-        self.inputs.copy_(staged, non_blocking=True)
-        if gather_ids is not None:
-            self.inputs[0].copy_(gather_ids[self.inputs[0]])
-        self.graph.replay()
-        return self.output
 
 
 class CudaForward:
@@ -98,7 +38,7 @@ class CudaForward:
             fuse_pointwise(loaded.model)
             loaded.model.kakeya_fused = True
         # Llama-family models run on the fused decoder; others on transformers' modules. Imported
-        # here: it needs triton, and this module's planning helpers are used without a GPU.
+        # here: it needs triton (CPU builds of torch lack it), which importing this module does not.
         from kakeya.runtime.cuda.decoder import FusedDecoder
 
         self.decoder = FusedDecoder.build(loaded.model) if fusion else None
@@ -113,8 +53,7 @@ class CudaForward:
                                    dtype=self.kv_dtype, device=self.device)
         self._scratch_row = [self.scratch.data_ptr(), 1, 0, 1, 1, -1]
         self.scratch_meta = torch.tensor(self._scratch_row, dtype=torch.int64, device=self.device)
-        self._graphs: dict[tuple[int, bool], _Graph] = {}
-        self._pool = torch.cuda.graph_pool_handle() if graphs else None
+        self.graphs = Graphs(self, torch.cuda.graph_pool_handle() if graphs else None)
         self._staging = torch.zeros(STAGED_ROWS, 0, dtype=torch.int64)
         self._staged_copied: torch.cuda.Event | None = None
 
@@ -144,7 +83,7 @@ class CudaForward:
 
     def forward(self, ids: list[int], positions: list[int], groups: tuple[RowGroup, ...],
                 keep_rows: list[int]) -> StepLogits:
-        meta = self._row_meta(groups, len(ids), blocks=not self.deterministic)
+        meta = row_meta(groups, len(ids), not self.deterministic, self.block_rows)
         with torch.inference_mode():
             if self.deterministic:
                 return self._deterministic(ids, positions, meta, keep_rows)
@@ -156,15 +95,15 @@ class CudaForward:
     def _replay_plan(self, plan: list[list[int]], ids, positions, meta, keep_rows) -> StepLogits:
         """Replays one graph per forward of the plan, in order; keeps the hidden states of keep_rows."""
         if len(plan) == 1 and len(plan[0]) == len(ids):
-            forwards = [(ids, positions, _with_leaders(meta), keep_rows)]
+            forwards = [(ids, positions, with_leaders(meta), keep_rows)]
         else:
             forwards = [([ids[r] for r in rows], [positions[r] for r in rows],
-                         _with_leaders([[m[r] for r in rows] for m in meta]),
+                         with_leaders([[m[r] for r in rows] for m in meta]),
                          [rows.index(r) for r in keep_rows if r in rows]) for rows in plan]
         kept: list[torch.Tensor] = []
         for sub_ids, sub_positions, sub_meta, sub_keep in forwards:
             blocks = any(lead > 1 for lead in sub_meta[4])
-            graph = self._graph(self.buckets[bisect.bisect_left(self.buckets, len(sub_ids))], blocks)
+            graph = self.graphs.for_rows(len(sub_ids), blocks)
             hidden = graph.replay(self._stage(sub_ids, sub_positions, sub_meta, graph.rows, sub_keep))
             self._mark_copied()
             if sub_keep:
@@ -184,8 +123,8 @@ class CudaForward:
                         groups: tuple[RowGroup, ...]) -> torch.Tensor:
         """Logits of a one-row-per-session forward whose input ids are source[rows], gathered on the
         GPU: the host does not wait for the tokens it feeds (run_ahead.py)."""
-        graph = self._graph(self.buckets[bisect.bisect_left(self.buckets, len(rows))], False)
-        meta = _with_leaders(self._row_meta(groups, len(rows), False))
+        graph = self.graphs.for_rows(len(rows), False)
+        meta = with_leaders(row_meta(groups, len(rows), False, self.block_rows))
         staged = self._stage(rows, positions, meta, graph.rows, range(len(rows)))
         hidden = graph.replay(staged, gather_ids=source)
         self._mark_copied()
@@ -195,7 +134,7 @@ class CudaForward:
         kernel_rows = [g.row_start + r for g in groups if kernel_eligible(g, self.block_rows)
                        for r in range(g.num_rows)]
         # An SDPA group's rows may hold leads (block_leads), but attend through SDPA, not in blocks.
-        staged = self._stage(ids, positions, _with_leaders(meta, set(kernel_rows)), len(ids), keep_rows)
+        staged = self._stage(ids, positions, with_leaders(meta, set(kernel_rows)), len(ids), keep_rows)
         staged = staged.to(self.device, non_blocking=True)
         self._mark_copied()
         sdpa = tuple(g for g in groups if not kernel_eligible(g, self.block_rows))
@@ -212,44 +151,28 @@ class CudaForward:
         n = self.det_rows
         kept: list[torch.Tensor] = []
         padded = -(-len(ids) // n) * n
-        all_staged = self._stage(ids, positions, _with_leaders(meta), padded)
+        all_staged = self._stage(ids, positions, with_leaders(meta), padded)
         chunk_keeps = [[r - lo for r in keep_rows if lo <= r < lo + n] for lo in range(0, len(ids), n)]
         for lo, chunk_keep in zip(range(0, len(ids), n), chunk_keeps):
             all_staged[KEEP, lo:lo + len(chunk_keep)] = torch.tensor(chunk_keep, dtype=torch.int64)
         for lo, chunk_keep in zip(range(0, len(ids), n), chunk_keeps):
             staged = all_staged[:, lo:lo + n]
             if self.use_graphs:
-                logits = self._graph(n, False).replay(staged)
+                logits = self.graphs.get(n, False).replay(staged)
             else:
                 inputs = staged.to(self.device)
                 cuda = CudaRows(inputs[META], torch.arange(n, device=self.device), (), False, self.kv_dtype)
                 logits = self.run_model(inputs[0:1], inputs[1:2], StepLayout((), n, True, cuda), None)
             self._mark_copied()
             if chunk_keep:
-                index = self._graph(n, False).keep if self.use_graphs else inputs[KEEP]
+                index = self.graphs.get(n, False).keep if self.use_graphs else inputs[KEEP]
                 kept.append(logits[index[:len(chunk_keep)]].clone())
         return StepLogits(torch.cat(kept) if kept else torch.empty(0, device=self.device))
 
     def warm_up(self, max_rows: int) -> None:
         """Captures the graphs of every bucket up to max_rows (compiling the fused kernels on the way)."""
-        if not self.use_graphs:
-            return
-        started = time.monotonic()
-        if self.deterministic:
-            self._graph(self.det_rows, False)
-        else:
-            for rows in self.buckets[:bisect.bisect_left(self.buckets, max_rows) + 1]:
-                self._graph(rows, False)
-                if rows > 1:
-                    self._graph(rows, True)
-        log.info("cuda_warm_up", graphs=len(self._graphs), seconds=round(time.monotonic() - started, 1))
-
-    def _graph(self, rows: int, blocks: bool) -> _Graph:
-        graph = self._graphs.get((rows, blocks))
-        if graph is None:
-            log.info("cuda_graph_capture", rows=rows, blocks=blocks, deterministic=self.deterministic)
-            graph = self._graphs[rows, blocks] = _Graph(self, rows, self._pool, blocks)
-        return graph
+        if self.use_graphs:
+            self.graphs.warm_up(max_rows)
 
     def _block_rows(self, loaded: LoadedModel) -> int:
         """Rows a block holds: more where the fp8 slabs' CUDA block kernel serves the blocks."""
@@ -258,23 +181,6 @@ class CudaForward:
         config = loaded.model.config
         return cuda_block_fp8.block_rows(config.num_attention_heads, loaded.num_kv_heads, loaded.head_dim,
                                          loaded.dtype, self.kv_dtype, self.device.index) or BLOCK_ROWS
-
-    def _row_meta(self, groups: tuple[RowGroup, ...], num_rows: int, blocks: bool) -> list[list[int]]:
-        """[5][rows]: slab address, capacity, storage index, visible keys (full attention), block lead
-        (with blocks, a group's rows attend in blocks of block_rows: the first row holds the
-        block's size, the others 0; else every row holds 1). _with_leaders adds the sixth row."""
-        meta = [[0] * num_rows for _ in range(4)] + [[1] * num_rows]
-        for g in groups:
-            kv = g.kv
-            address, capacity = kv.slab.data_ptr(), kv.capacity
-            for i in range(g.num_rows):
-                r = g.row_start + i
-                index = kv.storage_index(g.first_position + i)
-                meta[0][r], meta[1][r], meta[2][r], meta[3][r] = address, capacity, index, index + 1
-            if blocks and g.num_rows > 1:
-                meta[4][g.row_start:g.row_start + g.num_rows] = block_leads(
-                    g.num_rows, kernel_eligible(g, self.block_rows), self.block_rows)
-        return meta
 
     def _stage(self, ids, positions, meta, rows: int, keep=()) -> torch.Tensor:
         """Pinned [STAGED_ROWS, rows] inputs; rows past the real ones are padding on the scratch slab.
@@ -300,10 +206,3 @@ class CudaForward:
     def _mark_copied(self) -> None:
         self._staged_copied = torch.cuda.Event()
         self._staged_copied.record()
-
-
-def _with_leaders(meta: list[list[int]], kernel_rows: set[int] | None = None) -> list[list[int]]:
-    """A forward's 5 rows of meta and a sixth: the rows that lead its blocks, in order, then -1.
-    kernel_rows: the rows that attend through the kernels (None: all, as in a graph forward)."""
-    leaders = [r for r, lead in enumerate(meta[4]) if lead > 1 and (kernel_rows is None or r in kernel_rows)]
-    return meta + [leaders + [-1] * (len(meta[4]) - len(leaders))]

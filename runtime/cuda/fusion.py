@@ -18,15 +18,14 @@ import structlog
 import torch
 import torch.nn.functional as F
 
+from kakeya.runtime.forward.norms import rms_norm
+
 log = structlog.get_logger(__name__)
 
 
 @torch.compile(dynamic=True)
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype)
+    return rms_norm(x, weight, eps)
 
 
 @torch.compile(dynamic=True)

@@ -44,16 +44,7 @@
 // Dynamic shared memory: STAGES fp8 stages, then the widened K and V tiles (fp8_block.py).
 #define SMEM_BYTES (STAGES * FP8_STAGE + 2 * TILE * ROW16)
 
-__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
-}
-
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
-
-template <int N>
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+#include "common.cuh"
 
 __device__ __forceinline__ void ldsm_x4(unsigned* b, unsigned addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
@@ -74,12 +65,6 @@ __device__ __forceinline__ void mma(float* c, const unsigned* a, unsigned b0, un
 __device__ __forceinline__ unsigned cvt2(unsigned pair) {  // two e4m3 bytes (low 16 bits) -> f16x2
     unsigned out;
     asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(out) : "h"((unsigned short)pair));
-    return out;
-}
-
-__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
-    unsigned out;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(out) : "f"(hi), "f"(lo));
     return out;
 }
 
@@ -304,7 +289,7 @@ __device__ void attend_block(long long r, int h, int j0, int s, const unsigned s
 
 // The step's work items (block b, split s), numbered b * splits_max + s, shared among the CTAs of a
 // KV head: CTA y serves items y, y + gridDim.y, ... The blocks' leading rows come listed in meta's
-// sixth row, then -1 (cuda/forward.py). A grid over every row instead (as the Triton kernel's)
+// sixth row, then -1 (cuda/row_meta.py). A grid over every row instead (as the Triton kernel's)
 // launches mostly CTAs that find no block, and only one of these fits an SM.
 template <int GROUP>
 __device__ void attend_blocks(const unsigned short* q, int q_stride_t, int q_stride_h, const long long* meta,

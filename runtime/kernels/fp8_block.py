@@ -20,7 +20,7 @@ import functools
 import torch
 
 from kakeya.runtime.kernels import nvrtc as cuda_nvrtc
-from kakeya.runtime.kernels.triton_blocks import _combine_block_kernel
+from kakeya.runtime.kernels.triton_blocks import _combine_block_kernel, block_splits
 
 HEAD_DIM = 128
 GROUPS = (1, 2, 4, 8)  # the kernel's entry points (fp8_block_attend_g<G>)
@@ -59,13 +59,6 @@ def block_rows(num_heads: int, num_kv: int, head_dim: int, dtype: torch.dtype, k
     return BLOCK_ROWS if _kernel(device_index, group) is not None else None
 
 
-def splits_for(num_rows: int) -> int:
-    """Splits per block: many when a step has few rows (one long append should still fill the
-    GPU), few when it has many; bounded so the partial buffers stay small."""
-    wanted = max(1, 2048 // max(1, num_rows))
-    return min(MAX_SPLITS, 1 << (wanted.bit_length() - 1))
-
-
 def _kernel(device_index: int | None, group: int):
     if not _fits(device_index):
         return None
@@ -88,7 +81,7 @@ def attend_blocks(query: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, me
     num_rows, num_heads = rows.shape[0], query.shape[1]
     group = num_heads // num_kv
     subs = -(-rows_per_block * group // PAIRS_PER_CTA)  # CTAs that share one block's rows
-    splits = splits_for(query.shape[0])
+    splits = block_splits(query.shape[0], MAX_SPLITS)
     # Indexed by packed row, as the Triton kernel's: a block's CTAs write its followers' rows.
     part_acc = torch.empty(query.shape[0] * num_heads * splits, HEAD_DIM, dtype=torch.float32, device=query.device)
     part_ml = torch.empty(query.shape[0] * num_heads * splits, 2, dtype=torch.float32, device=query.device)

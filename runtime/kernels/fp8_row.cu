@@ -19,6 +19,8 @@
 #define MIN_SPLIT 256
 #define TILE 128
 
+#include "common.cuh"
+
 __device__ __forceinline__ unsigned cvt2(unsigned short pair) {
     unsigned out;
     asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(out) : "h"(pair));
@@ -38,12 +40,6 @@ __device__ __forceinline__ void mma(float* c, unsigned a0, unsigned a2, unsigned
                  : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
-    unsigned out;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(out) : "f"(hi), "f"(lo));
-    return out;
-}
-
 __device__ __forceinline__ float bf16_to_float(unsigned short x) {
     return __int_as_float(((unsigned)x) << 16);
 }
@@ -60,17 +56,6 @@ __device__ __forceinline__ unsigned ld_nc_u32(const unsigned char* p) {
     asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
     return v;
 }
-
-__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
-}
-
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
-
-template <int N>
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
 // A chunk (16 keys) in a warp's ring slot: K rows then V rows, 128 bytes a key. 16-byte pieces are
 // swizzled so that the reads below hit 32 distinct banks: K piece c of key k at c ^ 4(k & 1) (two

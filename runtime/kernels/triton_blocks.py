@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kakeya.runtime.kernels.triton_rows import _TL_DTYPE, MIN_SPLIT_KEYS, load_partials, to_dot
+from kakeya.runtime.kernels.triton_rows import (_TL_DTYPE, MIN_SPLIT_KEYS, attend_keys, combine_partials,
+                                                store_partials, to_dot)
 
 # A service turn's 65-row append (blocks of 32) ran fastest with 8 splits and 3 stages, over long
 # and short histories alike (docs/cuda.md). Fewer splits also waste fewer programs early in a
@@ -36,11 +37,11 @@ BLOCK_STAGES = 3
 FP8_BLOCK_STAGES = 2
 
 
-def block_splits(num_rows: int) -> int:
+def block_splits(num_rows: int, most: int = MAX_BLOCK_SPLITS) -> int:
     """Splits per block: many when a step has few rows (one long append should still fill the
-    GPU), few when it has many; bounded so the partial buffers stay small."""
+    GPU), few when it has many; at most `most` (the kernel's), so the partial buffers stay small."""
     wanted = max(1, 2048 // max(1, num_rows))
-    return min(MAX_BLOCK_SPLITS, 1 << (wanted.bit_length() - 1))
+    return min(most, 1 << (wanted.bit_length() - 1))
 
 
 @triton.jit
@@ -86,27 +87,9 @@ def _attend_block_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta
     q = to_dot(q, DTYPE)
     k_base = base + (layer * 2 * NUM_KV + h) * cap * HEAD_DIM
     v_base = base + ((layer * 2 + 1) * NUM_KV + h) * cap * HEAD_DIM
-    m = tl.full([ROWS * GROUP_PAD], float("-inf"), tl.float32)
-    l = tl.zeros([ROWS * GROUP_PAD], tl.float32)
-    acc = tl.zeros([ROWS * GROUP_PAD, HEAD_DIM], tl.float32)
-    for start in range(lo, hi, BLOCK):
-        t = start + tl.arange(0, BLOCK)
-        inside = t < hi
-        k = tl.load(k_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0).to(DTYPE)
-        v = tl.load(v_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0).to(DTYPE)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-        scores = tl.where(inside[None, :] & (t[None, :] < n_row[:, None]), scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, 1))
-        # A row that has seen no key yet keeps m = -inf; shifting by 0 keeps its p and alpha at 0.
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(scores - shift[:, None])
-        alpha = tl.exp(m - shift)
-        l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DTYPE), v, input_precision=PRECISION)
-        m = m_new
-    tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=valid[:, None])
-    tl.store(part_ml_ptr + part * 2, m, mask=valid)
-    tl.store(part_ml_ptr + part * 2 + 1, l, mask=valid)
+    m, l, acc = attend_keys(q, k_base, v_base, lo, hi, n_row, scale, ROWS * GROUP_PAD, HEAD_DIM, BLOCK, DTYPE,
+                            PRECISION, True)
+    store_partials(part_acc_ptr, part_ml_ptr, part, m, l, acc, valid, HEAD_DIM)
 
 
 @triton.jit
@@ -116,15 +99,8 @@ def _combine_block_kernel(out_ptr, o_stride_t, o_stride_h, rows_ptr, meta_ptr, m
     hq = tl.program_id(1)
     if tl.load(meta_ptr + 4 * meta_stride + r) == 1:
         return  # the row kernel's row
-    sp = tl.arange(0, SPLITS)
     d = tl.arange(0, HEAD_DIM)
-    part = (r * NUM_HEADS + hq) * SPLITS + sp
-    m = tl.load(part_ml_ptr + part * 2)
-    l = tl.load(part_ml_ptr + part * 2 + 1)
-    top = tl.max(m, 0)
-    w = tl.where(m == float("-inf"), 0.0, tl.exp(m - top))
-    acc = load_partials(part_acc_ptr, part, m, HEAD_DIM)
-    total = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
+    total = combine_partials(part_acc_ptr, part_ml_ptr, r * NUM_HEADS + hq, HEAD_DIM, SPLITS)
     tl.store(out_ptr + r * o_stride_t + hq * o_stride_h + d, total.to(out_ptr.dtype.element_ty))
 
 

@@ -94,6 +94,54 @@ def _store_kernel(key_ptr, value_ptr, k_stride_t, k_stride_h, v_stride_t, v_stri
 
 
 @triton.jit
+def attend_keys(q, k_base, v_base, lo, hi, n_row, scale, TILE: tl.constexpr, HEAD_DIM: tl.constexpr,
+                BLOCK: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr, PER_ROW: tl.constexpr):
+    """One split's online softmax: the query tile q ([TILE, HEAD_DIM], as to_dot gives it) against
+    keys lo..hi-1 of one KV head's K/V (k_base, v_base), BLOCK keys a trip. Returns the split's
+    partial: each query's running max m, its sum of weights l and its unnormalised acc.
+    PER_ROW: the tile's rows see different key counts (n_row, one a query: a block's causal mask),
+    so a row may have seen no key yet; without it every row sees every key below hi, and n_row is
+    not read."""
+    d = tl.arange(0, HEAD_DIM)
+    m = tl.full([TILE], float("-inf"), tl.float32)
+    l = tl.zeros([TILE], tl.float32)
+    acc = tl.zeros([TILE, HEAD_DIM], tl.float32)
+    for start in range(lo, hi, BLOCK):
+        t = start + tl.arange(0, BLOCK)
+        inside = t < hi
+        # fp8 slabs widen to the compute dtype here: half the bytes read, same dot products.
+        k = tl.load(k_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0).to(DTYPE)
+        v = tl.load(v_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0).to(DTYPE)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+        if PER_ROW:
+            scores = tl.where(inside[None, :] & (t[None, :] < n_row[:, None]), scores, float("-inf"))
+        else:
+            scores = tl.where(inside[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, 1))
+        if PER_ROW:
+            # A row that has seen no key yet keeps m = -inf; shifting by 0 keeps its p and alpha at 0.
+            shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            # Every trip holds a key below hi, which every row sees: m_new is past -inf, no guard.
+            shift = m_new
+        p = tl.exp(scores - shift[:, None])
+        alpha = tl.exp(m - shift)
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(DTYPE), v, input_precision=PRECISION)
+        m = m_new
+    return m, l, acc
+
+
+@triton.jit
+def store_partials(part_acc_ptr, part_ml_ptr, part, m, l, acc, keep, HEAD_DIM: tl.constexpr):
+    """A split's partials where the combine kernels read them: acc at part, (m, l) at 2 part."""
+    d = tl.arange(0, HEAD_DIM)
+    tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=keep[:, None])
+    tl.store(part_ml_ptr + part * 2, m, mask=keep)
+    tl.store(part_ml_ptr + part * 2 + 1, l, mask=keep)
+
+
+@triton.jit
 def _attend_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta_stride, layer, scale,
                    part_acc_ptr, part_ml_ptr,
                    NUM_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
@@ -106,7 +154,7 @@ def _attend_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta_strid
     r = tl.load(rows_ptr + i)
     if HAS_LEAD:
         if tl.load(meta_ptr + 4 * meta_stride + r) != 1:
-            return  # a row of a block: cuda_block_kernel.py attends it
+            return  # a row of a block: triton_blocks.py attends it
     base = tl.load(meta_ptr + r).to(tl.pointer_type(KV_DTYPE))
     if ALIGN > 1:
         base = tl.multiple_of(base, ALIGN)
@@ -134,28 +182,10 @@ def _attend_kernel(q_ptr, q_stride_t, q_stride_h, rows_ptr, meta_ptr, meta_strid
     q = to_dot(q, DTYPE)
     k_base = base + (layer * 2 * NUM_KV + h) * cap * HEAD_DIM
     v_base = base + ((layer * 2 + 1) * NUM_KV + h) * cap * HEAD_DIM
-    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-    for start in range(lo, hi, BLOCK):
-        t = start + tl.arange(0, BLOCK)
-        inside = t < hi
-        # fp8 slabs widen to the compute dtype here: half the bytes read, same dot products.
-        k = tl.load(k_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0).to(DTYPE)
-        v = tl.load(v_base + t[:, None] * HEAD_DIM + d[None, :], mask=inside[:, None], other=0.0).to(DTYPE)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-        scores = tl.where(inside[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, 1))
-        p = tl.exp(scores - m_new[:, None])
-        alpha = tl.exp(m - m_new)
-        l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DTYPE), v, input_precision=PRECISION)
-        m = m_new
+    m, l, acc = attend_keys(q, k_base, v_base, lo, hi, n, scale, GROUP_PAD, HEAD_DIM, BLOCK, DTYPE, PRECISION, False)
     # Partial results always go through the combine kernel, split count 1 included, so a row's
     # arithmetic does not depend on how many splits its neighbours needed.
-    tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=keep[:, None])
-    tl.store(part_ml_ptr + part * 2, m, mask=keep)
-    tl.store(part_ml_ptr + part * 2 + 1, l, mask=keep)
+    store_partials(part_acc_ptr, part_ml_ptr, part, m, l, acc, keep, HEAD_DIM)
 
 
 @triton.jit
@@ -167,16 +197,22 @@ def _combine_kernel(out_ptr, o_stride_t, o_stride_h, rows_ptr, meta_ptr, meta_st
     if HAS_LEAD:
         if tl.load(meta_ptr + 4 * meta_stride + r) != 1:
             return
-    sp = tl.arange(0, SPLITS)
     d = tl.arange(0, HEAD_DIM)
-    part = (i * NUM_HEADS + hq) * SPLITS + sp
+    total = combine_partials(part_acc_ptr, part_ml_ptr, i * NUM_HEADS + hq, HEAD_DIM, SPLITS)
+    tl.store(out_ptr + r * o_stride_t + hq * o_stride_h + d, total.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def combine_partials(part_acc_ptr, part_ml_ptr, pair, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+    """The attention output (fp32, [HEAD_DIM]) of one (row, query head) pair, whose SPLITS partials
+    start at part pair * SPLITS: each split weighs exp(m - top); a split that saw no key, 0."""
+    part = pair * SPLITS + tl.arange(0, SPLITS)
     m = tl.load(part_ml_ptr + part * 2)
     l = tl.load(part_ml_ptr + part * 2 + 1)
     top = tl.max(m, 0)
     w = tl.where(m == float("-inf"), 0.0, tl.exp(m - top))
     acc = load_partials(part_acc_ptr, part, m, HEAD_DIM)
-    total = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
-    tl.store(out_ptr + r * o_stride_t + hq * o_stride_h + d, total.to(out_ptr.dtype.element_ty))
+    return tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
 
 
 @triton.jit
