@@ -28,7 +28,7 @@ from kakeya.runtime.kernels.triton_rows import (_TL_DTYPE, MIN_SPLIT_KEYS, atten
 # conversation, where a block sees a few hundred keys and uses one split.
 MAX_BLOCK_SPLITS = 8
 BLOCK_KEYS = 64
-FP8_BLOCK_KEYS = 128  # fp8 slabs: 81 against 95 us a layer at 19k keys, 28 against 29 at 4k (H200)
+FP8_BLOCK_KEYS = 128  # fp8 slabs: wider key tiles amortise the per-tile widening (docs/cuda.md)
 BLOCK_STAGES = 3
 # fp8 slabs' 128-key tiles: two stages, which let two programs share an SM. A service turn appends
 # 65 rows (its chunk and the last generated token): three blocks, more programs than SMs, so the
