@@ -20,7 +20,7 @@ import torch
 from kakeya.runtime.forward.rows import RowGroup, StepLayout
 from kakeya.runtime.cuda.graphs import Graphs
 from kakeya.runtime.cuda.plan import BLOCK_ROWS, BUCKETS, graph_plan, kernel_eligible
-from kakeya.runtime.cuda.row_meta import KEEP, META, STAGED_ROWS, CudaRows, row_meta, with_leaders
+from kakeya.runtime.cuda.row_meta import KEEP, META, STAGED_ROWS, KernelMeta, row_meta, with_leaders
 from kakeya.runtime.forward.loaded_model import LoadedModel
 from kakeya.runtime.forward.step_logits import StepLogits
 
@@ -138,7 +138,7 @@ class CudaForward:
         staged = staged.to(self.device, non_blocking=True)
         self._mark_copied()
         sdpa = tuple(g for g in groups if not kernel_eligible(g, self.block_rows))
-        cuda = CudaRows(staged[META], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa,
+        cuda = KernelMeta(staged[META], torch.tensor(kernel_rows, dtype=torch.int64).to(self.device, non_blocking=True), sdpa,
                         any(lead > 1 for lead in meta[4]), self.kv_dtype, self.block_rows)
         layout = StepLayout(groups, len(ids), False, cuda)
         if not keep_rows:
@@ -161,7 +161,7 @@ class CudaForward:
                 logits = self.graphs.get(n, False).replay(staged)
             else:
                 inputs = staged.to(self.device)
-                cuda = CudaRows(inputs[META], torch.arange(n, device=self.device), (), False, self.kv_dtype)
+                cuda = KernelMeta(inputs[META], torch.arange(n, device=self.device), (), False, self.kv_dtype)
                 logits = self.run_model(inputs[0:1], inputs[1:2], StepLayout((), n, True, cuda), None)
             self._mark_copied()
             if chunk_keep:

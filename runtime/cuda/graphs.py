@@ -15,7 +15,7 @@ import structlog
 import torch
 
 from kakeya.runtime.forward.rows import StepLayout
-from kakeya.runtime.cuda.row_meta import KEEP, META, STAGED_ROWS, CudaRows
+from kakeya.runtime.cuda.row_meta import KEEP, META, STAGED_ROWS, KernelMeta
 
 if TYPE_CHECKING:
     from kakeya.runtime.cuda.forward import CudaForward
@@ -37,7 +37,7 @@ class CapturedForward:
         self.inputs = torch.zeros(STAGED_ROWS, rows, dtype=torch.int64, device=device)
         self.inputs[META] = owner.scratch_meta[:, None]
         self.keep = self.inputs[KEEP]
-        cuda = CudaRows(self.inputs[META], torch.arange(rows, device=device), (), blocks, owner.kv_dtype,
+        cuda = KernelMeta(self.inputs[META], torch.arange(rows, device=device), (), blocks, owner.kv_dtype,
                         owner.block_rows)
         # Kept: the graph reads these tensors' memory on every replay.
         self.layout = layout = StepLayout((), rows, owner.deterministic, cuda)

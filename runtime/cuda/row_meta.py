@@ -3,7 +3,7 @@
 Meta is six rows of int64 a packed row: slab address, capacity, storage index, visible keys
 (full attention), block lead, and the rows that lead blocks (then -1). The host builds it as
 lists (`row_meta`, `with_leaders`) and stages it with the ids and positions in one pinned buffer,
-copied to the device at once (forward.py); the kernels read it through CudaRows.
+copied to the device at once (forward.py); the kernels read it through KernelMeta.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ KEEP = 8
 
 
 @dataclass(frozen=True, slots=True)
-class CudaRows:
+class KernelMeta:
     """Per-row device metadata of one forward, read by the attention function."""
 
     # [6, rows] int64: slab address, capacity, storage index, visible keys, block lead; the last row

@@ -51,7 +51,7 @@ class StepLayout:
     groups: tuple[RowGroup, ...]
     num_rows: int  # including padding rows, which attend to nothing and write nothing
     deterministic: bool
-    cuda: Any = None  # CudaRows (cuda/row_meta.py) when the step runs on the CUDA kernels
+    cuda: Any = None  # KernelMeta (cuda/row_meta.py) when the step runs on the CUDA kernels
     # Deterministic CPU steps: per group, its bucketed calls (cpu/plan.py), or None for a
     # bounded-mode group, which attends row by row.
     cpu_plans: tuple[Any, ...] | None = None
