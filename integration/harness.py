@@ -14,7 +14,7 @@ from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
 from kakeya.runtime.common.config import EngineConfig, RuntimeConfig, ServerConfig, SessionLimits, SpeculativeConfig
 from kakeya.runtime.forward.loaded_model import LoadedModel
-from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.host import Host
 from kakeya.runtime.server.server import RuntimeServer
 
 # Every await in a test is bounded: actor bugs hang rather than fail.
@@ -24,7 +24,7 @@ TIMEOUT_S = 120.0
 @dataclass
 class ServerHandle:
     server: RuntimeServer
-    runtime: Runtime
+    runtime: Host
     channel: grpc.aio.Channel
     stub: runtime_pb2_grpc.RuntimeServiceStub
 
@@ -50,7 +50,7 @@ async def start_server(loaded: LoadedModel, engine: dict | None = None, limits: 
     config = runtime_config(engine, limits, server, speculative)
     server = RuntimeServer(config)
     address = await server.start()
-    runtime = Runtime(config, loaded, on_engine_death=lambda exc: None, draft=draft)
+    runtime = Host(config, loaded, on_engine_death=lambda exc: None, draft=draft)
     await server.attach(runtime)
     channel = grpc.aio.insecure_channel(address)
     return ServerHandle(server, runtime, channel, runtime_pb2_grpc.RuntimeServiceStub(channel))

@@ -12,7 +12,7 @@ import pytest
 
 from kakeya import Client, DeadlineExceededError, SessionClosedError, StopReason, SyncClient
 from kakeya.runtime.common.config import ServerConfig
-from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.host import Host
 from kakeya.runtime.server.server import RuntimeServer
 
 from .harness import TIMEOUT_S, eventually, runtime_config
@@ -143,7 +143,7 @@ async def test_unix_socket_address(loaded_model, tmp_path):
     config = dataclasses.replace(runtime_config(), server=ServerConfig(unix_socket=str(tmp_path / "k.sock")))
     server = RuntimeServer(config)
     address = await bounded(server.start())
-    runtime = Runtime(config, loaded_model, on_engine_death=lambda exc: None)
+    runtime = Host(config, loaded_model, on_engine_death=lambda exc: None)
     await bounded(server.attach(runtime))
     try:
         assert address == f"unix:{tmp_path / 'k.sock'}"

@@ -23,7 +23,7 @@ from kakeya.actors.token_stream import Done, TokenStream
 from kakeya.runtime.common.config import EngineConfig, RuntimeConfig, SessionLimits, SpeculativeConfig
 from kakeya.runtime.engine.sampler import SamplingParams
 from kakeya.runtime.forward.loaded_model import LoadedModel
-from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.host import Host
 from tiny_models import load_tiny, prompt  # noqa: F401 - prompt is re-exported for the tests
 
 TIMEOUT_S = 20.0  # a bound on every wait; a healthy test finishes each wait in milliseconds
@@ -56,7 +56,7 @@ def load() -> Tiny:
 
 @dataclass
 class Stack:
-    runtime: Runtime
+    runtime: Host
     crashes: list[BaseException]
 
     @property
@@ -87,7 +87,7 @@ async def started(tiny: Tiny, *, limits: SessionLimits | None = None, speculativ
     config = RuntimeConfig(engine=EngineConfig(**engine), limits=limits or SessionLimits(),
                            speculative=SpeculativeConfig(mode=speculative, num_draft_tokens=3))
     crashes: list[BaseException] = []
-    runtime = Runtime(config, tiny.loaded, on_engine_death=crashes.append)
+    runtime = Host(config, tiny.loaded, on_engine_death=crashes.append)
     runtime.start()
     try:
         yield Stack(runtime, crashes)

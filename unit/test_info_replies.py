@@ -11,7 +11,7 @@ import pytest
 
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.runtime.common.config import EngineConfig, RuntimeConfig
-from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.host import Host
 from kakeya.runtime.server.servicer import reply_of, session_values
 
 from tiny_models import load_tiny
@@ -30,7 +30,7 @@ def _as_sent(reply, name: str):
 def runtime():
     loaded, _ = load_tiny("llama")
     config = RuntimeConfig(engine=EngineConfig(kv_budget_bytes=64 * 1024**2))
-    runtime = Runtime(config, loaded, on_engine_death=lambda exc: None)
+    runtime = Host(config, loaded, on_engine_death=lambda exc: None)
     yield runtime
     runtime.runner.shutdown()
 

@@ -13,7 +13,7 @@ from actor_fixtures import TIMEOUT_S, load
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
 from kakeya.runtime.common.config import RuntimeConfig, ServerConfig
-from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.host import Host
 from kakeya.runtime.server.server import RuntimeServer
 from kakeya.runtime.server.servicer import _begin
 
@@ -45,7 +45,7 @@ async def test_create_sessions_rpc_finished_line_names_the_new_session():
     config = RuntimeConfig(server=ServerConfig(host="127.0.0.1", port=0))
     server = RuntimeServer(config)
     address = await asyncio.wait_for(server.start(), TIMEOUT_S)
-    await asyncio.wait_for(server.attach(Runtime(config, load().loaded, on_engine_death=lambda exc: None)),
+    await asyncio.wait_for(server.attach(Host(config, load().loaded, on_engine_death=lambda exc: None)),
                            TIMEOUT_S)
     try:
         async with grpc.aio.insecure_channel(address) as channel:

@@ -37,7 +37,7 @@ from kakeya.runtime.engine.draft import load_draft
 from kakeya.runtime.server.log_setup import configure_logging
 from kakeya.runtime.engine.loader import embedded_model_path, load_model
 from kakeya.runtime.engine.runner import model_thread
-from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.host import Host
 from kakeya.runtime.server.server import RuntimeServer
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -147,8 +147,8 @@ async def bench_mode(config: RuntimeConfig, loaded, draft, workloads: dict, new_
                                speculative=config.speculative)
         server = RuntimeServer(config)
         address = await server.start()
-        runtime = Runtime(config, loaded, executor=model_thread(), draft=draft)
-        # As Runtime.load does: on CUDA, capture the step graphs before anything is timed.
+        runtime = Host(config, loaded, executor=model_thread(), draft=draft)
+        # As Host.load does: on CUDA, capture the step graphs before anything is timed.
         for runner in (runtime.runner, runtime.draft_runner):
             if runner is not None:
                 await asyncio.get_running_loop().run_in_executor(runtime.runner.executor, runner.warm_up,

@@ -1,4 +1,4 @@
-"""The assembled runtime: model, KV pool, model thread, scheduler and registry, started and stopped as one."""
+"""The host of one model: model, KV pool, engine, scheduler and registry, started and stopped as one."""
 
 from __future__ import annotations
 
@@ -43,7 +43,10 @@ def package_version() -> str:
 InfoValue = int | float | str | bool | tuple[int, ...]
 
 
-class Runtime:
+class Host:
+    """Hosts one model: loads it, and assembles the KV pool, the engine on its model thread, the
+    scheduler and the session registry, started and stopped as one."""
+
     def __init__(self, config: RuntimeConfig, loaded: LoadedModel,
                  on_engine_death: Callable[[BaseException], None] | None = None,
                  executor: ThreadPoolExecutor | None = None, draft: LoadedModel | None = None) -> None:
@@ -86,7 +89,7 @@ class Runtime:
         self.registry = SessionRegistry(self.rules, self.scheduler, self.metrics)
 
     @classmethod
-    def load(cls, config: RuntimeConfig, **kwargs) -> "Runtime":
+    def load(cls, config: RuntimeConfig, **kwargs) -> "Host":
         """Loads the model on the model thread (blocking: call it off the event loop) and builds the runtime."""
         executor = model_thread()
         loaded = executor.submit(load_model, config.model, ATTENTION_NAME).result()

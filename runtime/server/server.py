@@ -20,7 +20,7 @@ from kakeya.runtime.server.auth import ApiKeys
 from kakeya.runtime.common.config import RuntimeConfig, ServerConfig
 from kakeya.runtime.common.errors import FailedPrecondition
 from kakeya.runtime.server.ports import listen_port
-from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.host import Host
 from kakeya.runtime.server.servicer import RuntimeServicer
 
 log = structlog.get_logger(__name__)
@@ -30,7 +30,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class RuntimeServer:
-    """One gRPC server bound to one address, serving one Runtime once it is attached."""
+    """One gRPC server bound to one address, serving one Host once it is attached."""
 
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config
@@ -90,7 +90,7 @@ class RuntimeServer:
         except RuntimeError as exc:  # grpc's only word for it; usually the address is taken
             raise FailedPrecondition(f"cannot listen on {address} (in use, or not an address here)") from exc
 
-    async def attach(self, runtime: Runtime) -> None:
+    async def attach(self, runtime: Host) -> None:
         """Serves `runtime`; FailedPrecondition, with nothing started, when the metrics port was
         taken since start() checked it."""
         server = self.config.server
@@ -103,7 +103,7 @@ class RuntimeServer:
         await self._set_serving(True)
         self._watchdog = asyncio.create_task(self._watch_scheduler(runtime), name="health-watchdog")
 
-    async def _watch_scheduler(self, runtime: Runtime) -> None:
+    async def _watch_scheduler(self, runtime: Host) -> None:
         """Readiness follows the scheduler: NOT_SERVING while pending work sees no step finish."""
         stall_s = self.config.server.stall_timeout_s
         while True:
@@ -156,7 +156,7 @@ async def serve(config: RuntimeConfig) -> int:
     except FailedPrecondition as exc:
         log.error("server_start_failed", error=str(exc))
         return 1
-    loader = asyncio.ensure_future(asyncio.to_thread(Runtime.load, config, on_engine_death=on_engine_death))
+    loader = asyncio.ensure_future(asyncio.to_thread(Host.load, config, on_engine_death=on_engine_death))
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait({loader, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if loader.done():
@@ -177,7 +177,7 @@ async def serve(config: RuntimeConfig) -> int:
     return exit_code
 
 
-async def _attach(server: RuntimeServer, runtime: Runtime) -> bool:
+async def _attach(server: RuntimeServer, runtime: Host) -> bool:
     try:
         await server.attach(runtime)
     except FailedPrecondition as exc:

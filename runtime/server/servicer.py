@@ -22,7 +22,7 @@ from kakeya.runtime.server.auth import ApiKeys
 from kakeya.runtime.server.wire import MalformedRequest
 from kakeya.runtime.common.errors import (FailedPrecondition, InvalidRequest, KakeyaError, Overloaded, SessionNotFound,
                      Unauthenticated, Unavailable)
-from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.host import Host
 from kakeya.runtime.engine.sampler import SamplingParams
 
 log = structlog.get_logger(__name__)
@@ -90,11 +90,11 @@ def unary(method: Callable) -> Callable:
 
 class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
     def __init__(self, api_keys: ApiKeys) -> None:
-        self.runtime: Runtime | None = None  # set once the model is loaded, cleared when draining
+        self.runtime: Host | None = None  # set once the model is loaded, cleared when draining
         self.is_draining = False
         self._api_keys = api_keys
 
-    def _ready(self, context) -> tuple[Runtime, str]:
+    def _ready(self, context) -> tuple[Host, str]:
         """The runtime and the caller's owner id; checks the API key before anything else."""
         owner = self._api_keys.identify(context.invocation_metadata())
         if self.is_draining:
