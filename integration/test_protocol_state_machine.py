@@ -126,7 +126,7 @@ def make_machine(rpc: Rpc, vocab_size: int):
             """Every run starts with a session that can generate and one with an empty history, so
             every rule (cancels, FAILED_PRECONDITION) is possible from the first step."""
             for prompt in (tokens, []):
-                code, reply = rpc.unary("CreateSession", pb.CreateSessionRequest())
+                code, reply = rpc.unary("CreateSession", pb.CreateSessionRequest(no_default_eos=True))
                 assert code == grpc.StatusCode.OK
                 session_id = reply.session_id
                 self.history[session_id] = 0
@@ -138,7 +138,7 @@ def make_machine(rpc: Rpc, vocab_size: int):
         @precondition(lambda self: len(self.history) < MAX_OPEN)
         @rule(label=st.text(max_size=20))
         def create(self, label):
-            code, reply = rpc.unary("CreateSession", pb.CreateSessionRequest(client_label=label))
+            code, reply = rpc.unary("CreateSession", pb.CreateSessionRequest(client_label=label, no_default_eos=True))
             assert code == grpc.StatusCode.OK and len(reply.session_id) == 32
             assert reply.session_id not in self.history
             self.history[reply.session_id] = 0

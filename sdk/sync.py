@@ -40,16 +40,18 @@ class SyncClient:
         return not self._finalizer.alive
 
     def create_session(self, *, eos_token_ids: Iterable[int] = (), initial_tokens: Iterable[int] = (),
-                       label: str = "") -> SyncSession:
+                       label: str = "", default_eos: bool = True) -> SyncSession:
         session = self._loop.run(self._client.create_session(
-            eos_token_ids=list(eos_token_ids), initial_tokens=list(initial_tokens), label=label))
+            eos_token_ids=list(eos_token_ids), initial_tokens=list(initial_tokens), label=label,
+            default_eos=default_eos))
         return SyncSession(self._loop, session)
 
     @contextlib.contextmanager
     def session(self, *, eos_token_ids: Iterable[int] = (), initial_tokens: Iterable[int] = (),
-                label: str = "") -> Iterator[SyncSession]:
+                label: str = "", default_eos: bool = True) -> Iterator[SyncSession]:
         """`with client.session(...) as s:` closes the session when the block leaves."""
-        with self.create_session(eos_token_ids=eos_token_ids, initial_tokens=initial_tokens, label=label) as s:
+        with self.create_session(eos_token_ids=eos_token_ids, initial_tokens=initial_tokens, label=label,
+                                 default_eos=default_eos) as s:
             yield s
 
     def attach_session(self, session_id: str) -> SyncSession:

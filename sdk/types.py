@@ -54,6 +54,7 @@ class SessionInfo:
     inv2_violations: int
     idle_seconds: float
     client_label: str
+    # The ids that stop a generation: the model's own unless the session named others or none.
     eos_token_ids: tuple[int, ...]
 
     @classmethod

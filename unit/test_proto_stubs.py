@@ -36,6 +36,7 @@ ADDITIONS = {
     "GetRuntimeInfoResponse": {"speculative_mode": 23, "num_draft_tokens": 24, "draft_model_id": 25},
     "GenerateRequest": {"max_tokens_per_message": 7, "min_tokens_per_message": 8},
     "GenerateResponse": {"tokens": 4},
+    "CreateSessionRequest": {"no_default_eos": 3},
 }
 
 STOP_REASONS = {

@@ -107,7 +107,9 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
     async def CreateSession(self, request: pb.CreateSessionRequest, context) -> pb.CreateSessionResponse:
         runtime, owner = self._ready(context)
         _check_ids(request.eos_token_ids, runtime.loaded.vocab_size, "eos_token_ids")
-        session_id = await runtime.registry.create(request.client_label, frozenset(request.eos_token_ids), owner)
+        # A session that names no ids stops where the model ends its turn, as a chat client expects.
+        eos = request.eos_token_ids or (() if request.no_default_eos else runtime.loaded.eos_token_ids)
+        session_id = await runtime.registry.create(request.client_label, frozenset(eos), owner)
         return pb.CreateSessionResponse(session_id=session_id)
 
     @unary
