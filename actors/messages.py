@@ -66,7 +66,8 @@ class KVLease:
     kv: SessionKV
     num_positions: int  # positions fed so far
     num_resident: int  # of those, held in the slab (fewer in bounded mode)
-    lease_bytes: int
+    lease_bytes: int  # held for the session, its draft slab included
+    used_bytes: int  # of lease_bytes, those of the positions stored
 
 
 @dataclass(frozen=True, slots=True)

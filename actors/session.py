@@ -34,7 +34,9 @@ class SessionSnapshot:
     history_length: int
     pending_tokens: int
     kv_resident_tokens: int
-    kv_live_bytes: int
+    kv_live_bytes: int  # held for the session = kv_used_bytes + kv_reserved_bytes
+    kv_used_bytes: int
+    kv_reserved_bytes: int
     inv1_violations: int
     inv2_violations: int
 
@@ -194,11 +196,14 @@ class SessionActor(Actor):
 
     def _snapshot(self) -> SessionSnapshot:
         lease = self._lease
+        live, used = (lease.lease_bytes, lease.used_bytes) if lease is not None else (0, 0)
         return SessionSnapshot(
             history_length=len(self._history),
             pending_tokens=len(self._pending),
             kv_resident_tokens=lease.num_resident if lease is not None else 0,
-            kv_live_bytes=lease.lease_bytes if lease is not None else 0,
+            kv_live_bytes=live,
+            kv_used_bytes=used,
+            kv_reserved_bytes=live - used,
             inv1_violations=self._violations["inv1"],
             inv2_violations=self._violations["inv2"],
         )

@@ -56,6 +56,9 @@ class SessionInfo:
     client_label: str
     # The ids that stop a generation: the model's own unless the session named others or none.
     eos_token_ids: tuple[int, ...]
+    # kv_live_bytes split: bytes of the positions stored, and bytes held for positions to come.
+    kv_used_bytes: int
+    kv_reserved_bytes: int
 
     @classmethod
     def from_proto(cls, reply: pb.GetSessionInfoResponse) -> SessionInfo:

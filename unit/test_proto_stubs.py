@@ -37,6 +37,7 @@ ADDITIONS = {
     "GenerateRequest": {"max_tokens_per_message": 7, "min_tokens_per_message": 8},
     "GenerateResponse": {"tokens": 4},
     "CreateSessionRequest": {"no_default_eos": 3},
+    "GetSessionInfoResponse": {"kv_used_bytes": 10, "kv_reserved_bytes": 11},
 }
 
 STOP_REASONS = {

@@ -130,7 +130,7 @@ class GetSessionInfoRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class GetSessionInfoResponse(_message.Message):
-    __slots__ = ("history_length", "kv_live_bytes", "cache_invariant_inv1_violations", "cache_invariant_inv2_violations", "idle_seconds", "kv_resident_tokens", "pending_tokens", "client_label", "eos_token_ids")
+    __slots__ = ("history_length", "kv_live_bytes", "cache_invariant_inv1_violations", "cache_invariant_inv2_violations", "idle_seconds", "kv_resident_tokens", "pending_tokens", "client_label", "eos_token_ids", "kv_used_bytes", "kv_reserved_bytes")
     HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     KV_LIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CACHE_INVARIANT_INV1_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,8 @@ class GetSessionInfoResponse(_message.Message):
     PENDING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    KV_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
     history_length: int
     kv_live_bytes: int
     cache_invariant_inv1_violations: int
@@ -149,7 +151,9 @@ class GetSessionInfoResponse(_message.Message):
     pending_tokens: int
     client_label: str
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, history_length: _Optional[int] = ..., kv_live_bytes: _Optional[int] = ..., cache_invariant_inv1_violations: _Optional[int] = ..., cache_invariant_inv2_violations: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., kv_resident_tokens: _Optional[int] = ..., pending_tokens: _Optional[int] = ..., client_label: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    kv_used_bytes: int
+    kv_reserved_bytes: int
+    def __init__(self, history_length: _Optional[int] = ..., kv_live_bytes: _Optional[int] = ..., cache_invariant_inv1_violations: _Optional[int] = ..., cache_invariant_inv2_violations: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., kv_resident_tokens: _Optional[int] = ..., pending_tokens: _Optional[int] = ..., client_label: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., kv_used_bytes: _Optional[int] = ..., kv_reserved_bytes: _Optional[int] = ...) -> None: ...
 
 class GetRuntimeInfoRequest(_message.Message):
     __slots__ = ()

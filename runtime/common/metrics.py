@@ -70,6 +70,8 @@ class Metrics:
                                          "Generates stopped because their consumer left tokens unread too long.",
                                          registry=r)
         self.kv_usage_ratio = Gauge("kakeya_kv_usage_ratio", "KV bytes in use over the KV budget.", registry=r)
+        self.kv_used_bytes = Gauge("kakeya_kv_used_bytes", "Bytes of the KV positions sessions store.", registry=r)
+        self.kv_reserved_bytes = Gauge("kakeya_kv_reserved_bytes", "KV bytes held for positions to come.", registry=r)
         # Speculative decoding (scheduler actor), as vLLM's spec_decode series.
         self.spec_drafts = Counter("kakeya_spec_decode_drafts", "Drafts verified (one per session and step).",
                                    registry=r)
