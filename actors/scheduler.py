@@ -152,6 +152,7 @@ class SchedulerActor(Actor):
             job.generated.append(token)
             job.inputs.append(token)
             job.stream.push(token)
+        job.num_resident, job.used_bytes = job.kv.num_resident, job.kv.used_bytes  # progress, for the session
         self._speculator.commit(piece, row)
         if row.stop is not None:
             self._finish(job, _STOP_REASONS[row.stop])

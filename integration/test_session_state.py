@@ -1,5 +1,6 @@
 """What a session reports and holds, over real gRPC on the embedded model: it stops at the model's
-EOS by default, and gives back the KV its Generate did not use."""
+EOS by default, gives back the KV its Generate did not use, and reports a running Generate's
+progress."""
 
 from __future__ import annotations
 
@@ -41,22 +42,27 @@ async def test_a_session_stops_at_the_models_eos_unless_it_opts_out(stub):
         await close(stub, session_id)
 
 
-async def test_a_cancelled_generate_gives_back_what_it_did_not_use(stub, server):
+async def test_a_running_generate_reports_its_progress_and_gives_back_what_it_did_not_use(stub, server):
     bytes_per_token = server.runtime.pool.shape.bytes_per_token
     session_id = await create(stub, label="trim")
     await append(stub, session_id, list(range(300, 340)))
     call = stub.Generate(pb.GenerateRequest(session_id=session_id, max_tokens=2048))
     streamed = [await next_token(call) for _ in range(3)]
-    assert server.runtime.pool.used_bytes == blocks_bytes(server, 40 + 2048)  # the running reservation
+    mid = await info(stub, session_id)  # the tokens streamed, and any sampled since
+    assert 40 + len(streamed) <= mid.history_length < 40 + 2048
+    assert (mid.pending_tokens, mid.kv_resident_tokens) == (1, mid.history_length - 1)
+    assert mid.kv_used_bytes == mid.kv_resident_tokens * bytes_per_token
+    assert mid.kv_live_bytes == blocks_bytes(server, 40 + 2048)  # the running reservation
+    assert mid.kv_reserved_bytes == mid.kv_live_bytes - mid.kv_used_bytes
     call.cancel()
     # Queued behind the Generate, an append answers once the cancelled request has ended.
     history = await append(stub, session_id, [])
     after = await info(stub, session_id)
-    assert 40 + len(streamed) <= after.history_length == history < 40 + 2048
+    assert mid.history_length <= after.history_length == history < 40 + 2048
     # The reservation for 2048 is given back: the history and a quarter remain, in blocks (one
     # block here, the history's size rounded up).
     assert after.kv_live_bytes == blocks_bytes(server, history + history // 4) == server.runtime.pool.used_bytes
-    assert after.kv_live_bytes < blocks_bytes(server, 40 + 2048)
+    assert after.kv_live_bytes < mid.kv_live_bytes
     assert after.kv_used_bytes == (history - 1) * bytes_per_token
     assert after.kv_reserved_bytes == after.kv_live_bytes - after.kv_used_bytes
     assert server.runtime.counter("kakeya_kv_used_bytes") == after.kv_used_bytes
