@@ -10,7 +10,7 @@ from kakeya.proto.v1 import runtime_pb2 as pb
 
 from .session import Session, close_after
 from .transport import Transport, build_request, read_root_certificates
-from .types import RuntimeInfo
+from .types import RuntimeInfo, SessionSummary
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
@@ -88,6 +88,12 @@ class Client:
 
     async def runtime_info(self) -> RuntimeInfo:
         return RuntimeInfo.from_proto(await self._transport.unary("GetRuntimeInfo", pb.GetRuntimeInfoRequest()))
+
+    async def list_sessions(self) -> list[SessionSummary]:
+        """The sessions this client's API key created (every session when the runtime has no keys),
+        oldest first, whichever connection created them."""
+        reply = await self._transport.unary("ListSessions", pb.ListSessionsRequest())
+        return [SessionSummary.from_proto(entry) for entry in reply.sessions]
 
     async def close(self) -> None:
         """Closes the connection; calls in flight are cancelled. Closing twice is harmless."""

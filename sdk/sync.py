@@ -15,7 +15,7 @@ from .errors import KakeyaError
 from .loop_thread import LoopThread
 from .session import Session
 from .stream import GenerationStream
-from .types import RuntimeInfo, SessionInfo, StopReason
+from .types import RuntimeInfo, SessionInfo, SessionSummary, StopReason
 
 
 class SyncClient:
@@ -59,6 +59,9 @@ class SyncClient:
 
     def runtime_info(self) -> RuntimeInfo:
         return self._loop.run(self._client.runtime_info())
+
+    def list_sessions(self) -> list[SessionSummary]:
+        return self._loop.run(self._client.list_sessions())
 
     def close(self) -> None:
         """Closes the connection and stops the loop thread. Closing twice is harmless."""

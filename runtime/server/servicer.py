@@ -170,6 +170,11 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
     async def GetRuntimeInfo(self, request: pb.GetRuntimeInfoRequest, context) -> pb.GetRuntimeInfoResponse:
         return reply_of(pb.GetRuntimeInfoResponse, self._ready(context)[0].info())
 
+    @unary
+    async def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:
+        runtime, owner = self._ready(context)
+        return pb.ListSessionsResponse(sessions=[_summary(s) for s in runtime.registry.owned_by(owner)])
+
 
 Reply = TypeVar("Reply", pb.GetSessionInfoResponse, pb.GetRuntimeInfoResponse)
 # Snapshot fields named otherwise on the wire, where the invariant counters share GetRuntimeInfo's names.
@@ -186,6 +191,13 @@ def session_values(session: SessionActor) -> dict[str, object]:
     values.update(idle_seconds=session.idle_seconds, client_label=session.client_label,
                   eos_token_ids=sorted(session.eos_token_ids))
     return values
+
+
+def _summary(session: SessionActor) -> pb.SessionSummary:
+    snap = session.snapshot
+    return pb.SessionSummary(session_id=session.session_id, client_label=session.client_label,
+                             history_length=snap.history_length, kv_live_bytes=snap.kv_live_bytes,
+                             idle_seconds=session.idle_seconds, busy=not session.is_idle)
 
 
 @functools.cache
