@@ -66,7 +66,8 @@ class KVLease:
     kv: SessionKV
     num_positions: int  # positions fed so far
     num_resident: int  # of those, held in the slab (fewer in bounded mode)
-    lease_bytes: int
+    lease_bytes: int  # held for the session, its draft slab included
+    used_bytes: int  # of lease_bytes, those of the positions stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,9 @@ class JobResult:
 class Job:
     """A Generate's work, run by the scheduler step by step until a stop condition.
 
-    The scheduler is its only writer while it runs; the session reads it after `done` resolves.
+    The scheduler is its only writer while it runs; the session reads it after `done` resolves,
+    except the progress the scheduler publishes after each step (`generated`, `num_fed`,
+    `num_resident`, `used_bytes`), which the session's snapshot reports while the job runs.
     """
 
     kv: SessionKV
@@ -113,6 +116,8 @@ class Job:
     num_fed: int = 0
     num_prompt: int = 0  # the pending tokens it started with; later inputs are generated
     generated: list[int] = field(default_factory=list)
+    num_resident: int = 0  # the slab's resident tokens and used bytes after the last step
+    used_bytes: int = 0
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     submitted_at: float = 0.0

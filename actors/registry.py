@@ -54,6 +54,10 @@ class SessionRegistry:
             raise SessionNotFound(f"no session {shown!r} (unknown, closed or evicted)")
         return session
 
+    def owned_by(self, owner: str) -> list[SessionActor]:
+        """The sessions created by this owner, oldest first (with no API keys every caller is one owner)."""
+        return [session for session in self._sessions.values() if session.owner == owner]
+
     async def create(self, client_label: str, eos_token_ids: frozenset[int], owner: str = "") -> str:
         async with self._create_lock:
             if len(self._sessions) >= self._rules.limits.max_sessions and not await self._evict_lru(exclude=None):

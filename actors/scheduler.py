@@ -2,10 +2,12 @@
 
 Accepts: ReserveKV, FreeKV (KV memory, which it owns through the pool) and SubmitJob (a
 Generate's work). Each step it hands the engine one StepRequest and gets one StepResult back;
-it alone pushes tokens into token streams. Invariants: the model thread runs at most one step
-at a time, and KV slabs are resized or freed only between steps, never while the model thread
-uses them; after every step each slab holds exactly the tokens its session committed (the
-engine rolls back rejected draft rows and rows past a stop).
+it alone pushes tokens into token streams. When a job ends it trims the session's slab to what
+the session holds, so a reservation for max_tokens that went unused is given back at once.
+Invariants: the model thread runs at most one step at a time, and KV slabs are resized or freed
+only between steps, never while the model thread uses them; after every step each slab holds
+exactly the tokens its session committed (the engine rolls back rejected draft rows and rows past
+a stop).
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ class SchedulerActor(Actor):
 
     @staticmethod
     def _lease(kv: SessionKV) -> KVLease:
-        return KVLease(kv, kv.num_positions, kv.num_resident, kv.lease_bytes)
+        return KVLease(kv, kv.num_positions, kv.num_resident, kv.lease_bytes, kv.used_bytes)
 
     @property
     def kv_free_bytes(self) -> int:
@@ -150,6 +152,7 @@ class SchedulerActor(Actor):
             job.generated.append(token)
             job.inputs.append(token)
             job.stream.push(token)
+        job.num_resident, job.used_bytes = job.kv.num_resident, job.kv.used_bytes  # progress, for the session
         self._speculator.commit(piece, row)
         if row.stop is not None:
             self._finish(job, _STOP_REASONS[row.stop])
@@ -165,8 +168,12 @@ class SchedulerActor(Actor):
                 self._finish(job, StopReason.CANCELLED)
 
     def _finish(self, job: Job, reason: StopReason) -> None:
+        """Between steps: ends the job, trims its slab to the session's history (the positions fed
+        and the inputs still pending), and reports the lease with the result."""
         self._running.remove(job)
         self._samplers.pop(id(job), None)
+        self.pool.trim(job.kv, job.kv.num_positions + len(job.inputs) - job.num_fed)
+        self._recorder.memory()
         first = job.first_token_at or time.monotonic()
         if not job.done.done():
             job.done.set_result(JobResult(tuple(job.generated), job.num_fed, reason, first - job.submitted_at,

@@ -9,6 +9,7 @@ token is either fed or pending (history = fed + pending), so the next position i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -19,7 +20,7 @@ from kakeya.runtime.common.errors import InvariantViolation, KakeyaError, KVExha
 from kakeya.runtime.common.metrics import Metrics
 
 from .base import Actor
-from .messages import Append, Close, FreeKV, Generate, Job, KVLease, ReserveKV, SubmitJob
+from .messages import Append, Close, FreeKV, Generate, GenerateParams, Job, KVLease, ReserveKV, SubmitJob
 from .scheduler import SchedulerActor
 from .session_rules import SessionRules
 from .token_stream import Done, StopReason, TokenStream, Truncated
@@ -34,9 +35,20 @@ class SessionSnapshot:
     history_length: int
     pending_tokens: int
     kv_resident_tokens: int
-    kv_live_bytes: int
+    kv_live_bytes: int  # held for the session = kv_used_bytes + kv_reserved_bytes
+    kv_used_bytes: int
+    kv_reserved_bytes: int
     inv1_violations: int
     inv2_violations: int
+
+    def with_progress(self, job: Job, num_fed_before: int) -> SessionSnapshot:
+        """This snapshot (published as the job was submitted) with the progress the scheduler
+        published for the job after its last step."""
+        history = self.history_length + len(job.generated)
+        return dataclasses.replace(self, history_length=history,
+                                   pending_tokens=history - num_fed_before - job.num_fed,
+                                   kv_resident_tokens=job.num_resident, kv_used_bytes=job.used_bytes,
+                                   kv_reserved_bytes=self.kv_live_bytes - job.used_bytes)
 
 
 class SessionActor(Actor):
@@ -60,11 +72,20 @@ class SessionActor(Actor):
         self._reported_dropped = 0
         self._violations = {"inv1": 0, "inv2": 0}
         self._active_stream: TokenStream | None = None
+        self._job: Job | None = None  # the running Generate's, while the scheduler holds it
         self.is_closing = False
         self._is_shut_down = False  # closed by the server's drain, not by its client
         self.owner = ""  # the API-key identity that created it; set once by the registry
         self.last_active = time.monotonic()
-        self.snapshot = self._snapshot()
+        self._published = self._snapshot()
+
+    @property
+    def snapshot(self) -> SessionSnapshot:
+        """What GetSessionInfo reports: the state published after the last change and, while a
+        Generate runs, the progress of its job as of the scheduler's last step."""
+        if self._job is None:
+            return self._published
+        return self._published.with_progress(self._job, self._num_fed)
 
     def closed_error(self) -> Exception:
         if self._is_shut_down:
@@ -98,7 +119,7 @@ class SessionActor(Actor):
             message.reject(exc)
         finally:
             self.last_active = time.monotonic()
-            self.snapshot = self._snapshot()
+            self._published = self._snapshot()
 
     def _append(self, message: Append) -> None:
         if self.is_closing:
@@ -129,18 +150,16 @@ class SessionActor(Actor):
             self._reported_dropped += dropped
             stream.push(Truncated(dropped))
         prefill_tokens = len(self._pending)
-        loop = asyncio.get_running_loop()
-        job = Job(kv=self._lease.kv, inputs=list(self._pending), max_tokens=params.max_tokens,
-                  eos_token_ids=self.eos_token_ids, sampling=params.sampling, stream=stream,
-                  done=loop.create_future())
-        self._active_stream = stream
+        job = self._job_for(params, stream)
+        self._active_stream, self._job = stream, job
+        self._published = self._snapshot()  # the reservation, before the job's progress is added
         try:
             self._scheduler.send(SubmitJob(job))
             result = await job.done
         except KakeyaError as exc:  # EngineDead or a full scheduler mailbox
             return stream.fail(exc)
         finally:
-            self._active_stream = None
+            self._active_stream, self._job = None, None
         self._lease = result.lease
         self._history.extend(result.generated)
         self._pending = job.inputs[result.num_fed:]
@@ -155,6 +174,13 @@ class SessionActor(Actor):
         stream.push(Done(result.stop_reason, len(result.generated), prefill_tokens,
                          result.prefill_duration_s, time.monotonic() - started,
                          result.num_draft_tokens, result.num_accepted_tokens))
+
+    def _job_for(self, params: GenerateParams, stream: TokenStream) -> Job:
+        lease = self._lease
+        return Job(kv=lease.kv, inputs=list(self._pending), max_tokens=params.max_tokens,
+                   eos_token_ids=self.eos_token_ids, sampling=params.sampling, stream=stream,
+                   done=asyncio.get_running_loop().create_future(), num_resident=lease.num_resident,
+                   used_bytes=lease.used_bytes)
 
     async def _reserve(self, total_positions: int) -> None:
         """Makes sure the slab can hold total_positions, evicting idle sessions if the budget is short."""
@@ -200,11 +226,14 @@ class SessionActor(Actor):
 
     def _snapshot(self) -> SessionSnapshot:
         lease = self._lease
+        live, used = (lease.lease_bytes, lease.used_bytes) if lease is not None else (0, 0)
         return SessionSnapshot(
             history_length=len(self._history),
             pending_tokens=len(self._pending),
             kv_resident_tokens=lease.num_resident if lease is not None else 0,
-            kv_live_bytes=lease.lease_bytes if lease is not None else 0,
+            kv_live_bytes=live,
+            kv_used_bytes=used,
+            kv_reserved_bytes=live - used,
             inv1_violations=self._violations["inv1"],
             inv2_violations=self._violations["inv2"],
         )

@@ -69,9 +69,14 @@ class StepRecorder:
             self._metrics.generation_tokens.inc(count)
 
     def memory(self) -> None:
-        pool = self._pool
-        self._metrics.session_kv_live_bytes.set(pool.used_bytes)
-        self._metrics.kv_usage_ratio.set(pool.used_bytes / pool.budget_bytes)
+        """After a slab was reserved, trimmed or freed. The split of held bytes is summed over every
+        slab, so it is taken here, once a request, rather than after every step."""
+        pool, m = self._pool, self._metrics
+        used = pool.used_positions_bytes()
+        m.session_kv_live_bytes.set(pool.used_bytes)
+        m.kv_usage_ratio.set(pool.used_bytes / pool.budget_bytes)
+        m.kv_used_bytes.set(used)
+        m.kv_reserved_bytes.set(pool.used_bytes - used)
 
     def idle(self) -> None:
         self._metrics.running.set(0)

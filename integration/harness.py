@@ -80,9 +80,12 @@ class Generation:
     message_sizes: list[int] = dataclasses.field(default_factory=list)  # tokens in each token message
 
 
-async def create(stub, label: str = "", eos: tuple[int, ...] = ()) -> str:
-    reply = await stub.CreateSession(pb.CreateSessionRequest(client_label=label, eos_token_ids=eos),
-                                     timeout=TIMEOUT_S)
+async def create(stub, label: str = "", eos: tuple[int, ...] = (), default_eos: bool = False) -> str:
+    """A session that stops at `eos` only. The tests compare streams of max_tokens tokens with
+    references that never stop, so, unlike a client, they opt out of the model's EOS ids unless
+    `default_eos` asks for them."""
+    request = pb.CreateSessionRequest(client_label=label, eos_token_ids=eos, no_default_eos=not default_eos)
+    reply = await stub.CreateSession(request, timeout=TIMEOUT_S)
     return reply.session_id
 
 

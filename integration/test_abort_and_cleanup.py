@@ -115,7 +115,8 @@ async def test_unauthenticated_calls_take_nothing(loaded_model):
     key = {"metadata": (("authorization", "Bearer soak-key"),)}
     try:
         before = _usage(runtime)
-        session_id = (await stub.CreateSession(pb.CreateSessionRequest(), timeout=TIMEOUT_S, **key)).session_id
+        create = pb.CreateSessionRequest(no_default_eos=True)  # the check after runs a Generate to max_tokens
+        session_id = (await stub.CreateSession(create, timeout=TIMEOUT_S, **key)).session_id
         await stub.AppendTokens(pb.AppendTokensRequest(session_id=session_id, token_ids=PROMPT),
                                 timeout=TIMEOUT_S, **key)
         held = _usage(runtime)

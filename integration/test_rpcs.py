@@ -195,7 +195,7 @@ async def test_health_not_serving_until_model_attached(loaded_model):
 
 
 @pytest.mark.parametrize("method", ["CreateSession", "AppendTokens", "GetSessionInfo", "CloseSession",
-                                    "GetRuntimeInfo", "Generate"])
+                                    "GetRuntimeInfo", "ListSessions", "Generate"])
 async def test_bytes_that_do_not_parse_are_invalid_argument(server, method):
     """Garbage on the wire gets a typed answer, never UNKNOWN."""
     path = f"/kakeya.v1.RuntimeService/{method}"

@@ -31,8 +31,9 @@ async def client(server):
 
 
 async def solo_tokens(client: Client, prompt: list[int], max_tokens: int) -> list[int]:
-    """What a session alone on the runtime generates from `prompt` (greedy)."""
-    async with client.session(initial_tokens=prompt) as session:
+    """What a session alone on the runtime generates from `prompt` (greedy), to max_tokens: PROMPT
+    reaches the model's EOS at its fourth token, so these sessions opt out of it."""
+    async with client.session(initial_tokens=prompt, default_eos=False) as session:
         return await bounded(session.generate(max_tokens=max_tokens).collect())
 
 
@@ -65,7 +66,7 @@ async def test_initial_tokens_are_appended(client):
 
 
 async def test_append_generate_and_stream_metadata(client):
-    session = await bounded(client.create_session())
+    session = await bounded(client.create_session(default_eos=False))
     assert await bounded(session.append(PROMPT[:4])) == 4
     assert await bounded(session.append(PROMPT[4:])) == len(PROMPT)
     assert await bounded(session.append([])) == len(PROMPT)

@@ -1,5 +1,6 @@
 """SDK streams against a real runtime: cancellation by break and by task, deadlines, concurrency, the
-blocking facade, and a Unix-socket address."""
+blocking facade, and a Unix-socket address. The sessions opt out of the model's EOS, which PROMPT
+reaches at its fourth token: these streams run to max_tokens or to their cancel."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ async def client(server):
 
 async def test_break_cancels_the_generation(client, server):
     expected = await solo_tokens(client, PROMPT, 12)
-    async with client.session(initial_tokens=PROMPT) as session:
+    async with client.session(initial_tokens=PROMPT, default_eos=False) as session:
         stream = session.generate(max_tokens=1000)
 
         async def first_three() -> list[int]:
@@ -51,7 +52,7 @@ async def test_break_cancels_the_generation(client, server):
 
 
 async def test_cancelling_the_consumer_cancels_the_generation(client, server):
-    async with client.session(initial_tokens=PROMPT) as session:
+    async with client.session(initial_tokens=PROMPT, default_eos=False) as session:
         stream = session.generate(max_tokens=1000)
         tokens: list[int] = []
         two_read = asyncio.Event()
@@ -74,7 +75,7 @@ async def test_cancelling_the_consumer_cancels_the_generation(client, server):
 
 
 async def test_deadline_on_a_generation(client, server):
-    async with client.session(initial_tokens=PROMPT) as session:
+    async with client.session(initial_tokens=PROMPT, default_eos=False) as session:
         with pytest.raises(DeadlineExceededError) as caught:
             await bounded(session.generate(max_tokens=1000, timeout_s=0.05).collect())
         assert caught.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -89,7 +90,7 @@ async def test_concurrent_sessions_get_their_solo_tokens(client):
     prompts, expected = distinct + distinct[::-1], solo + solo[::-1]
 
     async def run(prompt: list[int], minimum: int) -> list[int]:
-        async with client.session(initial_tokens=prompt) as session:
+        async with client.session(initial_tokens=prompt, default_eos=False) as session:
             return await session.generate(max_tokens=8, min_tokens_per_message=minimum).collect()
 
     # Half the streams hold tokens for messages of 3: the same ids, one at a time, come out.
@@ -100,7 +101,7 @@ async def test_concurrent_sessions_get_their_solo_tokens(client):
 def _sync_round_trip(address: str) -> dict:
     with SyncClient(address) as client:
         facts = {"address": client.address, "vocab_size": client.runtime_info().vocab_size}
-        session = client.create_session(initial_tokens=PROMPT)
+        session = client.create_session(initial_tokens=PROMPT, default_eos=False)
         stream = session.generate(max_tokens=6)
         facts["tokens"] = [token for token in stream]
         facts["stop_reason"], facts["generated"] = stream.stop_reason, stream.generated_token_count
@@ -115,7 +116,7 @@ def _sync_round_trip(address: str) -> dict:
             session.append([5])
         except SessionClosedError:
             facts["closed_error"] = True
-        with client.session(initial_tokens=PROMPT) as other:
+        with client.session(initial_tokens=PROMPT, default_eos=False) as other:
             facts["collected"] = other.generate(max_tokens=6, min_tokens_per_message=4).collect()
         facts["other_closed"] = other.is_closed
     facts["client_closed"] = client.is_closed
@@ -149,7 +150,7 @@ async def test_unix_socket_address(loaded_model, tmp_path):
         assert address == f"unix:{tmp_path / 'k.sock'}"
         async with Client(address) as client:
             assert client.address == address
-            async with client.session(initial_tokens=PROMPT) as session:
+            async with client.session(initial_tokens=PROMPT, default_eos=False) as session:
                 assert len(await bounded(session.generate(max_tokens=4).collect())) == 4
                 assert (await bounded(session.info())).history_length == len(PROMPT) + 4
         assert runtime.registry.num_active == 0
@@ -166,7 +167,7 @@ async def test_api_key_travels_on_every_call(loaded_model):
     try:
         async with Client(handle.server.address, api_key="sdk-key") as keyed:
             assert (await bounded(keyed.runtime_info())).vocab_size == 49152
-            async with keyed.session(initial_tokens=PROMPT) as session:
+            async with keyed.session(initial_tokens=PROMPT, default_eos=False) as session:
                 assert len(await bounded(session.generate(max_tokens=2).collect())) == 2
                 assert (await bounded(session.info())).history_length == len(PROMPT) + 2
         for key in (None, "other-key"):

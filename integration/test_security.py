@@ -60,6 +60,44 @@ async def test_api_keys_and_session_ownership(loaded_model):
         await handle.stop()
 
 
+async def test_list_sessions_shows_each_key_its_own_sessions(loaded_model):
+    from kakeya import Client
+
+    from .test_sdk_chat import run_python
+
+    handle = await start_server(loaded_model, server={"api_keys": ("alpha-key", "beta-key")})
+    stub, address = handle.stub, handle.server.address
+
+    async def open_as(key: str, label: str) -> str:
+        request = pb.CreateSessionRequest(client_label=label)
+        return (await stub.CreateSession(request, timeout=TIMEOUT_S, **_as(key))).session_id
+
+    async def listed(key: str | None) -> list[tuple[str, str]]:
+        reply = await stub.ListSessions(pb.ListSessionsRequest(), timeout=TIMEOUT_S, **_as(key))
+        return [(entry.session_id, entry.client_label) for entry in reply.sessions]
+
+    try:
+        alpha = [await open_as("alpha-key", "a1"), await open_as("alpha-key", "a2")]
+        beta = await open_as("beta-key", "b1")
+        assert await listed("alpha-key") == [(alpha[0], "a1"), (alpha[1], "a2")]
+        assert await listed("beta-key") == [(beta, "b1")]
+        for who in (None, "wrong-key"):
+            assert await status_of(listed(who)) == grpc.StatusCode.UNAUTHENTICATED
+        async with Client(address, api_key="beta-key") as client:
+            assert [e.session_id for e in await asyncio.wait_for(client.list_sessions(), TIMEOUT_S)] == [beta]
+        code, out, err = await run_python("-m", "kakeya.runtime.server.cli", "sessions", "--address", address,
+                                          "--api-key", "alpha-key")
+        assert code == 0 and [line.split()[0] for line in out.splitlines()] == alpha, err
+        code, out, err = await run_python("-m", "kakeya.runtime.server.cli", "sessions", "--address", address,
+                                          "--api-key", "wrong-key")
+        assert code == 1 and out == "" and "UnauthenticatedError" in err and "Traceback" not in err
+        for key, session_id in (("alpha-key", alpha[0]), ("alpha-key", alpha[1]), ("beta-key", beta)):
+            await stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=TIMEOUT_S, **_as(key))
+        assert await listed("alpha-key") == await listed("beta-key") == []
+    finally:
+        await handle.stop()
+
+
 def test_public_bind_without_keys_is_refused():
     with pytest.raises(ValueError, match="without API keys"):
         ServerConfig(host="0.0.0.0")

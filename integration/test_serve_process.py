@@ -48,7 +48,9 @@ def test_serve_on_unix_socket_then_drain_on_sigterm(tmp_path):
             assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
             stub = runtime_pb2_grpc.RuntimeServiceStub(channel)
             assert stub.GetRuntimeInfo(pb.GetRuntimeInfoRequest(), timeout=30).max_sessions == 4
-            session_id = stub.CreateSession(pb.CreateSessionRequest(), timeout=30).session_id
+            # No EOS stop: the stream must still be running when SIGTERM comes.
+            create = pb.CreateSessionRequest(no_default_eos=True)
+            session_id = stub.CreateSession(create, timeout=30).session_id
             stub.AppendTokens(pb.AppendTokensRequest(session_id=session_id, token_ids=[1, 2, 3, 4]), timeout=30)
             stream = stub.Generate(pb.GenerateRequest(session_id=session_id, max_tokens=5000), timeout=120)
             first = next(stream)

@@ -225,7 +225,7 @@ async def test_sdk_reports_the_mode_and_each_calls_draft_counts(ngram_server, pr
     async with Client(ngram_server.server.address) as client:
         runtime = await asyncio.wait_for(client.runtime_info(), TIMEOUT_S)
         assert (runtime.speculative_mode, runtime.num_draft_tokens, runtime.draft_model_id) == ("ngram", 4, "")
-        async with client.session(initial_tokens=prompts[1]) as session:
+        async with client.session(initial_tokens=prompts[1], default_eos=False) as session:
             stream = session.generate(32)
             tokens = await asyncio.wait_for(stream.collect(), TIMEOUT_S)
     assert tokens == plain[1][:32]
@@ -247,7 +247,7 @@ async def test_tokens_of_one_step_share_a_message_when_the_request_allows(ngram_
     assert 2 <= max(sizes) <= 3, "no step's tokens were sent together, or too many were"
     for per_message in (1, 64):
         async with Client(ngram_server.server.address, max_tokens_per_message=per_message) as client:
-            async with client.session(initial_tokens=prompts[0]) as session:
+            async with client.session(initial_tokens=prompts[0], default_eos=False) as session:
                 stream = session.generate(MAX_TOKENS)
                 tokens = await asyncio.wait_for(stream.collect(), TIMEOUT_S)
         assert tokens == plain[0] and stream.generated_token_count == MAX_TOKENS

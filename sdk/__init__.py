@@ -15,11 +15,11 @@ from .stream import GenerationStream
 from .sync import SyncClient, SyncGenerationStream, SyncSession
 from .text import IncrementalDecoder, stream_text
 from .tokenizer import load_tokenizer
-from .types import RuntimeInfo, SessionInfo, StopReason
+from .types import RuntimeInfo, SessionInfo, SessionSummary, StopReason
 
 __all__ = [
     "Client", "Session", "GenerationStream", "SyncClient", "SyncSession", "SyncGenerationStream",
-    "StopReason", "SessionInfo", "RuntimeInfo",
+    "StopReason", "SessionInfo", "SessionSummary", "RuntimeInfo",
     "KakeyaError", "SessionNotFoundError", "InvalidArgumentError", "FailedPreconditionError",
     "ResourceExhaustedError", "UnauthenticatedError", "RuntimeUnavailableError", "DeadlineExceededError",
     "InternalError", "SessionClosedError", "ClientClosedError",

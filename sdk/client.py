@@ -10,7 +10,7 @@ from kakeya.proto.v1 import runtime_pb2 as pb
 
 from .session import Session, close_after
 from .transport import Transport, build_request, read_root_certificates
-from .types import RuntimeInfo
+from .types import RuntimeInfo, SessionSummary
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
@@ -51,9 +51,12 @@ class Client:
         return self._transport.is_closed
 
     async def create_session(self, *, eos_token_ids: Iterable[int] = (), initial_tokens: Iterable[int] = (),
-                             label: str = "") -> Session:
-        """Opens a session; generation stops after any of `eos_token_ids`. `initial_tokens` are appended."""
-        request = build_request(pb.CreateSessionRequest, client_label=label, eos_token_ids=list(eos_token_ids))
+                             label: str = "", default_eos: bool = True) -> Session:
+        """Opens a session; `initial_tokens` are appended. Generation stops after any of
+        `eos_token_ids`; without them, after the model's own EOS ids (RuntimeInfo's
+        default_eos_token_ids), or never with `default_eos=False` (generations run to max_tokens)."""
+        request = build_request(pb.CreateSessionRequest, client_label=label, eos_token_ids=list(eos_token_ids),
+                                no_default_eos=not default_eos)
         reply = await self._transport.unary("CreateSession", request)
         session = Session(self._transport, reply.session_id)
         initial_tokens = list(initial_tokens)
@@ -68,11 +71,11 @@ class Client:
 
     @contextlib.asynccontextmanager
     async def session(self, *, eos_token_ids: Iterable[int] = (), initial_tokens: Iterable[int] = (),
-                      label: str = "") -> AsyncIterator[Session]:
+                      label: str = "", default_eos: bool = True) -> AsyncIterator[Session]:
         """`async with client.session(...) as s:` closes the session when the block leaves; an
         error from the close never replaces the block's own (see `close_after`)."""
         session = await self.create_session(eos_token_ids=eos_token_ids, initial_tokens=initial_tokens,
-                                            label=label)
+                                            label=label, default_eos=default_eos)
         try:
             yield session
         except BaseException as exc:
@@ -86,6 +89,12 @@ class Client:
 
     async def runtime_info(self) -> RuntimeInfo:
         return RuntimeInfo.from_proto(await self._transport.unary("GetRuntimeInfo", pb.GetRuntimeInfoRequest()))
+
+    async def list_sessions(self) -> list[SessionSummary]:
+        """The sessions this client's API key created (every session when the runtime has no keys),
+        oldest first, whichever connection created them."""
+        reply = await self._transport.unary("ListSessions", pb.ListSessionsRequest())
+        return [SessionSummary.from_proto(entry) for entry in reply.sessions]
 
     async def close(self) -> None:
         """Closes the connection; calls in flight are cancelled. Closing twice is harmless."""

@@ -14,7 +14,7 @@ from .client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_S, DEFAULT_TOKENS_PER_MESSA
 from .loop_thread import LoopThread
 from .session import Session, close_after
 from .stream import GenerationStream
-from .types import RuntimeInfo, SessionInfo, StopReason
+from .types import RuntimeInfo, SessionInfo, SessionSummary, StopReason
 
 
 class SyncClient:
@@ -39,16 +39,18 @@ class SyncClient:
         return not self._finalizer.alive
 
     def create_session(self, *, eos_token_ids: Iterable[int] = (), initial_tokens: Iterable[int] = (),
-                       label: str = "") -> SyncSession:
+                       label: str = "", default_eos: bool = True) -> SyncSession:
         session = self._loop.run(self._client.create_session(
-            eos_token_ids=list(eos_token_ids), initial_tokens=list(initial_tokens), label=label))
+            eos_token_ids=list(eos_token_ids), initial_tokens=list(initial_tokens), label=label,
+            default_eos=default_eos))
         return SyncSession(self._loop, session)
 
     @contextlib.contextmanager
     def session(self, *, eos_token_ids: Iterable[int] = (), initial_tokens: Iterable[int] = (),
-                label: str = "") -> Iterator[SyncSession]:
+                label: str = "", default_eos: bool = True) -> Iterator[SyncSession]:
         """`with client.session(...) as s:` closes the session when the block leaves."""
-        with self.create_session(eos_token_ids=eos_token_ids, initial_tokens=initial_tokens, label=label) as s:
+        with self.create_session(eos_token_ids=eos_token_ids, initial_tokens=initial_tokens, label=label,
+                                 default_eos=default_eos) as s:
             yield s
 
     def attach_session(self, session_id: str) -> SyncSession:
@@ -56,6 +58,9 @@ class SyncClient:
 
     def runtime_info(self) -> RuntimeInfo:
         return self._loop.run(self._client.runtime_info())
+
+    def list_sessions(self) -> list[SessionSummary]:
+        return self._loop.run(self._client.list_sessions())
 
     def close(self) -> None:
         """Closes the connection and stops the loop thread. Closing twice is harmless."""

@@ -1,4 +1,5 @@
-"""Plain values the SDK returns: why a generation stopped, and snapshots of a session and the runtime.
+"""Plain values the SDK returns: why a generation stopped, snapshots of a session and the runtime, and
+the entries of a session listing.
 
 They are built from the wire messages here so that proto types never reach callers; the
 session and runtime snapshots copy every field of their reply through its descriptor.
@@ -54,10 +55,30 @@ class SessionInfo:
     inv2_violations: int
     idle_seconds: float
     client_label: str
+    # The ids that stop a generation: the model's own unless the session named others or none.
     eos_token_ids: tuple[int, ...]
+    # kv_live_bytes split: bytes of the positions stored, and bytes held for positions to come.
+    kv_used_bytes: int
+    kv_reserved_bytes: int
 
     @classmethod
     def from_proto(cls, reply: pb.GetSessionInfoResponse) -> SessionInfo:
+        return cls(**reply_values(reply))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """One of the caller's sessions, as ListSessions reports it."""
+
+    session_id: str
+    client_label: str
+    history_length: int
+    kv_live_bytes: int
+    idle_seconds: float  # 0 while busy
+    busy: bool  # a request is running or queued on it
+
+    @classmethod
+    def from_proto(cls, reply: pb.SessionSummary) -> SessionSummary:
         return cls(**reply_values(reply))
 
 

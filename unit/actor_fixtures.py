@@ -127,6 +127,22 @@ def generate(session: SessionActor, max_tokens: int, sampling: SamplingParams | 
     return stream
 
 
+class CancelAfter(TokenStream):
+    """A consumer that cancels the moment its n-th token arrives, before the next step is planned."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.seen = 0
+
+    def push(self, event) -> None:
+        super().push(event)
+        if isinstance(event, int):
+            self.seen += 1
+            if self.seen == self.n:
+                self.cancel()
+
+
 async def collect(stream: TokenStream) -> tuple[list[int], Done]:
     """Every token of the stream and its Done; raises what the stream failed with."""
 

@@ -1,4 +1,4 @@
-"""KVShape / SessionKV / KVPool: byte accounting, block growth, the budget, and bounded-mode compaction.
+"""KVShape / SessionKV / KVPool: byte accounting, block growth, trims, the budget, and bounded-mode compaction.
 
 The pool's used_bytes is what admission control trusts, so it must equal the bytes the slabs
 actually hold; compaction must move exactly the tokens a future query can still see.
@@ -92,6 +92,65 @@ def test_free_returns_the_bytes_and_twice_is_harmless():
     assert p.used_bytes == 32 * PER_TOKEN and p.num_slabs == 1
     p.free(b)
     assert p.used_bytes == 0 and p.num_slabs == 0
+
+
+def test_trim_gives_back_an_unused_reservation_and_keeps_the_held_tokens():
+    """A request reserved 300 tokens and ended at 40: the slab keeps 40 and a quarter, in blocks."""
+    p = pool(block=16)
+    kv = p.allocate()
+    p.reserve(kv, 300)
+    assert kv.capacity == 304
+    kv.slab.copy_(torch.arange(kv.slab.numel(), dtype=torch.float32).view_as(kv.slab))
+    kv.num_positions = 40
+    before = kv.slab[..., :40, :].clone()
+    p.trim(kv, 40)
+    assert kv.capacity == 64  # 40 + 10, rounded up to 16-token blocks
+    assert torch.equal(kv.slab[..., :40, :], before)
+    assert p.used_bytes == slab_bytes((kv,)) == 64 * PER_TOKEN
+    assert kv.used_bytes == p.used_positions_bytes() == 40 * PER_TOKEN
+
+
+@pytest.mark.parametrize("keep, capacity", [(60, 112), (40, 112), (30, 48), (0, 16)])
+def test_trim_leaves_a_slab_that_holds_at_most_twice_its_need(keep, capacity):
+    """112 tokens held: kept for a need of 60 (80) or 40 (64), trimmed for 30 (48) or an empty history."""
+    p = pool(block=16)
+    kv = p.allocate()
+    p.reserve(kv, 100)
+    kv.num_positions = keep
+    slab = kv.slab
+    p.trim(kv, keep)
+    assert kv.capacity == capacity and (kv.slab is slab) == (capacity == 112)
+    assert p.used_bytes == capacity * PER_TOKEN
+
+
+def test_a_conversation_that_uses_what_it_reserves_is_never_copied_by_a_trim():
+    """Turns of append 64 + generate 32, every token used: trims never move the slab, and
+    reserves grow it geometrically (fewer copies than turns)."""
+    p = pool(budget_tokens=100_000, block=16)
+    kv = p.allocate()
+    history, growths = 0, 0
+    for _ in range(100):
+        slab = kv.slab
+        p.reserve(kv, history + 64 + 32)
+        growths += kv.slab is not slab
+        history += 64 + 32
+        kv.num_positions = history - 1  # the last sampled token is pending
+        slab = kv.slab
+        p.trim(kv, history)
+        assert kv.slab is slab
+    assert growths <= 20  # a quarter more each time: about log(100) / log(1.25) growths
+
+
+def test_trim_shrinks_the_draft_slab_with_its_session():
+    draft_shape = KVShape(num_layers=1, num_kv_heads=1, head_dim=4, dtype=torch.float32, device=CPU)
+    p = KVPool(SHAPE, 1000 * PER_TOKEN, 16, 0, 0, 8, draft_shape)
+    kv = p.allocate()
+    p.reserve(kv, 200)
+    kv.num_positions, kv.draft.num_positions = 20, 18
+    p.trim(kv, 21)
+    assert kv.capacity == kv.draft.capacity == 32
+    assert p.used_bytes == slab_bytes((kv, kv.draft)) == kv.lease_bytes
+    assert kv.used_bytes == 20 * PER_TOKEN + 18 * draft_shape.bytes_per_token
 
 
 @pytest.mark.parametrize("block, expected", [(8, 32), (16, 32), (10, 30), (1, 28), (64, 64)])

@@ -36,6 +36,11 @@ ADDITIONS = {
     "GetRuntimeInfoResponse": {"speculative_mode": 23, "num_draft_tokens": 24, "draft_model_id": 25},
     "GenerateRequest": {"max_tokens_per_message": 7, "min_tokens_per_message": 8},
     "GenerateResponse": {"tokens": 4},
+    "CreateSessionRequest": {"no_default_eos": 3},
+    "GetSessionInfoResponse": {"kv_used_bytes": 10, "kv_reserved_bytes": 11},
+    "ListSessionsResponse": {"sessions": 1},
+    "SessionSummary": {"session_id": 1, "client_label": 2, "history_length": 3, "kv_live_bytes": 4,
+                       "idle_seconds": 5, "busy": 6},
 }
 
 STOP_REASONS = {
@@ -65,7 +70,8 @@ def test_package_and_service():
     service = pb.DESCRIPTOR.services_by_name["RuntimeService"]
     methods = {m.name: m for m in service.methods}
     assert {"CreateSession", "AppendTokens", "Generate", "CloseSession", "GetSessionInfo",
-            "GetRuntimeInfo"} <= set(methods)
+            "GetRuntimeInfo", "ListSessions"} <= set(methods)
+    assert methods["ListSessions"].output_type.name == "ListSessionsResponse"
     assert methods["Generate"].server_streaming and not methods["Generate"].client_streaming
     assert methods["Generate"].output_type.name == "GenerateResponse"
 

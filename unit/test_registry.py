@@ -1,6 +1,6 @@
-"""The session registry on a real tiny model: sessions are found only by their owner, closing
-frees their KV at once, and when the session limit or the KV budget is full the least recently
-used idle session is evicted, never one with work in flight."""
+"""The session registry on a real tiny model: sessions are found and listed only by their owner,
+closing frees their KV at once, and when the session limit or the KV budget is full the least
+recently used idle session is evicted, never one with work in flight."""
 
 from __future__ import annotations
 
@@ -51,6 +51,20 @@ async def test_a_session_is_found_only_by_its_owner(tiny):
             registry.get(alice)
         assert registry.num_active == 1
         await close(stack, other)
+        assert_clean(stack)
+
+
+async def test_an_owner_lists_its_own_sessions_oldest_first(tiny):
+    async with started(tiny) as stack:
+        registry = stack.registry
+        ids = [await asyncio.wait_for(registry.create(label, frozenset(), owner=owner), TIMEOUT_S)
+               for label, owner in (("a1", "alice"), ("b1", "bob"), ("a2", "alice"))]
+        assert [s.session_id for s in registry.owned_by("alice")] == [ids[0], ids[2]]
+        assert [s.client_label for s in registry.owned_by("bob")] == ["b1"]
+        assert registry.owned_by("carol") == []
+        for session_id in ids:
+            await close(stack, session_id)
+        assert registry.owned_by("alice") == []
         assert_clean(stack)
 
 

@@ -1,4 +1,5 @@
-"""The SDK's SessionInfo and RuntimeInfo declare exactly their reply's fields, typed as the wire types.
+"""The SDK's SessionInfo, RuntimeInfo and SessionSummary declare exactly their message's fields, typed as
+the wire types.
 
 Their values are copied field by field from the message descriptor, so the dataclasses are only the
 typed face users read; these tests keep that face equal to runtime.proto.
@@ -12,11 +13,12 @@ import typing
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from kakeya import RuntimeInfo, SessionInfo
+from kakeya import RuntimeInfo, SessionInfo, SessionSummary
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.types import ATTRIBUTE_OF_WIRE_NAME, reply_values
 
-PAIRS = [(SessionInfo, pb.GetSessionInfoResponse), (RuntimeInfo, pb.GetRuntimeInfoResponse)]
+PAIRS = [(SessionInfo, pb.GetSessionInfoResponse), (RuntimeInfo, pb.GetRuntimeInfoResponse),
+         (SessionSummary, pb.SessionSummary)]
 
 PYTHON_TYPE_OF = {
     FieldDescriptor.CPPTYPE_INT32: int, FieldDescriptor.CPPTYPE_INT64: int,

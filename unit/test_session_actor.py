@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from actor_fixtures import (TIMEOUT_S, append, assert_clean, collect, generate, load, next_token, open_session,
-                            prompt, send_append, started)
+from actor_fixtures import (TIMEOUT_S, CancelAfter, append, assert_clean, collect, generate, load, next_token,
+                            open_session, prompt, send_append, started)
 from kakeya.actors.messages import Generate, GenerateParams
 from kakeya.actors.token_stream import StopReason, TokenStream
 from kakeya.runtime.common.config import SessionLimits
@@ -104,22 +104,6 @@ async def test_appends_keep_their_order_and_queue_behind_a_generate(tiny):
         assert done.prefill_token_count == 3  # the last generated token and the two appended
         await close(stack, session)
         assert_clean(stack)
-
-
-class CancelAfter(TokenStream):
-    """A consumer that cancels the moment its n-th token arrives, before the next step is planned."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-        self.seen = 0
-
-    def push(self, event) -> None:
-        super().push(event)
-        if isinstance(event, int):
-            self.seen += 1
-            if self.seen == self.n:
-                self.cancel()
 
 
 async def test_cancel_stops_the_generate_within_one_step(tiny):

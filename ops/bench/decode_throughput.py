@@ -63,7 +63,7 @@ async def runtime_run(stub, batch: list[list[int]], new_tokens: int) -> dict[str
     starts: list[float] = []
 
     async def one(prompt: list[int]) -> None:
-        sid = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
+        sid = (await stub.CreateSession(pb.CreateSessionRequest(no_default_eos=True))).session_id
         await stub.AppendTokens(pb.AppendTokensRequest(session_id=sid, token_ids=prompt))
         times: list[float] = []
         stamps.append(times)

@@ -118,7 +118,7 @@ def encode(tokenizer, messages: list[str], count: int) -> list[list[int]]:
 async def run_workload(stub, prompts: list[list[int]], new_tokens: int) -> dict:
     """All sessions at once; wall time from the first request to the last token."""
     async def one(prompt: list[int]):
-        sid = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
+        sid = (await stub.CreateSession(pb.CreateSessionRequest(no_default_eos=True))).session_id
         await stub.AppendTokens(pb.AppendTokensRequest(session_id=sid, token_ids=prompt))
         tokens, done = [], None
         async for response in stub.Generate(pb.GenerateRequest(session_id=sid, max_tokens=new_tokens)):

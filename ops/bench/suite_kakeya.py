@@ -168,7 +168,7 @@ async def _concurrent_streams(address: str, prompts: list[list[int]], new_tokens
     async with Client(address, timeout_s=RPC_TIMEOUT_S, max_tokens_per_message=per_message) as client:
         # No EOS ids: every stream runs to exactly new_tokens. Appends before the clock starts: prefill
         # is lazy, so the timed Generate does it and TTFT includes it.
-        sessions = [await client.create_session(initial_tokens=prompt) for prompt in prompts]
+        sessions = [await client.create_session(initial_tokens=prompt, default_eos=False) for prompt in prompts]
         stamps: list[list[float]] = [[] for _ in sessions]
 
         async def read(session, sink: list[float]) -> None:
@@ -213,7 +213,7 @@ def _multi_session_here(address: str, prompts: list[list[int]], new_tokens: int,
 async def _turns(address: str, chunks: list[list[int]], generate_tokens: int, progress_every: int) -> list[float]:
     latencies = []
     async with Client(address, timeout_s=RPC_TIMEOUT_S) as client:
-        async with client.session() as session:
+        async with client.session(default_eos=False) as session:  # every turn runs to generate_tokens
             for turn, chunk in enumerate(chunks, start=1):
                 started = time.perf_counter()
                 await session.append(chunk)

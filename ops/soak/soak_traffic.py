@@ -50,7 +50,7 @@ class Soak:
     # --- one worker -------------------------------------------------------------------------
 
     async def _open(self) -> str | None:
-        reply = await self.calls.unary(self.stub.CreateSession, pb.CreateSessionRequest(client_label="soak"))
+        reply = await self.calls.unary(self.stub.CreateSession, pb.CreateSessionRequest(client_label="soak", no_default_eos=True))
         self.counts["sessions_opened"] += reply is not None
         return None if reply is None else reply.session_id
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kakeya/v1/runtime.proto\x12\tkakeya.v1\"C\n\x14\x43reateSessionRequest\x12\x14\n\x0c\x63lient_label\x18\x01 \x01(\t\x12\x15\n\reos_token_ids\x18\x02 \x03(\r\"+\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\"<\n\x13\x41ppendTokensRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\".\n\x14\x41ppendTokensResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x04\"\xfb\x01\n\x0fGenerateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\rH\x03\x88\x01\x01\x12\x1e\n\x16max_tokens_per_message\x18\x07 \x01(\r\x12\x1e\n\x16min_tokens_per_message\x18\x08 \x01(\rB\x07\n\x05_seedB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_k\"\x1d\n\x08TokenIds\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\xb3\x01\n\x10GenerateResponse\x12\x12\n\x08token_id\x18\x01 \x01(\rH\x00\x12\'\n\x04\x64one\x18\x02 \x01(\x0b\x32\x17.kakeya.v1.GenerateDoneH\x00\x12\x30\n\ttruncated\x18\x03 \x01(\x0b\x32\x1b.kakeya.v1.HistoryTruncatedH\x00\x12%\n\x06tokens\x18\x04 \x01(\x0b\x32\x13.kakeya.v1.TokenIdsH\x00\x42\t\n\x07payload\"\x97\x03\n\x0cGenerateDone\x12\x37\n\x0bstop_reason\x18\x01 \x01(\x0e\x32\".kakeya.v1.GenerateDone.StopReason\x12\x1d\n\x15generated_token_count\x18\x02 \x01(\r\x12 \n\x18prefill_duration_seconds\x18\x03 \x01(\x01\x12\x1e\n\x16total_duration_seconds\x18\x04 \x01(\x01\x12\x1b\n\x13prefill_token_count\x18\x05 \x01(\r\x12\x19\n\x11\x64raft_token_count\x18\x06 \x01(\r\x12\"\n\x1a\x61\x63\x63\x65pted_draft_token_count\x18\x07 \x01(\r\"\x90\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16STOP_REASON_MAX_TOKENS\x10\x01\x12\x13\n\x0fSTOP_REASON_EOS\x10\x02\x12\x19\n\x15STOP_REASON_CANCELLED\x10\x03\x12\x19\n\x15STOP_REASON_TRUNCATED\x10\x04\"/\n\x10HistoryTruncated\x12\x1b\n\x13\x64ropped_token_count\x18\x01 \x01(\x04\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"4\n\x14\x43loseSessionResponse\x12\x1c\n\x14\x66inal_history_length\x18\x01 \x01(\x04\"+\n\x15GetSessionInfoRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x90\x02\n\x16GetSessionInfoResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x04\x12\x15\n\rkv_live_bytes\x18\x02 \x01(\x04\x12\'\n\x1f\x63\x61\x63he_invariant_inv1_violations\x18\x03 \x01(\x04\x12\'\n\x1f\x63\x61\x63he_invariant_inv2_violations\x18\x04 \x01(\x04\x12\x14\n\x0cidle_seconds\x18\x05 \x01(\x01\x12\x1a\n\x12kv_resident_tokens\x18\x06 \x01(\x04\x12\x16\n\x0epending_tokens\x18\x07 \x01(\x04\x12\x14\n\x0c\x63lient_label\x18\x08 \x01(\t\x12\x15\n\reos_token_ids\x18\t \x03(\r\"\x17\n\x15GetRuntimeInfoRequest\"\x99\x05\n\x16GetRuntimeInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x1d\n\x15\x64\x65\x66\x61ult_eos_token_ids\x18\x03 \x03(\r\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x1a\n\x12max_context_tokens\x18\x07 \x01(\x04\x12\x14\n\x0cmax_sessions\x18\x08 \x01(\r\x12\x17\n\x0fkv_budget_bytes\x18\t \x01(\x04\x12\x15\n\rkv_used_bytes\x18\n \x01(\x04\x12\x17\n\x0f\x61\x63tive_sessions\x18\x0b \x01(\r\x12\x19\n\x11max_append_tokens\x18\x0c \x01(\r\x12\x1b\n\x13max_generate_tokens\x18\r \x01(\r\x12\x13\n\x0bsink_tokens\x18\x0e \x01(\r\x12\x15\n\rwindow_tokens\x18\x0f \x01(\r\x12\x15\n\rdeterministic\x18\x10 \x01(\x08\x12\x15\n\rforward_count\x18\x11 \x01(\x04\x12 \n\x18max_sessions_per_forward\x18\x12 \x01(\r\x12!\n\x19mean_sessions_per_forward\x18\x13 \x01(\x01\x12\x1a\n\x12kv_bytes_per_token\x18\x14 \x01(\x04\x12\'\n\x1f\x63\x61\x63he_invariant_inv1_violations\x18\x15 \x01(\x04\x12\'\n\x1f\x63\x61\x63he_invariant_inv2_violations\x18\x16 \x01(\x04\x12\x18\n\x10speculative_mode\x18\x17 \x01(\t\x12\x18\n\x10num_draft_tokens\x18\x18 \x01(\r\x12\x16\n\x0e\x64raft_model_id\x18\x19 \x01(\t2\xfb\x03\n\x0eRuntimeService\x12R\n\rCreateSession\x12\x1f.kakeya.v1.CreateSessionRequest\x1a .kakeya.v1.CreateSessionResponse\x12O\n\x0c\x41ppendTokens\x12\x1e.kakeya.v1.AppendTokensRequest\x1a\x1f.kakeya.v1.AppendTokensResponse\x12\x45\n\x08Generate\x12\x1a.kakeya.v1.GenerateRequest\x1a\x1b.kakeya.v1.GenerateResponse0\x01\x12O\n\x0c\x43loseSession\x12\x1e.kakeya.v1.CloseSessionRequest\x1a\x1f.kakeya.v1.CloseSessionResponse\x12U\n\x0eGetSessionInfo\x12 .kakeya.v1.GetSessionInfoRequest\x1a!.kakeya.v1.GetSessionInfoResponse\x12U\n\x0eGetRuntimeInfo\x12 .kakeya.v1.GetRuntimeInfoRequest\x1a!.kakeya.v1.GetRuntimeInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17kakeya/v1/runtime.proto\x12\tkakeya.v1\"[\n\x14\x43reateSessionRequest\x12\x14\n\x0c\x63lient_label\x18\x01 \x01(\t\x12\x15\n\reos_token_ids\x18\x02 \x03(\r\x12\x16\n\x0eno_default_eos\x18\x03 \x01(\x08\"+\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\"<\n\x13\x41ppendTokensRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\".\n\x14\x41ppendTokensResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x04\"\xfb\x01\n\x0fGenerateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\rH\x03\x88\x01\x01\x12\x1e\n\x16max_tokens_per_message\x18\x07 \x01(\r\x12\x1e\n\x16min_tokens_per_message\x18\x08 \x01(\rB\x07\n\x05_seedB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_k\"\x1d\n\x08TokenIds\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\xb3\x01\n\x10GenerateResponse\x12\x12\n\x08token_id\x18\x01 \x01(\rH\x00\x12\'\n\x04\x64one\x18\x02 \x01(\x0b\x32\x17.kakeya.v1.GenerateDoneH\x00\x12\x30\n\ttruncated\x18\x03 \x01(\x0b\x32\x1b.kakeya.v1.HistoryTruncatedH\x00\x12%\n\x06tokens\x18\x04 \x01(\x0b\x32\x13.kakeya.v1.TokenIdsH\x00\x42\t\n\x07payload\"\x97\x03\n\x0cGenerateDone\x12\x37\n\x0bstop_reason\x18\x01 \x01(\x0e\x32\".kakeya.v1.GenerateDone.StopReason\x12\x1d\n\x15generated_token_count\x18\x02 \x01(\r\x12 \n\x18prefill_duration_seconds\x18\x03 \x01(\x01\x12\x1e\n\x16total_duration_seconds\x18\x04 \x01(\x01\x12\x1b\n\x13prefill_token_count\x18\x05 \x01(\r\x12\x19\n\x11\x64raft_token_count\x18\x06 \x01(\r\x12\"\n\x1a\x61\x63\x63\x65pted_draft_token_count\x18\x07 \x01(\r\"\x90\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16STOP_REASON_MAX_TOKENS\x10\x01\x12\x13\n\x0fSTOP_REASON_EOS\x10\x02\x12\x19\n\x15STOP_REASON_CANCELLED\x10\x03\x12\x19\n\x15STOP_REASON_TRUNCATED\x10\x04\"/\n\x10HistoryTruncated\x12\x1b\n\x13\x64ropped_token_count\x18\x01 \x01(\x04\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"4\n\x14\x43loseSessionResponse\x12\x1c\n\x14\x66inal_history_length\x18\x01 \x01(\x04\"+\n\x15GetSessionInfoRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xc2\x02\n\x16GetSessionInfoResponse\x12\x16\n\x0ehistory_length\x18\x01 \x01(\x04\x12\x15\n\rkv_live_bytes\x18\x02 \x01(\x04\x12\'\n\x1f\x63\x61\x63he_invariant_inv1_violations\x18\x03 \x01(\x04\x12\'\n\x1f\x63\x61\x63he_invariant_inv2_violations\x18\x04 \x01(\x04\x12\x14\n\x0cidle_seconds\x18\x05 \x01(\x01\x12\x1a\n\x12kv_resident_tokens\x18\x06 \x01(\x04\x12\x16\n\x0epending_tokens\x18\x07 \x01(\x04\x12\x14\n\x0c\x63lient_label\x18\x08 \x01(\t\x12\x15\n\reos_token_ids\x18\t \x03(\r\x12\x15\n\rkv_used_bytes\x18\n \x01(\x04\x12\x19\n\x11kv_reserved_bytes\x18\x0b \x01(\x04\"\x17\n\x15GetRuntimeInfoRequest\"\x99\x05\n\x16GetRuntimeInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x1d\n\x15\x64\x65\x66\x61ult_eos_token_ids\x18\x03 \x03(\r\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x1a\n\x12max_context_tokens\x18\x07 \x01(\x04\x12\x14\n\x0cmax_sessions\x18\x08 \x01(\r\x12\x17\n\x0fkv_budget_bytes\x18\t \x01(\x04\x12\x15\n\rkv_used_bytes\x18\n \x01(\x04\x12\x17\n\x0f\x61\x63tive_sessions\x18\x0b \x01(\r\x12\x19\n\x11max_append_tokens\x18\x0c \x01(\r\x12\x1b\n\x13max_generate_tokens\x18\r \x01(\r\x12\x13\n\x0bsink_tokens\x18\x0e \x01(\r\x12\x15\n\rwindow_tokens\x18\x0f \x01(\r\x12\x15\n\rdeterministic\x18\x10 \x01(\x08\x12\x15\n\rforward_count\x18\x11 \x01(\x04\x12 \n\x18max_sessions_per_forward\x18\x12 \x01(\r\x12!\n\x19mean_sessions_per_forward\x18\x13 \x01(\x01\x12\x1a\n\x12kv_bytes_per_token\x18\x14 \x01(\x04\x12\'\n\x1f\x63\x61\x63he_invariant_inv1_violations\x18\x15 \x01(\x04\x12\'\n\x1f\x63\x61\x63he_invariant_inv2_violations\x18\x16 \x01(\x04\x12\x18\n\x10speculative_mode\x18\x17 \x01(\t\x12\x18\n\x10num_draft_tokens\x18\x18 \x01(\r\x12\x16\n\x0e\x64raft_model_id\x18\x19 \x01(\t\"\x15\n\x13ListSessionsRequest\"C\n\x14ListSessionsResponse\x12+\n\x08sessions\x18\x01 \x03(\x0b\x32\x19.kakeya.v1.SessionSummary\"\x8d\x01\n\x0eSessionSummary\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63lient_label\x18\x02 \x01(\t\x12\x16\n\x0ehistory_length\x18\x03 \x01(\x04\x12\x15\n\rkv_live_bytes\x18\x04 \x01(\x04\x12\x14\n\x0cidle_seconds\x18\x05 \x01(\x01\x12\x0c\n\x04\x62usy\x18\x06 \x01(\x08\x32\xcc\x04\n\x0eRuntimeService\x12R\n\rCreateSession\x12\x1f.kakeya.v1.CreateSessionRequest\x1a .kakeya.v1.CreateSessionResponse\x12O\n\x0c\x41ppendTokens\x12\x1e.kakeya.v1.AppendTokensRequest\x1a\x1f.kakeya.v1.AppendTokensResponse\x12\x45\n\x08Generate\x12\x1a.kakeya.v1.GenerateRequest\x1a\x1b.kakeya.v1.GenerateResponse0\x01\x12O\n\x0c\x43loseSession\x12\x1e.kakeya.v1.CloseSessionRequest\x1a\x1f.kakeya.v1.CloseSessionResponse\x12U\n\x0eGetSessionInfo\x12 .kakeya.v1.GetSessionInfoRequest\x1a!.kakeya.v1.GetSessionInfoResponse\x12U\n\x0eGetRuntimeInfo\x12 .kakeya.v1.GetRuntimeInfoRequest\x1a!.kakeya.v1.GetRuntimeInfoResponse\x12O\n\x0cListSessions\x12\x1e.kakeya.v1.ListSessionsRequest\x1a\x1f.kakeya.v1.ListSessionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,37 +32,43 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kakeya.v1.runtime_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATESESSIONREQUEST']._serialized_start=38
-  _globals['_CREATESESSIONREQUEST']._serialized_end=105
-  _globals['_CREATESESSIONRESPONSE']._serialized_start=107
-  _globals['_CREATESESSIONRESPONSE']._serialized_end=150
-  _globals['_APPENDTOKENSREQUEST']._serialized_start=152
-  _globals['_APPENDTOKENSREQUEST']._serialized_end=212
-  _globals['_APPENDTOKENSRESPONSE']._serialized_start=214
-  _globals['_APPENDTOKENSRESPONSE']._serialized_end=260
-  _globals['_GENERATEREQUEST']._serialized_start=263
-  _globals['_GENERATEREQUEST']._serialized_end=514
-  _globals['_TOKENIDS']._serialized_start=516
-  _globals['_TOKENIDS']._serialized_end=545
-  _globals['_GENERATERESPONSE']._serialized_start=548
-  _globals['_GENERATERESPONSE']._serialized_end=727
-  _globals['_GENERATEDONE']._serialized_start=730
-  _globals['_GENERATEDONE']._serialized_end=1137
-  _globals['_GENERATEDONE_STOPREASON']._serialized_start=993
-  _globals['_GENERATEDONE_STOPREASON']._serialized_end=1137
-  _globals['_HISTORYTRUNCATED']._serialized_start=1139
-  _globals['_HISTORYTRUNCATED']._serialized_end=1186
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1188
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1229
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1231
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1283
-  _globals['_GETSESSIONINFOREQUEST']._serialized_start=1285
-  _globals['_GETSESSIONINFOREQUEST']._serialized_end=1328
-  _globals['_GETSESSIONINFORESPONSE']._serialized_start=1331
-  _globals['_GETSESSIONINFORESPONSE']._serialized_end=1603
-  _globals['_GETRUNTIMEINFOREQUEST']._serialized_start=1605
-  _globals['_GETRUNTIMEINFOREQUEST']._serialized_end=1628
-  _globals['_GETRUNTIMEINFORESPONSE']._serialized_start=1631
-  _globals['_GETRUNTIMEINFORESPONSE']._serialized_end=2296
-  _globals['_RUNTIMESERVICE']._serialized_start=2299
-  _globals['_RUNTIMESERVICE']._serialized_end=2806
+  _globals['_CREATESESSIONREQUEST']._serialized_end=129
+  _globals['_CREATESESSIONRESPONSE']._serialized_start=131
+  _globals['_CREATESESSIONRESPONSE']._serialized_end=174
+  _globals['_APPENDTOKENSREQUEST']._serialized_start=176
+  _globals['_APPENDTOKENSREQUEST']._serialized_end=236
+  _globals['_APPENDTOKENSRESPONSE']._serialized_start=238
+  _globals['_APPENDTOKENSRESPONSE']._serialized_end=284
+  _globals['_GENERATEREQUEST']._serialized_start=287
+  _globals['_GENERATEREQUEST']._serialized_end=538
+  _globals['_TOKENIDS']._serialized_start=540
+  _globals['_TOKENIDS']._serialized_end=569
+  _globals['_GENERATERESPONSE']._serialized_start=572
+  _globals['_GENERATERESPONSE']._serialized_end=751
+  _globals['_GENERATEDONE']._serialized_start=754
+  _globals['_GENERATEDONE']._serialized_end=1161
+  _globals['_GENERATEDONE_STOPREASON']._serialized_start=1017
+  _globals['_GENERATEDONE_STOPREASON']._serialized_end=1161
+  _globals['_HISTORYTRUNCATED']._serialized_start=1163
+  _globals['_HISTORYTRUNCATED']._serialized_end=1210
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1212
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1253
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1255
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1307
+  _globals['_GETSESSIONINFOREQUEST']._serialized_start=1309
+  _globals['_GETSESSIONINFOREQUEST']._serialized_end=1352
+  _globals['_GETSESSIONINFORESPONSE']._serialized_start=1355
+  _globals['_GETSESSIONINFORESPONSE']._serialized_end=1677
+  _globals['_GETRUNTIMEINFOREQUEST']._serialized_start=1679
+  _globals['_GETRUNTIMEINFOREQUEST']._serialized_end=1702
+  _globals['_GETRUNTIMEINFORESPONSE']._serialized_start=1705
+  _globals['_GETRUNTIMEINFORESPONSE']._serialized_end=2370
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=2372
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=2393
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=2395
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=2462
+  _globals['_SESSIONSUMMARY']._serialized_start=2465
+  _globals['_SESSIONSUMMARY']._serialized_end=2606
+  _globals['_RUNTIMESERVICE']._serialized_start=2609
+  _globals['_RUNTIMESERVICE']._serialized_end=3197
 # @@protoc_insertion_point(module_scope)

@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("client_label", "eos_token_ids")
+    __slots__ = ("client_label", "eos_token_ids", "no_default_eos")
     CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    NO_DEFAULT_EOS_FIELD_NUMBER: _ClassVar[int]
     client_label: str
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, client_label: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    no_default_eos: bool
+    def __init__(self, client_label: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., no_default_eos: _Optional[bool] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ("session_id",)
@@ -128,7 +130,7 @@ class GetSessionInfoRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class GetSessionInfoResponse(_message.Message):
-    __slots__ = ("history_length", "kv_live_bytes", "cache_invariant_inv1_violations", "cache_invariant_inv2_violations", "idle_seconds", "kv_resident_tokens", "pending_tokens", "client_label", "eos_token_ids")
+    __slots__ = ("history_length", "kv_live_bytes", "cache_invariant_inv1_violations", "cache_invariant_inv2_violations", "idle_seconds", "kv_resident_tokens", "pending_tokens", "client_label", "eos_token_ids", "kv_used_bytes", "kv_reserved_bytes")
     HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
     KV_LIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CACHE_INVARIANT_INV1_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +140,8 @@ class GetSessionInfoResponse(_message.Message):
     PENDING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    KV_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
     history_length: int
     kv_live_bytes: int
     cache_invariant_inv1_violations: int
@@ -147,7 +151,9 @@ class GetSessionInfoResponse(_message.Message):
     pending_tokens: int
     client_label: str
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, history_length: _Optional[int] = ..., kv_live_bytes: _Optional[int] = ..., cache_invariant_inv1_violations: _Optional[int] = ..., cache_invariant_inv2_violations: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., kv_resident_tokens: _Optional[int] = ..., pending_tokens: _Optional[int] = ..., client_label: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    kv_used_bytes: int
+    kv_reserved_bytes: int
+    def __init__(self, history_length: _Optional[int] = ..., kv_live_bytes: _Optional[int] = ..., cache_invariant_inv1_violations: _Optional[int] = ..., cache_invariant_inv2_violations: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., kv_resident_tokens: _Optional[int] = ..., pending_tokens: _Optional[int] = ..., client_label: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., kv_used_bytes: _Optional[int] = ..., kv_reserved_bytes: _Optional[int] = ...) -> None: ...
 
 class GetRuntimeInfoRequest(_message.Message):
     __slots__ = ()
@@ -206,3 +212,29 @@ class GetRuntimeInfoResponse(_message.Message):
     num_draft_tokens: int
     draft_model_id: str
     def __init__(self, model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., default_eos_token_ids: _Optional[_Iterable[int]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., version: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., max_sessions: _Optional[int] = ..., kv_budget_bytes: _Optional[int] = ..., kv_used_bytes: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_append_tokens: _Optional[int] = ..., max_generate_tokens: _Optional[int] = ..., sink_tokens: _Optional[int] = ..., window_tokens: _Optional[int] = ..., deterministic: _Optional[bool] = ..., forward_count: _Optional[int] = ..., max_sessions_per_forward: _Optional[int] = ..., mean_sessions_per_forward: _Optional[float] = ..., kv_bytes_per_token: _Optional[int] = ..., cache_invariant_inv1_violations: _Optional[int] = ..., cache_invariant_inv2_violations: _Optional[int] = ..., speculative_mode: _Optional[str] = ..., num_draft_tokens: _Optional[int] = ..., draft_model_id: _Optional[str] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSessionsResponse(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionSummary]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionSummary, _Mapping]]] = ...) -> None: ...
+
+class SessionSummary(_message.Message):
+    __slots__ = ("session_id", "client_label", "history_length", "kv_live_bytes", "idle_seconds", "busy")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    KV_LIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    client_label: str
+    history_length: int
+    kv_live_bytes: int
+    idle_seconds: float
+    busy: bool
+    def __init__(self, session_id: _Optional[str] = ..., client_label: _Optional[str] = ..., history_length: _Optional[int] = ..., kv_live_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., busy: _Optional[bool] = ...) -> None: ...

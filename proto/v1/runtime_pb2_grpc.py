@@ -64,6 +64,11 @@ class RuntimeServiceStub:
                 request_serializer=kakeya_dot_v1_dot_runtime__pb2.GetRuntimeInfoRequest.SerializeToString,
                 response_deserializer=kakeya_dot_v1_dot_runtime__pb2.GetRuntimeInfoResponse.FromString,
                 _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/kakeya.v1.RuntimeService/ListSessions',
+                request_serializer=kakeya_dot_v1_dot_runtime__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=kakeya_dot_v1_dot_runtime__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class RuntimeServiceServicer:
@@ -110,6 +115,14 @@ class RuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSessions(self, request, context):
+        """Lists the caller's own sessions: those created with the same API key (every session when the
+        runtime has no keys).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +155,11 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     servicer.GetRuntimeInfo,
                     request_deserializer=kakeya_dot_v1_dot_runtime__pb2.GetRuntimeInfoRequest.FromString,
                     response_serializer=kakeya_dot_v1_dot_runtime__pb2.GetRuntimeInfoResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=kakeya_dot_v1_dot_runtime__pb2.ListSessionsRequest.FromString,
+                    response_serializer=kakeya_dot_v1_dot_runtime__pb2.ListSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +324,33 @@ class RuntimeService:
             '/kakeya.v1.RuntimeService/GetRuntimeInfo',
             kakeya_dot_v1_dot_runtime__pb2.GetRuntimeInfoRequest.SerializeToString,
             kakeya_dot_v1_dot_runtime__pb2.GetRuntimeInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kakeya.v1.RuntimeService/ListSessions',
+            kakeya_dot_v1_dot_runtime__pb2.ListSessionsRequest.SerializeToString,
+            kakeya_dot_v1_dot_runtime__pb2.ListSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,8 @@ class Metrics:
         self.stalled_consumers = self._counter("kakeya_stream_stalled",
                                                "Generates stopped because their consumer left tokens unread too long.")
         self.kv_usage_ratio = self._gauge("kakeya_kv_usage_ratio", "KV bytes in use over the KV budget.")
+        self.kv_used_bytes = self._gauge("kakeya_kv_used_bytes", "Bytes of the KV positions sessions store.")
+        self.kv_reserved_bytes = self._gauge("kakeya_kv_reserved_bytes", "KV bytes held for positions to come.")
 
     def _add_speculative_metrics(self) -> None:
         """Written by the scheduler actor, as vLLM's spec_decode series, and the model thread (run-ahead)."""

@@ -1,4 +1,4 @@
-"""The KV pool: hands out session slabs under one byte budget, grows them, and frees them.
+"""The KV pool: hands out session slabs under one byte budget, grows them, trims them, and frees them.
 
 Owned by the scheduler actor, which resizes or frees a slab only between steps, never while the
 model thread uses it.
@@ -77,6 +77,31 @@ class KVPool:
             if slab.capacity < target:
                 slab.resize(target)
         self.used_bytes += kv.lease_bytes - before
+
+    def trim(self, kv: SessionKV, keep_positions: int) -> None:
+        """Gives back the part of a reservation its request left unused, once the request ended.
+
+        The slab shrinks to keep_positions (the session's history) and a quarter more, rounded up
+        to a block, and only when it holds more than twice that. A trimmed slab that the next
+        request grows again copies the history twice: the factor two confines that to requests
+        that left more room unused than the history they copy, and spares the quarter a growing
+        slab takes (see reserve), so a long conversation that uses the tokens it asks for is never
+        copied by a trim. The quarter kept lets the next turns' appends in without a growth.
+        """
+        slabs = self._lease(kv)
+        keep = max(keep_positions + keep_positions // 4, *(slab.num_resident for slab in slabs))
+        target = self._target_capacity(keep)
+        if kv.capacity <= 2 * target:
+            return
+        before = kv.lease_bytes
+        for slab in slabs:
+            if slab.capacity > target:
+                slab.resize(target)
+        self.used_bytes += kv.lease_bytes - before
+
+    def used_positions_bytes(self) -> int:
+        """Bytes of the positions every slab stores (the rest of used_bytes is reserved room)."""
+        return sum(kv.used_bytes for kv in self._slabs.values())
 
     def free(self, kv: SessionKV) -> None:
         if self._slabs.pop(kv.kv_id, None) is None:

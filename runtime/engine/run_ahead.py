@@ -37,6 +37,9 @@ class _Launched:
 
     def __init__(self, kvs: list, positions: list[int], sources: list[int], tokens: torch.Tensor) -> None:
         self.kvs = kvs  # held, so a kv_id stays unique while this forward can be claimed
+        # The slabs it wrote into: one the scheduler resized since (a trim after a cancel, a
+        # reserve for the next turn) lacks the launched row's K/V, so the launch no longer matches.
+        self.slabs = [kv.slab for kv in kvs]
         self.rows = {kv.kv_id: i for i, kv in enumerate(kvs)}
         self.positions = positions
         self.sources = sources
@@ -50,7 +53,7 @@ class _Launched:
         for item in items:
             row = self.rows.get(item.kv.kv_id)
             if (row is None or not eligible_item(item) or item.tokens != (self.fed[row],)
-                    or item.kv.num_positions != self.positions[row]):
+                    or item.kv.num_positions != self.positions[row] or item.kv.slab is not self.slabs[row]):
                 return None
             rows.append(row)
         return rows

@@ -60,6 +60,7 @@ class SessionKV:
     def __init__(self, shape: KVShape, sink_tokens: int, window_tokens: int) -> None:
         self.kv_id = next(self._ids)
         self.shape = shape
+        self.bytes_per_token = shape.bytes_per_token  # read after every step: not recomputed each time
         self.sink_tokens = sink_tokens
         self.window_tokens = window_tokens  # 0: full attention
         self.slab: torch.Tensor | None = None
@@ -72,6 +73,12 @@ class SessionKV:
     def lease_bytes(self) -> int:
         """Bytes held for the session: this slab and its draft's."""
         return self.nbytes + (self.draft.nbytes if self.draft is not None else 0)
+
+    @property
+    def used_bytes(self) -> int:
+        """Of lease_bytes, the bytes of the positions stored: this slab's and its draft's."""
+        own = self.num_resident * self.bytes_per_token
+        return own + (self.draft.used_bytes if self.draft is not None else 0)
 
     @property
     def capacity(self) -> int:

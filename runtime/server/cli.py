@@ -1,5 +1,5 @@
 """The `kakeya` command: `kakeya serve` starts the runtime (flags fall back to KAKEYA_* variables);
-`kakeya chat` chats with a running one."""
+`kakeya chat` chats with a running one; `kakeya sessions` lists your sessions on it."""
 
 from __future__ import annotations
 
@@ -50,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                       _operation_flags, _access_flags, _stall_flags, _switch_flags):
         add_flags(serve)
     # The client side lives in the SDK, which imports neither torch nor the server.
-    from kakeya import repl
+    from kakeya import repl, session_list
 
     repl.add_arguments(commands.add_parser("chat", help="chat with a running runtime (needs the [chat] extra)"))
+    session_list.add_arguments(commands.add_parser("sessions", help="list your sessions on a running runtime"))
     return parser
 
 
@@ -163,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         from kakeya import repl
 
         return repl.run(args)
+    if args.command == "sessions":
+        from kakeya import session_list
+
+        return session_list.run(args)
     try:
         config = config_from_args(args)
     except (ValueError, OSError) as exc:

@@ -107,7 +107,9 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
     async def CreateSession(self, request: pb.CreateSessionRequest, context) -> pb.CreateSessionResponse:
         runtime, owner = self._ready(context)
         _check_ids(request.eos_token_ids, runtime.loaded.vocab_size, "eos_token_ids")
-        session_id = await runtime.registry.create(request.client_label, frozenset(request.eos_token_ids), owner)
+        # A session that names no ids stops where the model ends its turn, as a chat client expects.
+        eos = request.eos_token_ids or (() if request.no_default_eos else runtime.loaded.eos_token_ids)
+        session_id = await runtime.registry.create(request.client_label, frozenset(eos), owner)
         structlog.contextvars.bind_contextvars(session_id=session_id)  # the request named none: log the new one
         return pb.CreateSessionResponse(session_id=session_id)
 
@@ -169,6 +171,11 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
     async def GetRuntimeInfo(self, request: pb.GetRuntimeInfoRequest, context) -> pb.GetRuntimeInfoResponse:
         return reply_of(pb.GetRuntimeInfoResponse, self._ready(context)[0].info())
 
+    @unary
+    async def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:
+        runtime, owner = self._ready(context)
+        return pb.ListSessionsResponse(sessions=[_summary(s) for s in runtime.registry.owned_by(owner)])
+
 
 Reply = TypeVar("Reply", pb.GetSessionInfoResponse, pb.GetRuntimeInfoResponse)
 # Snapshot fields named otherwise on the wire, where the invariant counters share GetRuntimeInfo's names.
@@ -185,6 +192,13 @@ def session_values(session: SessionActor) -> dict[str, object]:
     values.update(idle_seconds=session.idle_seconds, client_label=session.client_label,
                   eos_token_ids=sorted(session.eos_token_ids))
     return values
+
+
+def _summary(session: SessionActor) -> pb.SessionSummary:
+    snap = session.snapshot
+    return pb.SessionSummary(session_id=session.session_id, client_label=session.client_label,
+                             history_length=snap.history_length, kv_live_bytes=snap.kv_live_bytes,
+                             idle_seconds=session.idle_seconds, busy=not session.is_idle)
 
 
 @functools.cache
