@@ -152,6 +152,9 @@ class SessionActor(Actor):
         prefill_tokens = len(self._pending)
         job = self._job_for(params, stream)
         self._active_stream, self._job = stream, job
+        if self.is_closing:
+            # A close that came while the reservation was awaited found no stream to cancel yet.
+            stream.cancel(self.closed_error() if self._is_shut_down else None)
         self._published = self._snapshot()  # the reservation, before the job's progress is added
         try:
             self._scheduler.send(SubmitJob(job))
