@@ -42,7 +42,8 @@ async def test_cancel_mid_stream_keeps_streamed_tokens_and_frees_work(stub, serv
     # Tokens already streamed stay; at most the one step in flight was added after them.
     assert streamed == expected[:5] and 5 <= kept <= 7
     assert state.kv_resident_tokens + state.pending_tokens == state.history_length
-    assert runtime.pool.used_bytes == kv_before_cancel
+    # The room reserved for the 1000 tokens asked for is given back once the request ends.
+    assert runtime.pool.used_bytes == state.kv_live_bytes < kv_before_cancel
     # The session is reusable and continues exactly where the history stands.
     more = await generate(stub, session_id, 40 - kept)
     assert expected[:kept] + more.tokens == expected
