@@ -1,5 +1,6 @@
 /** The client: one connection to a runtime, and the factory of sessions on it. */
 
+import { CreateSessionRequest, GetRuntimeInfoRequest } from "./gen/kakeya/v1/runtime.js";
 import { closeAfter, Session } from "./session.js";
 import { tokenIdList, Transport } from "./transport.js";
 import { runtimeInfoOfReply } from "./types.js";
@@ -67,7 +68,8 @@ export class Client {
   async createSession(options: SessionOptions = {}): Promise<Session> {
     const eosTokenIds = tokenIdList(options.eosTokenIds ?? [], "EOS token id");
     const initialTokens = tokenIdList(options.initialTokens ?? []);
-    const reply = await this.#transport.unary("createSession", { clientLabel: options.label ?? "", eosTokenIds });
+    const reply = await this.#transport.unary("createSession",
+      CreateSessionRequest.create({ clientLabel: options.label ?? "", eosTokenIds }));
     const session = new Session(this.#transport, reply.sessionId);
     if (initialTokens.length > 0) {
       // A session whose first append failed is of no use to the caller: don't leak it.
@@ -101,7 +103,7 @@ export class Client {
   }
 
   async runtimeInfo(): Promise<RuntimeInfo> {
-    return runtimeInfoOfReply(await this.#transport.unary("getRuntimeInfo", {}));
+    return runtimeInfoOfReply(await this.#transport.unary("getRuntimeInfo", GetRuntimeInfoRequest.create()));
   }
 
   /** Closes the connection; calls in flight are cancelled. Closing twice is harmless. */

@@ -6,7 +6,7 @@
  */
 
 import { InvalidArgumentError, KakeyaError, SessionClosedError } from "./errors.js";
-import type { GenerateRequest } from "./gen/kakeya/v1/runtime.js";
+import { AppendTokensRequest, CloseSessionRequest, GenerateRequest, GetSessionInfoRequest } from "./gen/kakeya/v1/runtime.js";
 import { GenerationStream } from "./stream.js";
 import { checkCount, checkUint, MAX_UINT32, tokenIdList } from "./transport.js";
 import type { Transport } from "./transport.js";
@@ -54,7 +54,7 @@ export class Session {
   /** Appends raw token ids and returns the history length. An empty append is a no-op. */
   async append(tokenIds: Iterable<number>): Promise<number> {
     this.#checkOpen();
-    const request = { sessionId: this.sessionId, tokenIds: tokenIdList(tokenIds) };
+    const request = AppendTokensRequest.create({ sessionId: this.sessionId, tokenIds: tokenIdList(tokenIds) });
     return Number((await this.#transport.unary("appendTokens", request)).historyLength);
   }
 
@@ -73,7 +73,7 @@ export class Session {
     if (options.topK !== undefined) {
       checkUint("topK", options.topK, MAX_UINT32);
     }
-    const request: GenerateRequest = {
+    const request = GenerateRequest.create({
       sessionId: this.sessionId,
       maxTokens,
       maxTokensPerMessage: maxPerMessage,
@@ -83,13 +83,14 @@ export class Session {
       topP: options.topP,
       topK: options.topK,
       seed: seedOf(options.seed),
-    };
+    });
     return new GenerationStream(this.#transport, request, { signal: options.signal, timeoutMs: options.timeoutMs });
   }
 
   async info(): Promise<SessionInfo> {
     this.#checkOpen();
-    return sessionInfoOfReply(await this.#transport.unary("getSessionInfo", { sessionId: this.sessionId }));
+    return sessionInfoOfReply(await this.#transport.unary("getSessionInfo",
+      GetSessionInfoRequest.create({ sessionId: this.sessionId })));
   }
 
   /** Closes the session and returns its final history length; a second close makes no RPC. */
@@ -108,7 +109,7 @@ export class Session {
   }
 
   async #closeCall(): Promise<{ finalHistoryLength: bigint }> {
-    return this.#transport.unary("closeSession", { sessionId: this.sessionId });
+    return this.#transport.unary("closeSession", CloseSessionRequest.create({ sessionId: this.sessionId }));
   }
 
   #checkOpen(): void {

@@ -39,7 +39,6 @@ export class GenerationStream implements AsyncIterable<number> {
   acceptedDraftTokenCount = 0;
 
   readonly #call: ClientReadableStream<GenerateResponse> | undefined;
-  readonly #transport: Transport;
   readonly #replies: GenerateResponse[] = [];
   #replyIndex = 0;
   #pending: number[] = []; // the rest of a `tokens` message
@@ -52,7 +51,6 @@ export class GenerationStream implements AsyncIterable<number> {
   readonly #onAbort = (): void => this.#abort();
 
   constructor(transport: Transport, request: GenerateRequest, options: StreamOptions = {}) {
-    this.#transport = transport;
     this.#signal = options.signal;
     if (this.#signal?.aborted) {
       // Aborted before it started: no call is made, and the first read reports the abort.

@@ -256,6 +256,16 @@ export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
   },
+
+  create(base?: DeepPartial<CreateSessionRequest>): CreateSessionRequest {
+    return CreateSessionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CreateSessionRequest>): CreateSessionRequest {
+    const message = createBaseCreateSessionRequest();
+    message.clientLabel = object.clientLabel ?? "";
+    message.eosTokenIds = object.eosTokenIds?.map((e) => e) || [];
+    return message;
+  },
 };
 
 function createBaseCreateSessionResponse(): CreateSessionResponse {
@@ -301,6 +311,15 @@ export const CreateSessionResponse: MessageFns<CreateSessionResponse> = {
     } finally {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
+  },
+
+  create(base?: DeepPartial<CreateSessionResponse>): CreateSessionResponse {
+    return CreateSessionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CreateSessionResponse>): CreateSessionResponse {
+    const message = createBaseCreateSessionResponse();
+    message.sessionId = object.sessionId ?? "";
+    return message;
   },
 };
 
@@ -373,6 +392,16 @@ export const AppendTokensRequest: MessageFns<AppendTokensRequest> = {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
   },
+
+  create(base?: DeepPartial<AppendTokensRequest>): AppendTokensRequest {
+    return AppendTokensRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AppendTokensRequest>): AppendTokensRequest {
+    const message = createBaseAppendTokensRequest();
+    message.sessionId = object.sessionId ?? "";
+    message.tokenIds = object.tokenIds?.map((e) => e) || [];
+    return message;
+  },
 };
 
 function createBaseAppendTokensResponse(): AppendTokensResponse {
@@ -421,6 +450,17 @@ export const AppendTokensResponse: MessageFns<AppendTokensResponse> = {
     } finally {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
+  },
+
+  create(base?: DeepPartial<AppendTokensResponse>): AppendTokensResponse {
+    return AppendTokensResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AppendTokensResponse>): AppendTokensResponse {
+    const message = createBaseAppendTokensResponse();
+    message.historyLength = (object.historyLength !== undefined && object.historyLength !== null)
+      ? BigInt(object.historyLength)
+      : 0n;
+    return message;
   },
 };
 
@@ -557,6 +597,22 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
   },
+
+  create(base?: DeepPartial<GenerateRequest>): GenerateRequest {
+    return GenerateRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GenerateRequest>): GenerateRequest {
+    const message = createBaseGenerateRequest();
+    message.sessionId = object.sessionId ?? "";
+    message.maxTokens = object.maxTokens ?? 0;
+    message.seed = (object.seed !== undefined && object.seed !== null) ? BigInt(object.seed) : undefined;
+    message.temperature = object.temperature ?? undefined;
+    message.topP = object.topP ?? undefined;
+    message.topK = object.topK ?? undefined;
+    message.maxTokensPerMessage = object.maxTokensPerMessage ?? 0;
+    message.minTokensPerMessage = object.minTokensPerMessage ?? 0;
+    return message;
+  },
 };
 
 function createBaseTokenIds(): TokenIds {
@@ -616,6 +672,15 @@ export const TokenIds: MessageFns<TokenIds> = {
     } finally {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
+  },
+
+  create(base?: DeepPartial<TokenIds>): TokenIds {
+    return TokenIds.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TokenIds>): TokenIds {
+    const message = createBaseTokenIds();
+    message.tokenIds = object.tokenIds?.map((e) => e) || [];
+    return message;
   },
 };
 
@@ -697,6 +762,40 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
     } finally {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
+  },
+
+  create(base?: DeepPartial<GenerateResponse>): GenerateResponse {
+    return GenerateResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GenerateResponse>): GenerateResponse {
+    const message = createBaseGenerateResponse();
+    switch (object.payload?.$case) {
+      case "tokenId": {
+        if (object.payload?.value !== undefined && object.payload?.value !== null) {
+          message.payload = { $case: "tokenId", value: object.payload.value };
+        }
+        break;
+      }
+      case "done": {
+        if (object.payload?.value !== undefined && object.payload?.value !== null) {
+          message.payload = { $case: "done", value: GenerateDone.fromPartial(object.payload.value) };
+        }
+        break;
+      }
+      case "truncated": {
+        if (object.payload?.value !== undefined && object.payload?.value !== null) {
+          message.payload = { $case: "truncated", value: HistoryTruncated.fromPartial(object.payload.value) };
+        }
+        break;
+      }
+      case "tokens": {
+        if (object.payload?.value !== undefined && object.payload?.value !== null) {
+          message.payload = { $case: "tokens", value: TokenIds.fromPartial(object.payload.value) };
+        }
+        break;
+      }
+    }
+    return message;
   },
 };
 
@@ -818,6 +917,21 @@ export const GenerateDone: MessageFns<GenerateDone> = {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
   },
+
+  create(base?: DeepPartial<GenerateDone>): GenerateDone {
+    return GenerateDone.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GenerateDone>): GenerateDone {
+    const message = createBaseGenerateDone();
+    message.stopReason = object.stopReason ?? 0;
+    message.generatedTokenCount = object.generatedTokenCount ?? 0;
+    message.prefillDurationSeconds = object.prefillDurationSeconds ?? 0;
+    message.totalDurationSeconds = object.totalDurationSeconds ?? 0;
+    message.prefillTokenCount = object.prefillTokenCount ?? 0;
+    message.draftTokenCount = object.draftTokenCount ?? 0;
+    message.acceptedDraftTokenCount = object.acceptedDraftTokenCount ?? 0;
+    return message;
+  },
 };
 
 function createBaseHistoryTruncated(): HistoryTruncated {
@@ -867,6 +981,17 @@ export const HistoryTruncated: MessageFns<HistoryTruncated> = {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
   },
+
+  create(base?: DeepPartial<HistoryTruncated>): HistoryTruncated {
+    return HistoryTruncated.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HistoryTruncated>): HistoryTruncated {
+    const message = createBaseHistoryTruncated();
+    message.droppedTokenCount = (object.droppedTokenCount !== undefined && object.droppedTokenCount !== null)
+      ? BigInt(object.droppedTokenCount)
+      : 0n;
+    return message;
+  },
 };
 
 function createBaseCloseSessionRequest(): CloseSessionRequest {
@@ -912,6 +1037,15 @@ export const CloseSessionRequest: MessageFns<CloseSessionRequest> = {
     } finally {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
+  },
+
+  create(base?: DeepPartial<CloseSessionRequest>): CloseSessionRequest {
+    return CloseSessionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CloseSessionRequest>): CloseSessionRequest {
+    const message = createBaseCloseSessionRequest();
+    message.sessionId = object.sessionId ?? "";
+    return message;
   },
 };
 
@@ -962,6 +1096,17 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
   },
+
+  create(base?: DeepPartial<CloseSessionResponse>): CloseSessionResponse {
+    return CloseSessionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CloseSessionResponse>): CloseSessionResponse {
+    const message = createBaseCloseSessionResponse();
+    message.finalHistoryLength = (object.finalHistoryLength !== undefined && object.finalHistoryLength !== null)
+      ? BigInt(object.finalHistoryLength)
+      : 0n;
+    return message;
+  },
 };
 
 function createBaseGetSessionInfoRequest(): GetSessionInfoRequest {
@@ -1007,6 +1152,15 @@ export const GetSessionInfoRequest: MessageFns<GetSessionInfoRequest> = {
     } finally {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
+  },
+
+  create(base?: DeepPartial<GetSessionInfoRequest>): GetSessionInfoRequest {
+    return GetSessionInfoRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetSessionInfoRequest>): GetSessionInfoRequest {
+    const message = createBaseGetSessionInfoRequest();
+    message.sessionId = object.sessionId ?? "";
+    return message;
   },
 };
 
@@ -1188,6 +1342,37 @@ export const GetSessionInfoResponse: MessageFns<GetSessionInfoResponse> = {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
   },
+
+  create(base?: DeepPartial<GetSessionInfoResponse>): GetSessionInfoResponse {
+    return GetSessionInfoResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetSessionInfoResponse>): GetSessionInfoResponse {
+    const message = createBaseGetSessionInfoResponse();
+    message.historyLength = (object.historyLength !== undefined && object.historyLength !== null)
+      ? BigInt(object.historyLength)
+      : 0n;
+    message.kvLiveBytes = (object.kvLiveBytes !== undefined && object.kvLiveBytes !== null)
+      ? BigInt(object.kvLiveBytes)
+      : 0n;
+    message.cacheInvariantInv1Violations =
+      (object.cacheInvariantInv1Violations !== undefined && object.cacheInvariantInv1Violations !== null)
+        ? BigInt(object.cacheInvariantInv1Violations)
+        : 0n;
+    message.cacheInvariantInv2Violations =
+      (object.cacheInvariantInv2Violations !== undefined && object.cacheInvariantInv2Violations !== null)
+        ? BigInt(object.cacheInvariantInv2Violations)
+        : 0n;
+    message.idleSeconds = object.idleSeconds ?? 0;
+    message.kvResidentTokens = (object.kvResidentTokens !== undefined && object.kvResidentTokens !== null)
+      ? BigInt(object.kvResidentTokens)
+      : 0n;
+    message.pendingTokens = (object.pendingTokens !== undefined && object.pendingTokens !== null)
+      ? BigInt(object.pendingTokens)
+      : 0n;
+    message.clientLabel = object.clientLabel ?? "";
+    message.eosTokenIds = object.eosTokenIds?.map((e) => e) || [];
+    return message;
+  },
 };
 
 function createBaseGetRuntimeInfoRequest(): GetRuntimeInfoRequest {
@@ -1222,6 +1407,14 @@ export const GetRuntimeInfoRequest: MessageFns<GetRuntimeInfoRequest> = {
     } finally {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
+  },
+
+  create(base?: DeepPartial<GetRuntimeInfoRequest>): GetRuntimeInfoRequest {
+    return GetRuntimeInfoRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<GetRuntimeInfoRequest>): GetRuntimeInfoRequest {
+    const message = createBaseGetRuntimeInfoRequest();
+    return message;
   },
 };
 
@@ -1598,6 +1791,55 @@ export const GetRuntimeInfoResponse: MessageFns<GetRuntimeInfoResponse> = {
       (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
     }
   },
+
+  create(base?: DeepPartial<GetRuntimeInfoResponse>): GetRuntimeInfoResponse {
+    return GetRuntimeInfoResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetRuntimeInfoResponse>): GetRuntimeInfoResponse {
+    const message = createBaseGetRuntimeInfoResponse();
+    message.modelId = object.modelId ?? "";
+    message.vocabSize = object.vocabSize ?? 0;
+    message.defaultEosTokenIds = object.defaultEosTokenIds?.map((e) => e) || [];
+    message.device = object.device ?? "";
+    message.dtype = object.dtype ?? "";
+    message.version = object.version ?? "";
+    message.maxContextTokens = (object.maxContextTokens !== undefined && object.maxContextTokens !== null)
+      ? BigInt(object.maxContextTokens)
+      : 0n;
+    message.maxSessions = object.maxSessions ?? 0;
+    message.kvBudgetBytes = (object.kvBudgetBytes !== undefined && object.kvBudgetBytes !== null)
+      ? BigInt(object.kvBudgetBytes)
+      : 0n;
+    message.kvUsedBytes = (object.kvUsedBytes !== undefined && object.kvUsedBytes !== null)
+      ? BigInt(object.kvUsedBytes)
+      : 0n;
+    message.activeSessions = object.activeSessions ?? 0;
+    message.maxAppendTokens = object.maxAppendTokens ?? 0;
+    message.maxGenerateTokens = object.maxGenerateTokens ?? 0;
+    message.sinkTokens = object.sinkTokens ?? 0;
+    message.windowTokens = object.windowTokens ?? 0;
+    message.deterministic = object.deterministic ?? false;
+    message.forwardCount = (object.forwardCount !== undefined && object.forwardCount !== null)
+      ? BigInt(object.forwardCount)
+      : 0n;
+    message.maxSessionsPerForward = object.maxSessionsPerForward ?? 0;
+    message.meanSessionsPerForward = object.meanSessionsPerForward ?? 0;
+    message.kvBytesPerToken = (object.kvBytesPerToken !== undefined && object.kvBytesPerToken !== null)
+      ? BigInt(object.kvBytesPerToken)
+      : 0n;
+    message.cacheInvariantInv1Violations =
+      (object.cacheInvariantInv1Violations !== undefined && object.cacheInvariantInv1Violations !== null)
+        ? BigInt(object.cacheInvariantInv1Violations)
+        : 0n;
+    message.cacheInvariantInv2Violations =
+      (object.cacheInvariantInv2Violations !== undefined && object.cacheInvariantInv2Violations !== null)
+        ? BigInt(object.cacheInvariantInv2Violations)
+        : 0n;
+    message.speculativeMode = object.speculativeMode ?? "";
+    message.numDraftTokens = object.numDraftTokens ?? 0;
+    message.draftModelId = object.draftModelId ?? "";
+    return message;
+  },
 };
 
 export type RuntimeServiceService = typeof RuntimeServiceService;
@@ -1782,7 +2024,18 @@ export const RuntimeServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
+
+export type DeepPartial<T> = T extends bigint ? string | number | bigint
+  : T extends Builtin ? T : T extends globalThis.Array<infer U> ? globalThis.Array<DeepPartial<U>>
+  : T extends ReadonlyArray<infer U> ? ReadonlyArray<DeepPartial<U>>
+  : T extends { $case: string; value: unknown } ? { $case: T["$case"]; value?: DeepPartial<T["value"]> }
+  : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
+  : Partial<T>;
+
 export interface MessageFns<T> {
   encode(message: T, writer?: BinaryWriter): BinaryWriter;
   decode(input: BinaryReader | Uint8Array, length?: number): T;
+  create(base?: DeepPartial<T>): T;
+  fromPartial(object: DeepPartial<T>): T;
 }
