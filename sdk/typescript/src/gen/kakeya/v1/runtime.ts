@@ -32,8 +32,17 @@ export const protobufFileName = "kakeya/v1/runtime.proto";
 
 export interface CreateSessionRequest {
   clientLabel: string;
-  /** Generation stops after emitting any of these ids. Empty: no EOS stop. */
+  /**
+   * Generation stops after emitting any of these ids. Empty: the model's own EOS ids
+   * (GetRuntimeInfo's default_eos_token_ids), unless no_default_eos is set. This changes the
+   * original runtime, where empty meant no EOS stop.
+   */
   eosTokenIds: number[];
+  /**
+   * With an empty eos_token_ids: no EOS stop at all (a generation runs to max_tokens), as empty
+   * meant in the original runtime.
+   */
+  noDefaultEos: boolean;
 }
 
 export interface CreateSessionResponse {
@@ -136,6 +145,10 @@ export interface GetSessionInfoRequest {
   sessionId: string;
 }
 
+/**
+ * During a Generate, the history, token and byte counts include the tokens generated so far
+ * (as of the runtime's last step).
+ */
 export interface GetSessionInfoResponse {
   historyLength: bigint;
   /** Bytes of KV memory held by the session (its reserved capacity). */
@@ -148,7 +161,15 @@ export interface GetSessionInfoResponse {
   /** Tokens appended but not yet prefilled (prefill is lazy, done by the next Generate). */
   pendingTokens: bigint;
   clientLabel: string;
+  /** The ids that stop a generation (the model's own unless the session named others or none). */
   eosTokenIds: number[];
+  /**
+   * Of kv_live_bytes, the bytes of the positions stored (kv_resident_tokens), and the bytes held
+   * for positions not stored yet (room for the rest of a running or the next Generate):
+   * kv_live_bytes = kv_used_bytes + kv_reserved_bytes.
+   */
+  kvUsedBytes: bigint;
+  kvReservedBytes: bigint;
 }
 
 export interface GetRuntimeInfoRequest {
@@ -165,6 +186,7 @@ export interface GetRuntimeInfoResponse {
   maxContextTokens: bigint;
   maxSessions: number;
   kvBudgetBytes: bigint;
+  /** Bytes of the budget held by all sessions (the sum of their kv_live_bytes). */
   kvUsedBytes: bigint;
   activeSessions: number;
   maxAppendTokens: number;
@@ -187,8 +209,28 @@ export interface GetRuntimeInfoResponse {
   draftModelId: string;
 }
 
+export interface ListSessionsRequest {
+}
+
+export interface ListSessionsResponse {
+  /** Oldest first. */
+  sessions: SessionSummary[];
+}
+
+export interface SessionSummary {
+  sessionId: string;
+  clientLabel: string;
+  /** As GetSessionInfo reports them, generated tokens of a running Generate included. */
+  historyLength: bigint;
+  kvLiveBytes: bigint;
+  /** 0 while busy. */
+  idleSeconds: number;
+  /** A Generate or other request is running or queued on the session. */
+  busy: boolean;
+}
+
 function createBaseCreateSessionRequest(): CreateSessionRequest {
-  return { clientLabel: "", eosTokenIds: [] };
+  return { clientLabel: "", eosTokenIds: [], noDefaultEos: false };
 }
 
 export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
@@ -202,6 +244,9 @@ export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
         writer.uint32(v);
       }
       writer.join();
+    }
+    if (message.noDefaultEos !== false) {
+      writer.uint32(24).bool(message.noDefaultEos);
     }
     return writer;
   },
@@ -245,6 +290,14 @@ export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
 
             break;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.noDefaultEos = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -264,6 +317,7 @@ export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
     const message = createBaseCreateSessionRequest();
     message.clientLabel = object.clientLabel ?? "";
     message.eosTokenIds = object.eosTokenIds?.map((e) => e) || [];
+    message.noDefaultEos = object.noDefaultEos ?? false;
     return message;
   },
 };
@@ -1175,6 +1229,8 @@ function createBaseGetSessionInfoResponse(): GetSessionInfoResponse {
     pendingTokens: 0n,
     clientLabel: "",
     eosTokenIds: [],
+    kvUsedBytes: 0n,
+    kvReservedBytes: 0n,
   };
 }
 
@@ -1232,6 +1288,18 @@ export const GetSessionInfoResponse: MessageFns<GetSessionInfoResponse> = {
         writer.uint32(v);
       }
       writer.join();
+    }
+    if (message.kvUsedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.kvUsedBytes) !== message.kvUsedBytes) {
+        throw new globalThis.Error("value provided for field message.kvUsedBytes of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.kvUsedBytes);
+    }
+    if (message.kvReservedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.kvReservedBytes) !== message.kvReservedBytes) {
+        throw new globalThis.Error("value provided for field message.kvReservedBytes of type uint64 too large");
+      }
+      writer.uint32(88).uint64(message.kvReservedBytes);
     }
     return writer;
   },
@@ -1331,6 +1399,22 @@ export const GetSessionInfoResponse: MessageFns<GetSessionInfoResponse> = {
 
             break;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.kvUsedBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.kvReservedBytes = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1371,6 +1455,12 @@ export const GetSessionInfoResponse: MessageFns<GetSessionInfoResponse> = {
       : 0n;
     message.clientLabel = object.clientLabel ?? "";
     message.eosTokenIds = object.eosTokenIds?.map((e) => e) || [];
+    message.kvUsedBytes = (object.kvUsedBytes !== undefined && object.kvUsedBytes !== null)
+      ? BigInt(object.kvUsedBytes)
+      : 0n;
+    message.kvReservedBytes = (object.kvReservedBytes !== undefined && object.kvReservedBytes !== null)
+      ? BigInt(object.kvReservedBytes)
+      : 0n;
     return message;
   },
 };
@@ -1842,6 +1932,229 @@ export const GetRuntimeInfoResponse: MessageFns<GetRuntimeInfoResponse> = {
   },
 };
 
+function createBaseListSessionsRequest(): ListSessionsRequest {
+  return {};
+}
+
+export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
+  encode(_: ListSessionsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSessionsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSessionsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ListSessionsRequest>): ListSessionsRequest {
+    return ListSessionsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<ListSessionsRequest>): ListSessionsRequest {
+    const message = createBaseListSessionsRequest();
+    return message;
+  },
+};
+
+function createBaseListSessionsResponse(): ListSessionsResponse {
+  return { sessions: [] };
+}
+
+export const ListSessionsResponse: MessageFns<ListSessionsResponse> = {
+  encode(message: ListSessionsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.sessions) {
+      SessionSummary.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSessionsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSessionsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessions.push(SessionSummary.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ListSessionsResponse>): ListSessionsResponse {
+    return ListSessionsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListSessionsResponse>): ListSessionsResponse {
+    const message = createBaseListSessionsResponse();
+    message.sessions = object.sessions?.map((e) => SessionSummary.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSessionSummary(): SessionSummary {
+  return { sessionId: "", clientLabel: "", historyLength: 0n, kvLiveBytes: 0n, idleSeconds: 0, busy: false };
+}
+
+export const SessionSummary: MessageFns<SessionSummary> = {
+  encode(message: SessionSummary, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sessionId !== "") {
+      writer.uint32(10).string(message.sessionId);
+    }
+    if (message.clientLabel !== "") {
+      writer.uint32(18).string(message.clientLabel);
+    }
+    if (message.historyLength !== 0n) {
+      if (BigInt.asUintN(64, message.historyLength) !== message.historyLength) {
+        throw new globalThis.Error("value provided for field message.historyLength of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.historyLength);
+    }
+    if (message.kvLiveBytes !== 0n) {
+      if (BigInt.asUintN(64, message.kvLiveBytes) !== message.kvLiveBytes) {
+        throw new globalThis.Error("value provided for field message.kvLiveBytes of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.kvLiveBytes);
+    }
+    if (message.idleSeconds !== 0) {
+      writer.uint32(41).double(message.idleSeconds);
+    }
+    if (message.busy !== false) {
+      writer.uint32(48).bool(message.busy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionSummary {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionSummary();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.clientLabel = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.historyLength = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.kvLiveBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.idleSeconds = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.busy = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SessionSummary>): SessionSummary {
+    return SessionSummary.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SessionSummary>): SessionSummary {
+    const message = createBaseSessionSummary();
+    message.sessionId = object.sessionId ?? "";
+    message.clientLabel = object.clientLabel ?? "";
+    message.historyLength = (object.historyLength !== undefined && object.historyLength !== null)
+      ? BigInt(object.historyLength)
+      : 0n;
+    message.kvLiveBytes = (object.kvLiveBytes !== undefined && object.kvLiveBytes !== null)
+      ? BigInt(object.kvLiveBytes)
+      : 0n;
+    message.idleSeconds = object.idleSeconds ?? 0;
+    message.busy = object.busy ?? false;
+    return message;
+  },
+};
+
 export type RuntimeServiceService = typeof RuntimeServiceService;
 export const RuntimeServiceService = {
   /** Opens a server-side session with an empty history. */
@@ -1910,6 +2223,20 @@ export const RuntimeServiceService = {
       Buffer.from(GetRuntimeInfoResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetRuntimeInfoResponse => GetRuntimeInfoResponse.decode(value),
   },
+  /**
+   * Lists the caller's own sessions: those created with the same API key (every session when the
+   * runtime has no keys).
+   */
+  listSessions: {
+    path: "/kakeya.v1.RuntimeService/ListSessions" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListSessionsRequest): Buffer => Buffer.from(ListSessionsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListSessionsRequest => ListSessionsRequest.decode(value),
+    responseSerialize: (value: ListSessionsResponse): Buffer =>
+      Buffer.from(ListSessionsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListSessionsResponse => ListSessionsResponse.decode(value),
+  },
 } as const;
 
 export interface RuntimeServiceServer extends UntypedServiceImplementation {
@@ -1924,6 +2251,11 @@ export interface RuntimeServiceServer extends UntypedServiceImplementation {
   getSessionInfo: handleUnaryCall<GetSessionInfoRequest, GetSessionInfoResponse>;
   /** Describes the loaded model, the device and the runtime's limits. */
   getRuntimeInfo: handleUnaryCall<GetRuntimeInfoRequest, GetRuntimeInfoResponse>;
+  /**
+   * Lists the caller's own sessions: those created with the same API key (every session when the
+   * runtime has no keys).
+   */
+  listSessions: handleUnaryCall<ListSessionsRequest, ListSessionsResponse>;
 }
 
 export interface RuntimeServiceClient extends Client {
@@ -2012,6 +2344,25 @@ export interface RuntimeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetRuntimeInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Lists the caller's own sessions: those created with the same API key (every session when the
+   * runtime has no keys).
+   */
+  listSessions(
+    request: ListSessionsRequest,
+    callback: (error: ServiceError | null, response: ListSessionsResponse) => void,
+  ): ClientUnaryCall;
+  listSessions(
+    request: ListSessionsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListSessionsResponse) => void,
+  ): ClientUnaryCall;
+  listSessions(
+    request: ListSessionsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListSessionsResponse) => void,
   ): ClientUnaryCall;
 }
 
