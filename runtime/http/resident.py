@@ -59,8 +59,9 @@ class ResidentSessions:
         self._lengths: dict[bytes, dict[int, int]] = {}  # namespace -> history length -> entries
         self._closing: set[asyncio.Task] = set()
 
-    @property
     def num_indexed(self) -> int:
+        """Sessions that a request could extend now (entries of evicted sessions dropped first)."""
+        self._prune()
         return len(self._by_session)
 
     async def acquire(self, owner: str, eos_token_ids: frozenset[int], tokens: Sequence[int]) -> Lease:
@@ -76,22 +77,30 @@ class ResidentSessions:
         session_id = await self._registry.create("http", eos_token_ids, owner)
         return Lease(self._registry.get(session_id, owner), owner, eos_token_ids)
 
-    def acquire_exact(self, session_id: str, history: Sequence[int]) -> "SessionActor | None":
-        """That session, taken from the index, if it is idle and holds exactly `history`."""
+    def acquire_exact(self, owner: str, eos_token_ids: frozenset[int], session_id: str,
+                      history: Sequence[int]) -> "SessionActor | None":
+        """That session if it is idle and holds exactly `history`, else an idle one of the same
+        owner that holds the same ids (they are the same conversation, token for token)."""
+        wanted = array("i", history)
         entry = self._by_session.get(session_id)
-        if entry is None or len(entry.history) != len(history) or entry.history != array("i", history):
-            return None
-        return self._take(entry)
+        if entry is None or entry.history != wanted:
+            entry = self._by_digest.get(_digest(_namespace(owner, eos_token_ids), wanted))
+        return self._take(entry) if entry is not None and entry.history == wanted else None
 
     def release(self, lease: Lease, reusable: bool) -> None:
         """Back into the index (a clean end), or closed (anything else). Never awaits: it runs in
         `finally` blocks of requests whose client may be gone."""
         if reusable and self._reuse and not lease.session.is_closing and lease.history:
             self._prune()
-            self._put(_Entry(lease.session.session_id, _namespace(lease.owner, lease.eos_token_ids),
-                             array("i", lease.history)))
+            replaced = self._put(_Entry(lease.session.session_id, _namespace(lease.owner, lease.eos_token_ids),
+                                        array("i", lease.history)))
+            if replaced is not None:  # the same tokens resident twice: the older copy only costs memory
+                self._close_later(replaced, lease.owner)
             return
-        task = asyncio.get_running_loop().create_task(self._close(lease.session.session_id, lease.owner))
+        self._close_later(lease.session.session_id, lease.owner)
+
+    def _close_later(self, session_id: str, owner: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._close(session_id, owner))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -121,17 +130,20 @@ class ResidentSessions:
             return None  # evicted since it was indexed
         return session if session.is_idle and not session.is_closing else None
 
-    def _put(self, entry: _Entry) -> None:
+    def _put(self, entry: _Entry) -> str | None:
+        """Indexes the entry; returns the id of a session it displaced (one with the same history)."""
         old = self._by_session.get(entry.session_id)
         if old is not None:
             self._remove(old)
         digest = _digest(entry.namespace, entry.history)
-        if digest in self._by_digest:
-            self._remove(self._by_digest[digest])  # same history twice: the newer one serves
+        replaced = self._by_digest.get(digest)
+        if replaced is not None:
+            self._remove(replaced)
         self._by_digest[digest] = entry
         self._by_session[entry.session_id] = entry
         counts = self._lengths.setdefault(entry.namespace, {})
         counts[len(entry.history)] = counts.get(len(entry.history), 0) + 1
+        return replaced.session_id if replaced is not None else None
 
     def _remove(self, entry: _Entry) -> None:
         if self._by_session.get(entry.session_id) is not entry:

@@ -69,7 +69,7 @@ async def _continue(state: HttpState, response_id: str, record: ResponseRecord, 
     """The session that produced the response, if it still holds exactly that history; a new
     session fed the same ids where it has moved on (a branch); 404 where it is gone."""
     eos = state.template.eos_token_ids
-    session = state.sessions.acquire_exact(record.session_id, record.history)
+    session = state.sessions.acquire_exact(owner, eos, record.session_id, record.history)
     if session is not None:
         return Lease(session, owner, eos, list(record.history), len(record.history))
     try:
