@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kakeya.runtime.common.errors import InvalidRequest
+from kakeya.runtime.common.errors import InvalidRequest, InvariantViolation, KVExhausted, Unauthenticated, Unavailable
 from kakeya.runtime.http.errors import RequestTooLarge, ResponseNotFound, status_of
 from kakeya.runtime.http.schemas import ChatCompletionRequest, CompletionRequest, ResponsesRequest, parse
 from kakeya.runtime.http.tool_calls import Holdback, parse_reply
@@ -94,4 +94,8 @@ def test_errors_map_once_to_http_statuses():
     assert status_of(RequestTooLarge("big"))[0] == 413
     assert status_of(InvalidRequest("bad"))[0] == 400
     assert status_of(ResponseNotFound("gone")) == (404, "not_found_error")
+    assert status_of(KVExhausted("full", 1))[0] == 429
+    assert status_of(Unavailable("loading"))[0] == 503
+    assert status_of(Unauthenticated("who"))[0] == 401
+    assert status_of(InvariantViolation("inv1", "x"))[0] == 500
     assert status_of(RuntimeError("bug"))[0] == 500

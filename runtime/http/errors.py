@@ -5,8 +5,8 @@ from __future__ import annotations
 import structlog
 from fastapi.responses import JSONResponse
 
-from kakeya.runtime.common.errors import (FailedPrecondition, InvalidRequest, KakeyaError, Overloaded,
-                                          SessionNotFound, Unauthenticated, Unavailable)
+from kakeya.runtime.common.errors import (FailedPrecondition, InvalidRequest, InvariantViolation, KakeyaError,
+                                          Overloaded, SessionNotFound, Unauthenticated, Unavailable)
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +25,8 @@ STATUS_OF: tuple[tuple[type[KakeyaError], int, str], ...] = (
     (RequestTooLarge, 413, "invalid_request_error"),
     (InvalidRequest, 400, "invalid_request_error"),
     (SessionNotFound, 404, "not_found_error"),
+    # A broken cache invariant is the server's fault (its session was closed); the client may retry.
+    (InvariantViolation, 500, "server_error"),
     # A session's state is not something an HTTP client can see: the request cannot run as sent.
     (FailedPrecondition, 400, "invalid_request_error"),
     (Overloaded, 429, "server_overloaded"),
@@ -47,7 +49,7 @@ def envelope(message: str, error_type: str, code: str | None = None, param: str 
 def error_body(error: BaseException) -> tuple[int, dict]:
     """The status and OpenAI error body of an exception; an unexpected one is logged and hidden."""
     status, error_type = status_of(error)
-    if status == 500:
+    if status == 500 and not isinstance(error, KakeyaError):
         log.error("http_internal_error", error=repr(error), exc_info=error)
         return status, envelope(f"internal error: {type(error).__name__}", error_type)
     code = "invalid_api_key" if status == 401 else None
