@@ -24,8 +24,10 @@ FIELDS = {"/v1/chat/completions": ["messages", "max_tokens", "temperature", "top
           "/v1/completions": ["prompt", "max_tokens", "stream", "echo", "stop", "temperature", "seed"],
           "/v1/responses": ["input", "previous_response_id", "max_output_tokens", "instructions", "stream",
                             "temperature", "store"]}
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=12),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+# Text includes lone surrogates now and then: valid JSON escapes with no UTF-8 form.
+TEXT = st.text(max_size=12) | st.text(st.characters(categories=("Cs",)), min_size=1, max_size=2)
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | TEXT,
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner,
                                                                                 max_size=3), max_leaves=8)
 
 
@@ -101,12 +103,20 @@ async def test_each_bad_request_gets_its_status_in_openai_error_form(http):
         ("GET", "/v1/nowhere", b"", AUTH, 404),
         ("GET", "/v1/models/not-this-model", b"", AUTH, 404),
         ("GET", "/v1/chat/completions", b"", AUTH, 405),
+        # Text with no UTF-8 form (a lone surrogate) where it is tokenized, and where it is echoed.
+        ("POST", "/v1/completions", b'{"prompt": "\\ud800", "max_tokens": 1}', AUTH, 400),
+        ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\udfff"}]}', AUTH, 400),
+        ("POST", "/v1/chat/completions", chat[:-1] + b', "\\ud800": 1}', AUTH, 400),
+        ("POST", "/v1/chat/completions", chat[:-1] + b', "stop": "' + b"s" * 300 + b'"}', AUTH, 400),
     ]
     for method, path, body, headers, status in cases:
         reply = await raw(http.port, method, path, body, headers)
         assert reply.status == status, (path, body[:80], reply.body[:300])
         error = reply.json()["error"]
         assert error["message"] and error["type"], reply.body
+    echoed = await raw(http.port, "POST", "/v1/responses",
+                       b'{"input": "Hi", "max_output_tokens": 1, "metadata": {"k": "\\ud800"}}', AUTH)
+    assert echoed.status == 200 and echoed.json()["metadata"] == {"k": "\ud800"}
     assert (await raw(http.port, "GET", "/health")).json()["status"] == "ok"  # health needs no key
     await settled(http)
 

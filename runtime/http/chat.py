@@ -8,10 +8,10 @@ import time
 from typing import AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
 
 from kakeya.actors.messages import GenerateParams
 
+from .errors import Json
 from .generation import Generation, sampling, token_limit
 from .schemas import ChatCompletionRequest
 from .sse import DONE, GuardedStream, chained, error_event, event, prefetch
@@ -54,7 +54,7 @@ async def chat_completions(state: HttpState, request: Request):
             message, finish = {"role": "assistant", "content": parsed.content, "tool_calls": parsed.tool_calls}, \
                 "tool_calls"
     choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
-    return JSONResponse(dict(head, object="chat.completion", choices=[choice], usage=usage(generation)))
+    return Json(dict(head, object="chat.completion", choices=[choice], usage=usage(generation)))
 
 
 async def _stream(state: HttpState, generation: Generation, head: dict, tools: bool, include_usage: bool):

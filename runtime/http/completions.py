@@ -7,11 +7,12 @@ import time
 from typing import AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
 
 from kakeya.actors.messages import GenerateParams
+from kakeya.runtime.common.errors import InvalidRequest
 
 from .chat import usage
+from .errors import Json
 from .generation import Generation, sampling, token_limit
 from .schemas import CompletionRequest
 from .sse import DONE, GuardedStream, chained, error_event, event, prefetch
@@ -23,7 +24,7 @@ async def completions(state: HttpState, request: Request):
     runtime = state.ready()
     body: CompletionRequest = await state.body(request, CompletionRequest)
     tokenizer = state.template.tokenizer
-    prompt = tokenizer.encode(body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
+    prompt = _encode(tokenizer, body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
     params = GenerateParams(token_limit(runtime.rules, prompt, body.max_tokens),
                             sampling(body.temperature, body.top_p, body.seed))
     lease = await state.sessions.acquire(owner, frozenset(runtime.loaded.eos_token_ids), prompt)
@@ -46,7 +47,14 @@ async def completions(state: HttpState, request: Request):
     finally:
         state.end(generation, completed)
     choice = {"index": 0, "text": text, "finish_reason": generation.finish_reason, "logprobs": None}
-    return JSONResponse(dict(head, choices=[choice], usage=usage(generation)))
+    return Json(dict(head, choices=[choice], usage=usage(generation)))
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    try:
+        return tokenizer.encode(text)
+    except (TypeError, ValueError) as exc:  # text with no UTF-8 form (a lone surrogate)
+        raise InvalidRequest(f"prompt: cannot tokenize: {exc}") from None
 
 
 def _chunk(head: dict, text: str, finish: str | None = None) -> bytes:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import structlog
 from fastapi.responses import JSONResponse
 
@@ -56,7 +59,15 @@ def error_body(error: BaseException) -> tuple[int, dict]:
     return status, envelope(str(error), error_type, code)
 
 
+class Json(JSONResponse):
+    """JSON with non-ASCII escaped: a client's text echoed back (a field name, metadata) may hold a
+    lone surrogate, which is valid JSON but has no UTF-8 form."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
+
 def error_response(error: BaseException) -> JSONResponse:
     status, body = error_body(error)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return Json(body, status_code=status, headers=headers)

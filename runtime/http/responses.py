@@ -9,12 +9,11 @@ import time
 from typing import AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
 
 from kakeya.actors.messages import GenerateParams
 from kakeya.runtime.common.errors import SessionNotFound
 
-from .errors import ResponseNotFound, error_body
+from .errors import Json, ResponseNotFound, error_body
 from .generation import Generation, sampling, token_limit
 from .resident import Lease
 from .responses_store import ResponseRecord
@@ -62,7 +61,7 @@ async def create_response(state: HttpState, request: Request):
         completed = True
     finally:
         reply.finish(completed)
-    return JSONResponse(reply.response())
+    return Json(reply.response())
 
 
 async def _continue(state: HttpState, response_id: str, record: ResponseRecord, owner: str) -> Lease:

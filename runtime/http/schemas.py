@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import InvalidRequest
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+# Each streamed piece is checked against the ends of every stop string: keep that cost small.
+MAX_STOP_CHARS = 256
 
 
 class _Strict(BaseModel):
@@ -81,8 +83,8 @@ class _Generating(_Sampling):
         if self.presence_penalty or self.frequency_penalty:
             raise ValueError("presence_penalty and frequency_penalty are not supported (send 0 or omit them)")
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes up to 4 non-empty strings")
+        if len(stops) > 4 or any(not 0 < len(s) <= MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"stop takes up to 4 non-empty strings of at most {MAX_STOP_CHARS} characters")
         return self
 
     @property

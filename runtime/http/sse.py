@@ -14,7 +14,8 @@ DONE = b"data: [DONE]\n\n"
 
 def event(data: dict, name: str | None = None) -> bytes:
     head = f"event: {name}\n" if name else ""
-    return f"{head}data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+    # ASCII-escaped like every JSON body here (errors.Json): echoed client text may not be UTF-8-encodable.
+    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 def error_event(error: BaseException) -> bytes:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from kakeya.actors.messages import GenerateParams
-from kakeya.runtime.common.errors import Unavailable
+from kakeya.runtime.common.errors import InvalidRequest, Unavailable
 
 from .errors import RequestTooLarge
 from .generation import Generation
@@ -68,11 +69,14 @@ class HttpState:
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             raise RequestTooLarge(f"the request body of {declared} bytes is over the limit of {self.max_body_bytes}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise RequestTooLarge(f"the request body is over the limit of {self.max_body_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise RequestTooLarge(f"the request body is over the limit of {self.max_body_bytes} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise InvalidRequest("the client left before its request body arrived") from None
         return parse(model, b"".join(chunks))
 
     async def begin(self, lease: Lease, tokens: Sequence[int], params: GenerateParams,
