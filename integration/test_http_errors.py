@@ -103,7 +103,7 @@ async def test_each_bad_request_gets_its_status_in_openai_error_form(http):
         ("GET", "/v1/nowhere", b"", AUTH, 404),
         ("GET", "/v1/models/not-this-model", b"", AUTH, 404),
         ("GET", "/v1/chat/completions", b"", AUTH, 405),
-        # Text with no UTF-8 form (a lone surrogate) where it is tokenized, and where it is echoed.
+        # A lone surrogate (an escape with no UTF-8 form) in a value or in a field name.
         ("POST", "/v1/completions", b'{"prompt": "\\ud800", "max_tokens": 1}', AUTH, 400),
         ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\udfff"}]}', AUTH, 400),
         ("POST", "/v1/chat/completions", chat[:-1] + b', "\\ud800": 1}', AUTH, 400),
@@ -114,9 +114,6 @@ async def test_each_bad_request_gets_its_status_in_openai_error_form(http):
         assert reply.status == status, (path, body[:80], reply.body[:300])
         error = reply.json()["error"]
         assert error["message"] and error["type"], reply.body
-    echoed = await raw(http.port, "POST", "/v1/responses",
-                       b'{"input": "Hi", "max_output_tokens": 1, "metadata": {"k": "\\ud800"}}', AUTH)
-    assert echoed.status == 200 and echoed.json()["metadata"] == {"k": "\ud800"}
     assert (await raw(http.port, "GET", "/health")).json()["status"] == "ok"  # health needs no key
     await settled(http)
 

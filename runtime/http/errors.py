@@ -59,12 +59,18 @@ def error_body(error: BaseException) -> tuple[int, dict]:
     return status, envelope(str(error), error_type, code)
 
 
-class Json(JSONResponse):
-    """JSON with non-ASCII escaped: a client's text echoed back (a field name, metadata) may hold a
-    lone surrogate, which is valid JSON but has no UTF-8 form."""
-
-    def render(self, content: Any) -> bytes:
+def dump_json(content: Any) -> bytes:
+    """UTF-8 JSON; escaped to ASCII in the one case UTF-8 cannot hold it (a lone surrogate), so an
+    odd string never turns a reply into a 500."""
+    try:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
         return json.dumps(content, separators=(",", ":")).encode()
+
+
+class Json(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return dump_json(content)
 
 
 def error_response(error: BaseException) -> JSONResponse:

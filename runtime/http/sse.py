@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
 
-from .errors import error_body
+from .errors import dump_json, error_body
 
 DONE = b"data: [DONE]\n\n"
 
 
 def event(data: dict, name: str | None = None) -> bytes:
     head = f"event: {name}\n" if name else ""
-    # ASCII-escaped like every JSON body here (errors.Json): echoed client text may not be UTF-8-encodable.
-    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return f"{head}data: ".encode() + dump_json(data) + b"\n\n"
 
 
 def error_event(error: BaseException) -> bytes:
