@@ -104,11 +104,11 @@ class Generation:
             tail = self._filter(self._decoder.flush())
             if self._stops is not None and not self._stops.held:
                 tail += self._stops.flush()  # the end of a partial stop string that never completed
+            if self.reusable:
+                self.lease.history.extend(self.tokens)  # before the last yield: a reader may stop there
             if tail:
                 self.text += tail
                 yield tail
-            if self.reusable:
-                self.lease.history.extend(self.tokens)
         finally:
             self._stream.cancel()
 
