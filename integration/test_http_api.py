@@ -186,3 +186,21 @@ async def test_requests_are_counted_per_route_and_status(http, client):
     await bounded(client.models.list())
     after = http.runtime.counter("kakeya_http_requests_total", route="/v1/models", method="GET", status="200")
     assert after == before + 1
+
+
+async def test_a_served_tool_capable_template_takes_tools(loaded_model, tokenizer, tmp_path):
+    template = tmp_path / "hermes.jinja"
+    template.write_text(HERMES_TEMPLATE)
+    handle = await start_http(loaded_model, tokenizer, http={"chat_template": str(template)})
+    client = handle.client()
+    try:
+        reply = await bounded(client.chat.completions.create(model="any", messages=ask("Weather in Paris?"),
+                                                             tools=[WEATHER_TOOL], max_tokens=2, temperature=0))
+        with_tools = reply.usage.prompt_tokens
+        reply = await bounded(client.chat.completions.create(model="any", messages=ask("Weather in Paris?"),
+                                                             max_tokens=2, temperature=0))
+        assert with_tools > reply.usage.prompt_tokens  # the tool's signature went into the prompt
+        await settled(handle)
+    finally:
+        await client.close()
+        await handle.stop()
