@@ -151,7 +151,7 @@ async def _stream_until_first_token(port: int, body: bytes):
     return writer
 
 
-async def test_a_full_server_answers_429_and_a_client_that_leaves_frees_its_session(loaded_model, tokenizer):
+async def test_a_full_server_answers_429_and_a_client_that_leaves_frees_its_session_streamed_or_not(loaded_model, tokenizer):
     handle = await start_http(loaded_model, tokenizer, limits={"max_sessions": 1})
     runtime = handle.runtime
     try:
@@ -168,5 +168,16 @@ async def test_a_full_server_answers_429_and_a_client_that_leaves_frees_its_sess
         assert runtime.pool.used_bytes == 0
         assert runtime.counter("kakeya_http_streams_cancelled_total", route="/v1/chat/completions") == 1
         assert (await raw(handle.port, "POST", "/v1/chat/completions", other)).status == 200  # the slot is free
+        await settled(handle)
+        # Not streamed: the client sends its request and leaves while the reply is generated.
+        reader, writer = await asyncio.open_connection("127.0.0.1", handle.port)
+        whole = long.replace(b'"stream": true', b'"stream": false')
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(whole)}\r\n\r\n".encode() + whole)
+        await writer.drain()
+        await eventually(lambda: runtime.scheduler.num_running == 1, TIMEOUT_S, "the generation to start")
+        writer.close()
+        await eventually(lambda: runtime.scheduler.num_running == 0, TIMEOUT_S, "the generation to stop")
+        await eventually(lambda: runtime.registry.num_active == 0, TIMEOUT_S, "the session to close")
     finally:
         await handle.stop()

@@ -43,7 +43,7 @@ async def chat_completions(state: HttpState, request: Request):
         return await _stream(state, generation, head, bool(tools), body.include_usage)
     completed = False
     try:
-        text = await generation.run()
+        text = await state.run(request, generation)
         completed = True
     finally:
         state.end(generation, completed)

@@ -42,7 +42,7 @@ async def completions(state: HttpState, request: Request):
                              on_close=lambda: state.end(generation, completed=False))
     completed = False
     try:
-        text = await generation.run()
+        text = await state.run(request, generation)
         completed = True
     finally:
         state.end(generation, completed)

@@ -57,7 +57,7 @@ async def create_response(state: HttpState, request: Request):
                              on_close=lambda: state.end(generation, completed=False))
     completed = False
     try:
-        await generation.run()
+        await state.run(request, generation)
         completed = True
     finally:
         reply.finish(completed)

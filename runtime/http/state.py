@@ -3,6 +3,7 @@ responses, the caller's identity, and the request body read under its size limit
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from fastapi import Request
@@ -89,6 +90,25 @@ class HttpState:
             self.sessions.release(lease, reusable=False)
             raise
         return generation
+
+    @staticmethod
+    async def run(request: Request, generation: Generation) -> str:
+        """The whole reply, for a request that is not streamed: a client that disconnects cancels
+        the generation within a step rather than leaving it to run to its token limit."""
+
+        async def watch() -> None:
+            try:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+            except Exception:  # noqa: BLE001 - a connection that broke is one that left
+                pass
+            generation.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            return await generation.run()
+        finally:
+            watcher.cancel()
 
     def end(self, generation: Generation, completed: bool) -> None:
         """Returns the session: indexed again after a clean, complete generation, else closed. Once."""
