@@ -148,7 +148,7 @@ async def _stream_until_first_token(port: int, body: bytes):
         assert chunk, seen
         seen += chunk
     assert seen.startswith(b"HTTP/1.1 200")
-    return writer
+    return reader, writer
 
 
 async def test_a_full_server_answers_429_and_a_client_that_leaves_frees_its_session_streamed_or_not(loaded_model, tokenizer):
@@ -157,7 +157,7 @@ async def test_a_full_server_answers_429_and_a_client_that_leaves_frees_its_sess
     try:
         long = json.dumps({"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 4000,
                            "temperature": 0, "stream": True}).encode()
-        writer = await _stream_until_first_token(handle.port, long)
+        _, writer = await _stream_until_first_token(handle.port, long)
         assert runtime.scheduler.num_running == 1 and runtime.registry.num_active == 1
         other = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}).encode()
         busy = await raw(handle.port, "POST", "/v1/chat/completions", other)
@@ -181,3 +181,21 @@ async def test_a_full_server_answers_429_and_a_client_that_leaves_frees_its_sess
         await eventually(lambda: runtime.registry.num_active == 0, TIMEOUT_S, "the session to close")
     finally:
         await handle.stop()
+
+
+async def test_draining_finishes_a_running_stream_and_refuses_new_requests(loaded_model, tokenizer):
+    handle = await start_http(loaded_model, tokenizer)
+    body = json.dumps({"messages": [{"role": "user", "content": "Count to twenty."}], "max_tokens": 24,
+                       "temperature": 0, "stream": True}).encode()
+    reader_writer = await _stream_until_first_token(handle.port, body)
+    stopping = asyncio.create_task(handle.server.stop(TIMEOUT_S))
+    try:
+        await eventually(lambda: handle.state.is_draining, TIMEOUT_S, "the drain to begin")
+        refused = await raw(handle.port, "POST", "/v1/chat/completions", body)
+        assert refused.status == 503 and "shutting down" in refused.json()["error"]["message"]
+        reader, writer = reader_writer
+        rest = await asyncio.wait_for(reader.read(), TIMEOUT_S)  # to the end of the response
+        writer.close()
+        assert b"data: [DONE]\n\n" in rest and rest.endswith(b"0\r\n\r\n")  # the last chunk, then the end
+    finally:
+        await asyncio.wait_for(stopping, TIMEOUT_S)
