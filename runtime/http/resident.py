@@ -74,7 +74,7 @@ class ResidentSessions:
         return await self.create(owner, eos_token_ids)
 
     async def create(self, owner: str, eos_token_ids: frozenset[int]) -> Lease:
-        session_id = await self._registry.create("http", eos_token_ids, owner)
+        session_id = await self._registry.create(client_label="http", eos_token_ids=eos_token_ids, owner=owner)
         return Lease(self._registry.get(session_id, owner), owner, eos_token_ids)
 
     def acquire_exact(self, owner: str, eos_token_ids: frozenset[int], session_id: str,
