@@ -30,8 +30,14 @@ log = structlog.get_logger(__name__)
 
 
 class _Uvicorn(uvicorn.Server):
-    def capture_signals(self):  # noqa: ANN201 - the process's SIGTERM drain belongs to serve()
+    """uvicorn without its signal handlers: SIGTERM belongs to serve(), which drains gRPC and HTTP
+    together (uvicorn would take the signal for itself and stop only HTTP)."""
+
+    def capture_signals(self):  # noqa: ANN201
         return _NoSignals()
+
+    def install_signal_handlers(self) -> None:  # the same hook in uvicorn releases before 0.29
+        return None
 
 
 class _NoSignals:
