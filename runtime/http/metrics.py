@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+log = structlog.get_logger(__name__)
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models", "/health")
@@ -62,8 +65,12 @@ class MetricsMiddleware:
             await send(message)
 
         method = scope.get("method", "")
+        method = method if method in ("GET", "POST") else "other"
+        route = route_of(scope.get("path", ""))
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            self.metrics.observe(route_of(scope.get("path", "")), method if method in ("GET", "POST") else "other",
-                                 status, time.monotonic() - started)
+            seconds = time.monotonic() - started
+            self.metrics.observe(route, method, status, seconds)
+            # One line per request, as gRPC logs one `rpc_finished` per call.
+            log.info("http_finished", route=route, method=method, status=status, duration_s=round(seconds, 4))
