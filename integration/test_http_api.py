@@ -204,3 +204,22 @@ async def test_a_served_tool_capable_template_takes_tools(loaded_model, tokenize
     finally:
         await client.close()
         await handle.stop()
+
+
+async def test_concurrent_conversations_each_extend_their_own_session(http, client):
+    async def converse(topic: str) -> list[int]:
+        messages, cached, total = [], [], 0
+        for turn in range(3):
+            messages.append({"role": "user", "content": f"Say one word about {topic}, turn {turn}."})
+            reply = await bounded(client.chat.completions.create(model="any", messages=messages, max_tokens=4,
+                                                                 temperature=0))
+            cached.append(total - reply.usage.prompt_tokens_details.cached_tokens)  # 0: all resident
+            total = reply.usage.total_tokens
+            messages.append({"role": "assistant", "content": reply.choices[0].message.content})
+        return cached
+
+    before = http.runtime.registry.num_active
+    results = await asyncio.gather(*(converse(topic) for topic in ("cats", "ships", "rain", "bread")))
+    # Every later turn found its own conversation's whole history resident, batched with the others'.
+    assert all(cached == [0, 0, 0] for cached in results), results
+    assert http.runtime.registry.num_active == before + 4

@@ -199,3 +199,16 @@ async def test_draining_finishes_a_running_stream_and_refuses_new_requests(loade
         assert b"data: [DONE]\n\n" in rest and rest.endswith(b"0\r\n\r\n")  # the last chunk, then the end
     finally:
         await asyncio.wait_for(stopping, TIMEOUT_S)
+
+
+async def test_resident_sessions_are_never_shared_across_api_keys(http):
+    messages = [{"role": "user", "content": "Hi"}]
+    first = (await raw(http.port, "POST", "/v1/chat/completions",
+                       json.dumps({"messages": messages, "temperature": 0}).encode(), AUTH)).json()
+    messages += [first["choices"][0]["message"], {"role": "user", "content": "Again"}]
+    body = json.dumps({"messages": messages, "temperature": 0}).encode()
+    other = (await raw(http.port, "POST", "/v1/chat/completions", body, {"Authorization": f"Bearer {OTHER_KEY}"}))
+    assert other.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    same = (await raw(http.port, "POST", "/v1/chat/completions", body, AUTH)).json()
+    assert same["usage"]["prompt_tokens_details"]["cached_tokens"] == first["usage"]["total_tokens"]
+    await settled(http)
