@@ -7,8 +7,9 @@ import argparse
 import asyncio
 import sys
 
-from kakeya.runtime.common.config import (KV_DTYPES, SPECULATIVE_MODES, EngineConfig, HttpConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
+from kakeya.runtime.common.config import (KV_DTYPES, SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
                      SpeculativeConfig, cpu_threads, env_default, read_api_keys)
+from kakeya.runtime.common.config import HttpConfig
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, kind=str, default=None, help: str = "", **kw) -> None:
