@@ -5,6 +5,7 @@ like a gRPC chat, resident sessions extended by stateless clients, tools and the
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 
 import pytest
@@ -223,3 +224,15 @@ async def test_concurrent_conversations_each_extend_their_own_session(http, clie
     # Every later turn found its own conversation's whole history resident, batched with the others'.
     assert all(cached == [0, 0, 0] for cached in results), results
     assert http.runtime.registry.num_active == before + 4
+
+
+def test_a_model_without_a_chat_template_refuses_chat_with_the_reason(tokenizer):
+    from kakeya.runtime.common.errors import InvalidRequest
+
+    base = copy.copy(tokenizer)  # the same tokenizer, as a base model ships it: no template
+    base.chat_template = None
+    template = ChatTemplate(base)
+    assert not template.is_available and template.eos_token_ids == {tokenizer.eos_token_id}
+    with pytest.raises(InvalidRequest, match="no chat template"):
+        template.prompt_ids(ask("Hi"))
+    assert tokenizer.chat_template  # the shared tokenizer kept its own

@@ -29,8 +29,13 @@ class ChatTemplate:
     def __init__(self, tokenizer: Any, template: str | None = None) -> None:
         self.tokenizer = tokenizer
         self._kwargs: dict[str, Any] = {"chat_template": template} if template else {}
-        if not template and not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the model has no chat template: pass --http-chat-template")
+        # A base model has no template: completions still work; chat answers 400 saying why.
+        self.is_available = bool(template or getattr(tokenizer, "chat_template", None))
+        self.closing: tuple[int, ...] = ()
+        self.eos_token_ids = frozenset({tokenizer.eos_token_id} - {None})
+        self.supports_tools = False
+        if not self.is_available:
+            return
         self.closing = tuple(closing_ids(tokenizer, **self._kwargs))
         self.eos_token_ids = frozenset(chat_eos_token_ids(tokenizer, **self._kwargs))
         probe = [{"role": "user", "content": "Hi"}]
@@ -64,6 +69,9 @@ class ChatTemplate:
         return tools or None
 
     def _render(self, messages: list[dict], generation_prompt: bool, tools: list[dict] | None) -> list[int]:
+        if not self.is_available:
+            raise InvalidRequest("the model has no chat template: use /v1/completions, or serve with "
+                                 "--http-chat-template FILE")
         kwargs = dict(self._kwargs, tools=tools) if tools else self._kwargs
         try:
             return render_ids(self.tokenizer, messages, add_generation_prompt=generation_prompt, **kwargs)
