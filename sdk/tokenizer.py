@@ -42,23 +42,26 @@ def embedded_gguf_path() -> pathlib.Path:
     raise FileNotFoundError(f"{EMBEDDED_DISTRIBUTION} holds no .gguf file")
 
 
-def render_ids(tokenizer: Any, messages: list[dict], *, add_generation_prompt: bool = False) -> list[int]:
-    """The conversation rendered by the template, then tokenized (special tokens parsed from the text)."""
+def render_ids(tokenizer: Any, messages: list[dict], *, add_generation_prompt: bool = False,
+               **template_kwargs: Any) -> list[int]:
+    """The conversation rendered by the template, then tokenized (special tokens parsed from the text).
+    `template_kwargs` go to `apply_chat_template` (e.g. `tools=`, or `chat_template=` for another template)."""
     if not messages:
         return []
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **template_kwargs)
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def closing_ids(tokenizer: Any) -> list[int]:
+def closing_ids(tokenizer: Any, **template_kwargs: Any) -> list[int]:
     """The template's end of an assistant turn: what it renders after the reply's content."""
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, **template_kwargs)
     return tokenizer.encode(text[text.rindex(_PROBE) + len(_PROBE):], add_special_tokens=False)
 
 
-def chat_eos_token_ids(tokenizer: Any) -> list[int]:
+def chat_eos_token_ids(tokenizer: Any, **template_kwargs: Any) -> list[int]:
     """Where a reply ends: the tokenizer's EOS and the special token that opens the turn's closing."""
-    closing = closing_ids(tokenizer)[:1]
+    closing = closing_ids(tokenizer, **template_kwargs)[:1]
     eos = {tokenizer.eos_token_id} | {i for i in closing if i in set(tokenizer.all_special_ids)}
     return sorted(eos - {None})

@@ -155,20 +155,46 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The OpenAI-compatible HTTP API: off unless a port is set; the same API keys as gRPC."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: no HTTP API; 0: any free port
+    chat_template: str | None = None  # a Jinja file that replaces the model's own chat template
+    # Stateless chat clients resend the whole conversation: reuse a resident session whose
+    # history is an exact prefix of the new rendering instead of prefilling it again.
+    reuse_sessions: bool = True
+    max_body_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise ValueError("http port must be in 0..65535")
+        _positive(max_body_bytes=self.max_body_bytes)
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: SessionLimits = field(default_factory=SessionLimits)
     server: ServerConfig = field(default_factory=ServerConfig)
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def __post_init__(self) -> None:
+        _check_http_bind(self.http, self.server)
         rows = self.speculative.num_draft_tokens + 1
         # A verifying session feeds K + 1 rows in one step: they must fit a step and, in bounded
         # mode, the slab's spare room of one prefill chunk.
         if self.speculative.is_enabled and rows > self.engine.prefill_chunk_tokens:
             raise ValueError(f"num_draft_tokens + 1 ({rows}) must be <= prefill_chunk_tokens "
                              f"({self.engine.prefill_chunk_tokens})")
+
+
+def _check_http_bind(http: HttpConfig, server: ServerConfig) -> None:
+    if http.port is not None and not server.api_keys and not server.allow_insecure_bind and not is_loopback(http.host):
+        raise ValueError(f"refusing to serve HTTP on {http.host} without API keys: set --api-key or --api-key-file, "
+                         "or pass --allow-insecure-bind")
 
 
 def is_loopback(host: str) -> bool:

@@ -9,6 +9,7 @@ import sys
 
 from kakeya.runtime.common.config import (KV_DTYPES, SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
                      SpeculativeConfig, cpu_threads, env_default, read_api_keys)
+from kakeya.runtime.common.config import HttpConfig
 
 # Top-level modules of the `[runtime]` extra's packages (pyproject.toml): `pip install kakeya`
 # (the SDK) has none of them.
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the gRPC runtime")
     # In this order in --help.
     for add_flags in (_listen_flags, _model_flags, _memory_flags, _speculative_flags, _request_flags,
-                      _operation_flags, _access_flags, _stall_flags, _switch_flags):
+                      _operation_flags, _access_flags, _stall_flags, _switch_flags, add_http_flags):
         add_flags(serve)
     # The client side lives in the SDK, which imports neither torch nor the server.
     from kakeya import repl, session_list
@@ -132,6 +133,23 @@ def _switch_flags(serve: argparse.ArgumentParser) -> None:
                                    "(same logits, slower)")
 
 
+def add_http_flags(serve: argparse.ArgumentParser) -> None:
+    """The OpenAI-compatible HTTP API's flags (off unless --http-port is given)."""
+    _flag(serve, "http-host", default="127.0.0.1", help="address of the OpenAI-compatible HTTP API")
+    _flag(serve, "http-port", int, None, help="serve the OpenAI-compatible HTTP API on this port (0: a free one)")
+    _flag(serve, "http-chat-template", help="a Jinja chat template file used instead of the model's own")
+    env = env_default("http-reuse-sessions")
+    serve.add_argument("--no-http-reuse-sessions", dest="http_reuse_sessions", action="store_false",
+                       default=env is None or env.lower() in ("1", "true", "yes", "on"),
+                       help="give every HTTP request a new session instead of extending a resident one "
+                            "[env KAKEYA_HTTP_REUSE_SESSIONS=0]")
+
+
+def http_config_from_args(args: argparse.Namespace) -> HttpConfig:
+    return HttpConfig(host=args.http_host, port=args.http_port, chat_template=args.http_chat_template,
+                      reuse_sessions=args.http_reuse_sessions)
+
+
 def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
     return RuntimeConfig(
         model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
@@ -154,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
                             tls_cert=args.tls_cert, tls_key=args.tls_key),
         speculative=SpeculativeConfig(mode=args.speculative, num_draft_tokens=args.num_draft_tokens,
                                       draft_model=args.draft_model, draft_layers=args.draft_layers),
+        http=http_config_from_args(args),
     )
 
 

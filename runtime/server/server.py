@@ -22,6 +22,7 @@ from kakeya.runtime.common.errors import FailedPrecondition
 from kakeya.runtime.server.ports import listen_port
 from kakeya.runtime.server.host import Host
 from kakeya.runtime.server.servicer import RuntimeServicer
+from kakeya.runtime.http.server import HttpServer
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +35,10 @@ class RuntimeServer:
 
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config
-        self.servicer = RuntimeServicer(ApiKeys(config.server.api_keys))
+        api_keys = ApiKeys(config.server.api_keys)
+        self.servicer = RuntimeServicer(api_keys)
+        # The OpenAI-compatible HTTP API: the same keys, the same runtime, when a port is set.
+        self.http = HttpServer(config.http, api_keys, config.model.model) if config.http.port is not None else None
         self.health = health.aio.HealthServicer()
         self._server = grpc.aio.server(options=[
             ("grpc.so_reuseport", 0),  # a second server must not silently share the port
@@ -69,6 +73,8 @@ class RuntimeServer:
                 port = self._bind(lambda: self._server.add_insecure_port(address), address)
             self.address = f"{server.host}:{port}"
         await self._server.start()
+        if self.http is not None:
+            await self.http.start()
         if server.unix_socket:
             os.chmod(server.unix_socket, 0o600)
         try:
@@ -100,6 +106,8 @@ class RuntimeServer:
             log.info("metrics_listening", address=f"{server.metrics_host}:{self.metrics_port}")
         runtime.start()
         self.servicer.runtime = runtime
+        if self.http is not None:
+            await self.http.attach(runtime)
         await self._set_serving(True)
         self._watchdog = asyncio.create_task(self._watch_scheduler(runtime), name="health-watchdog")
 
@@ -127,6 +135,8 @@ class RuntimeServer:
             self._watchdog.cancel()
             await asyncio.wait({self._watchdog})
         self.servicer.is_draining = True
+        if self.http is not None:
+            self.http.drain()
         await self.health.enter_graceful_shutdown()
         runtime, self.servicer.runtime = self.servicer.runtime, None
         if runtime is not None:
@@ -134,6 +144,8 @@ class RuntimeServer:
             runtime.metrics.stop()
             await runtime.stop()
         await self._server.stop(grace_s)
+        if self.http is not None:
+            await self.http.stop(grace_s)
 
 
 async def serve(config: RuntimeConfig) -> int:
