@@ -11,7 +11,7 @@ import openai
 
 from kakeya.runtime.common.config import HttpConfig
 from kakeya.runtime.forward.loaded_model import LoadedModel
-from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.host import Host
 from kakeya.runtime.server.server import RuntimeServer
 
 from .harness import TIMEOUT_S, eventually, runtime_config
@@ -20,7 +20,7 @@ from .harness import TIMEOUT_S, eventually, runtime_config
 @dataclass
 class HttpHandle:
     server: RuntimeServer
-    runtime: Runtime | None
+    runtime: Host | None
     port: int
 
     @property
@@ -46,7 +46,7 @@ async def start_http(loaded: LoadedModel | None, tokenizer, limits: dict | None 
     await rs.start()
     runtime = None
     if loaded is not None:
-        runtime = Runtime(config, loaded, on_engine_death=lambda exc: None)
+        runtime = Host(config, loaded, on_engine_death=lambda exc: None)
         await asyncio.wait_for(rs.attach(runtime), TIMEOUT_S)
     return HttpHandle(rs, runtime, rs.http.port)
 

@@ -26,7 +26,7 @@ import torch
 from kakeya.runtime.common.config import EngineConfig, HttpConfig, ModelConfig, RuntimeConfig, ServerConfig
 from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
 from kakeya.runtime.engine.loader import load_model
-from kakeya.runtime.server.host import Runtime
+from kakeya.runtime.server.host import Host
 from kakeya.runtime.server.server import RuntimeServer
 from kakeya.tokenizer import load_tokenizer
 
@@ -41,7 +41,7 @@ async def conversation(loaded, tokenizer, reuse: bool, turns: int, max_tokens: i
     server = RuntimeServer(config)
     server.http.use_tokenizer(tokenizer)
     await server.start()
-    await server.attach(Runtime(config, loaded, on_engine_death=lambda exc: None))
+    await server.attach(Host(config, loaded, on_engine_death=lambda exc: None))
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{server.http.port}/v1", api_key="none",
                                 max_retries=0, timeout=600)
     messages, rows = [], []

@@ -24,7 +24,7 @@ from .state import HttpState, Identifies
 from .template import ChatTemplate
 
 if TYPE_CHECKING:
-    from kakeya.runtime.server.host import Runtime
+    from kakeya.runtime.server.host import Host
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +76,7 @@ class HttpServer:
         log.info("http_listening", address=f"{self.config.host}:{self.port}")
         return self.port
 
-    async def attach(self, runtime: "Runtime") -> None:
+    async def attach(self, runtime: "Host") -> None:
         """Serves the runtime once its tokenizer is there; a tokenizer that fails leaves HTTP at 503."""
         self.metrics.register(runtime.metrics.registry)
         try:

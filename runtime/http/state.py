@@ -21,7 +21,7 @@ from .schemas import parse
 from .template import ChatTemplate
 
 if TYPE_CHECKING:
-    from kakeya.runtime.server.host import Runtime
+    from kakeya.runtime.server.host import Host
 
 
 class Identifies(Protocol):
@@ -33,14 +33,14 @@ class HttpState:
         self.api_keys = api_keys
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
-        self.runtime: "Runtime | None" = None
+        self.runtime: "Host | None" = None
         self.template: ChatTemplate | None = None
         self.sessions: ResidentSessions | None = None
         self.responses = ResponseStore()
         self.is_draining = False
         self.unavailable = "the model is still loading"
 
-    def attach(self, runtime: "Runtime", template: ChatTemplate, reuse_sessions: bool) -> None:
+    def attach(self, runtime: "Host", template: ChatTemplate, reuse_sessions: bool) -> None:
         self.template = template
         self.sessions = ResidentSessions(runtime.registry, reuse_sessions)
         self.runtime = runtime
@@ -59,7 +59,7 @@ class HttpState:
         header = request.headers.get("authorization")
         return self.api_keys.identify([("authorization", header)] if header is not None else [])
 
-    def ready(self) -> "Runtime":
+    def ready(self) -> "Host":
         if self.runtime is None or self.is_draining:
             raise Unavailable(self.unavailable)
         return self.runtime
