@@ -67,7 +67,7 @@ class TokenStream:
         return bool(self._events) and not waiting and time.monotonic() - self._last_read_at > stall_s
 
     def push(self, event: Event) -> None:
-        if isinstance(event, Done) and event.stop_reason is StopReason.CANCELLED and self.cancel_cause is not None:
+        if self.cancel_cause is not None and isinstance(event, Done) and event.stop_reason is StopReason.CANCELLED:
             # A CANCELLED done would tell the client it stopped the call itself; it must learn
             # the real cause (the server shutting down) to retry elsewhere.
             return self.fail(self.cancel_cause)

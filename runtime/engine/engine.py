@@ -8,7 +8,6 @@ request's stop. Nothing here awaits: the scheduler calls `step` through the mode
 
 from __future__ import annotations
 
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 from kakeya.runtime.engine.draft import DraftRunner
@@ -41,7 +40,7 @@ class Engine:
         rows = list(rows)
         for (i, _), proposal in zip(asking, proposals):
             if proposal.tokens:
-                rows[i] = dataclasses.replace(rows[i], draft=proposal.tokens, draft_probs=proposal.probs)
+                rows[i] = rows[i]._replace(draft=proposal.tokens, draft_probs=proposal.probs)
         return tuple(rows)
 
     @staticmethod
@@ -50,7 +49,8 @@ class Engine:
         back, so the slab holds exactly the tokens the request keeps."""
         kv = row.kv
         num_kept, stop = row.stop.cut(emitted) if row.stop is not None else (len(emitted), None)
-        kv.num_positions -= len(emitted) - num_kept
+        if num_kept != len(emitted):
+            kv.num_positions -= len(emitted) - num_kept
         if kv.draft is not None:
             # The draft keeps only positions whose tokens the verifier committed.
             kv.draft.num_positions = min(kv.draft.num_positions, kv.num_positions)
