@@ -1,10 +1,10 @@
 /** The client: one connection to a runtime, and the factory of sessions on it. */
 
-import { CreateSessionRequest, GetRuntimeInfoRequest } from "./gen/kakeya/v1/runtime.js";
+import { CreateSessionRequest, GetRuntimeInfoRequest, ListSessionsRequest } from "./gen/kakeya/v1/runtime.js";
 import { closeAfter, Session } from "./session.js";
 import { tokenIdList, Transport } from "./transport.js";
-import { runtimeInfoOfReply } from "./types.js";
-import type { RuntimeInfo } from "./types.js";
+import { runtimeInfoOfReply, sessionSummaryOfReply } from "./types.js";
+import type { RuntimeInfo, SessionSummary } from "./types.js";
 
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
 export const DEFAULT_TIMEOUT_MS = 30_000;
@@ -28,8 +28,16 @@ export interface ClientOptions {
 }
 
 export interface SessionOptions {
-  /** Generation stops after emitting any of these ids. */
+  /**
+   * Generation stops after emitting any of these ids. Without them, after the model's own EOS ids
+   * (RuntimeInfo's defaultEosTokenIds), unless defaultEos is false.
+   */
   eosTokenIds?: Iterable<number> | undefined;
+  /**
+   * Without eosTokenIds, stop at the model's own EOS ids (default true); false: no EOS stop at all,
+   * so generations run to maxTokens. Named eosTokenIds apply either way.
+   */
+  defaultEos?: boolean | undefined;
   /** Appended right after the session is created. */
   initialTokens?: Iterable<number> | undefined;
   label?: string | undefined;
@@ -64,12 +72,16 @@ export class Client {
     return this.#transport.isClosed;
   }
 
-  /** Opens a session; generation stops after any of `eosTokenIds`. `initialTokens` are appended. */
+  /**
+   * Opens a session; `initialTokens` are appended. Generation stops after any of `eosTokenIds`;
+   * without them, after the model's own EOS ids, or never with `defaultEos: false`.
+   */
   async createSession(options: SessionOptions = {}): Promise<Session> {
     const eosTokenIds = tokenIdList(options.eosTokenIds ?? [], "EOS token id");
     const initialTokens = tokenIdList(options.initialTokens ?? []);
+    const noDefaultEos = !(options.defaultEos ?? true);
     const reply = await this.#transport.unary("createSession",
-      CreateSessionRequest.create({ clientLabel: options.label ?? "", eosTokenIds }));
+      CreateSessionRequest.create({ clientLabel: options.label ?? "", eosTokenIds, noDefaultEos }));
     const session = new Session(this.#transport, reply.sessionId);
     if (initialTokens.length > 0) {
       // A session whose first append failed is of no use to the caller: don't leak it.
@@ -104,6 +116,15 @@ export class Client {
 
   async runtimeInfo(): Promise<RuntimeInfo> {
     return runtimeInfoOfReply(await this.#transport.unary("getRuntimeInfo", GetRuntimeInfoRequest.create()));
+  }
+
+  /**
+   * The sessions this client's API key created (every session when the runtime has no keys),
+   * oldest first, whichever connection created them.
+   */
+  async listSessions(): Promise<SessionSummary[]> {
+    const reply = await this.#transport.unary("listSessions", ListSessionsRequest.create());
+    return reply.sessions.map(sessionSummaryOfReply);
   }
 
   /** Closes the connection; calls in flight are cancelled. Closing twice is harmless. */

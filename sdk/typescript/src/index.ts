@@ -11,5 +11,5 @@ export { Session } from "./session.js";
 export type { GenerateOptions } from "./session.js";
 export { GenerationStream } from "./stream.js";
 export { StopReason } from "./types.js";
-export type { PlainReply, RuntimeInfo, SessionInfo } from "./types.js";
+export type { PlainReply, RuntimeInfo, SessionInfo, SessionSummary } from "./types.js";
 export { status as Status } from "@grpc/grpc-js";

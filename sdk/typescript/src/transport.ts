@@ -26,6 +26,7 @@ interface UnaryMethods {
   closeSession: [pb.CloseSessionRequest, pb.CloseSessionResponse];
   getSessionInfo: [pb.GetSessionInfoRequest, pb.GetSessionInfoResponse];
   getRuntimeInfo: [pb.GetRuntimeInfoRequest, pb.GetRuntimeInfoResponse];
+  listSessions: [pb.ListSessionsRequest, pb.ListSessionsResponse];
 }
 type UnaryFunction<Request, Reply> = (request: Request, metadata: Metadata, options: Partial<CallOptions>,
   callback: (error: ServiceError | null, reply: Reply) => void) => { cancel(): void };

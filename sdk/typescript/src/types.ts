@@ -1,13 +1,16 @@
 /**
- * Plain values the SDK returns: why a generation stopped, and snapshots of a session and the runtime.
+ * Plain values the SDK returns: why a generation stopped, and snapshots of a session, of the
+ * caller's sessions and of the runtime.
  *
  * They are built from the wire messages here so that generated types never reach callers. The
  * snapshots copy every field of their reply (64-bit counts become numbers, lists become frozen
- * arrays); test/types.test.ts checks the interfaces below name exactly the reply's fields.
+ * arrays); test/package.test.ts checks the interfaces below name exactly the reply's fields.
  */
 
 import { GenerateDone_StopReason } from "./gen/kakeya/v1/runtime.js";
-import type { GetRuntimeInfoResponse, GetSessionInfoResponse } from "./gen/kakeya/v1/runtime.js";
+import type {
+  GetRuntimeInfoResponse, GetSessionInfoResponse, SessionSummary as SessionSummaryReply,
+} from "./gen/kakeya/v1/runtime.js";
 
 /** Why a generation ended. `CANCELLED` is also set locally when the reader stopped before the end. */
 export const StopReason = {
@@ -42,7 +45,28 @@ export interface SessionInfo {
   readonly inv2Violations: number;
   readonly idleSeconds: number;
   readonly clientLabel: string;
+  /** The ids that stop a generation: the model's own unless the session named others or none. */
   readonly eosTokenIds: readonly number[];
+  /** Of kvLiveBytes, the bytes of the positions stored (kvResidentTokens). */
+  readonly kvUsedBytes: number;
+  /**
+   * Of kvLiveBytes, the bytes held for positions not stored yet: room for the rest of a running
+   * generation, or for the next one. kvLiveBytes = kvUsedBytes + kvReservedBytes.
+   */
+  readonly kvReservedBytes: number;
+}
+
+/** One of the caller's sessions, as listSessions reports it (SessionSummary). */
+export interface SessionSummary {
+  readonly sessionId: string;
+  readonly clientLabel: string;
+  /** As SessionInfo reports it, the tokens of a running generation included. */
+  readonly historyLength: number;
+  readonly kvLiveBytes: number;
+  /** 0 while busy. */
+  readonly idleSeconds: number;
+  /** A generation or another request is running or queued on the session. */
+  readonly busy: boolean;
 }
 
 /**
@@ -90,7 +114,7 @@ type Renamed<K> = K extends "cacheInvariantInv1Violations" ? "inv1Violations"
   : K extends "cacheInvariantInv2Violations" ? "inv2Violations" : K;
 type PlainValue<V> = V extends bigint ? number : V extends readonly (infer U)[] ? readonly U[] : V;
 
-/** What `plainValues` makes of a reply type: the shape SessionInfo and RuntimeInfo must have. */
+/** What `plainValues` makes of a reply type: the shape SessionInfo, SessionSummary and RuntimeInfo must have. */
 export type PlainReply<T> = { readonly [K in keyof T as Renamed<K>]: PlainValue<T[K]> };
 
 /** Every field of a reply, renamed, with 64-bit counts as numbers and lists as frozen arrays. */
@@ -104,6 +128,10 @@ export function plainValues<T extends object>(reply: T): PlainReply<T> {
 }
 
 export function sessionInfoOfReply(reply: GetSessionInfoResponse): SessionInfo {
+  return plainValues(reply);
+}
+
+export function sessionSummaryOfReply(reply: SessionSummaryReply): SessionSummary {
   return plainValues(reply);
 }
 

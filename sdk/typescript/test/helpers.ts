@@ -16,7 +16,10 @@ export const REPO = resolve(PACKAGE, "..", "..");
 export const TIMEOUT_MS = 120_000;
 /** Loading the model takes seconds, or longer on a busy machine. */
 export const READY_TIMEOUT_MS = 300_000;
+/** Its greedy continuation reaches the model's EOS (<|im_end|>, id 2) at the 4th token. */
 export const PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11, 2];
+/** Sessions that must run to maxTokens: no EOS stop, not even the model's own. */
+export const RAW = { defaultEos: false } as const;
 
 /** `promise`, or a rejection once `ms` have passed. */
 export async function bounded<T>(promise: Promise<T>, ms = TIMEOUT_MS, what = "the call"): Promise<T> {
@@ -31,9 +34,9 @@ export async function bounded<T>(promise: Promise<T>, ms = TIMEOUT_MS, what = "t
   }
 }
 
-/** What a session alone on the runtime generates from `prompt` (greedy). */
+/** What a session alone on the runtime generates from `prompt` (greedy, to maxTokens: no EOS stop). */
 export async function soloTokens(client: Client, prompt: number[], maxTokens: number): Promise<number[]> {
-  return client.withSession({ initialTokens: prompt }, (session) =>
+  return client.withSession({ ...RAW, initialTokens: prompt }, (session) =>
     bounded(session.generate(maxTokens).collect()));
 }
 

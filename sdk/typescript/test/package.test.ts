@@ -9,19 +9,22 @@ import {
   Client, ERROR_OF_STATUS, errorFromStatus, InternalError, KakeyaError, RuntimeUnavailableError, SessionNotFoundError,
   Status,
 } from "kakeya";
-import type { PlainReply, RuntimeInfo, SessionInfo } from "kakeya";
+import type { PlainReply, RuntimeInfo, SessionInfo, SessionSummary } from "kakeya";
 
-import type { GetRuntimeInfoResponse, GetSessionInfoResponse } from "../src/gen/kakeya/v1/runtime.js";
+import type {
+  GetRuntimeInfoResponse, GetSessionInfoResponse, SessionSummary as SessionSummaryReply,
+} from "../src/gen/kakeya/v1/runtime.js";
 import { bounded } from "./helpers.js";
 
-// SessionInfo and RuntimeInfo name exactly the fields of their replies (as plainValues copies
+// SessionInfo, SessionSummary and RuntimeInfo name exactly the fields of their replies (as plainValues copies
 // them): a field added to the .proto fails this file's compilation until the interface has it.
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true : false;
 const sessionInfoFields: Equal<SessionInfo, PlainReply<GetSessionInfoResponse>> = true;
 const runtimeInfoFields: Equal<RuntimeInfo, PlainReply<GetRuntimeInfoResponse>> = true;
+const sessionSummaryFields: Equal<SessionSummary, PlainReply<SessionSummaryReply>> = true;
 
 test("the value interfaces match the replies", () => {
-  assert.ok(sessionInfoFields && runtimeInfoFields);
+  assert.ok(sessionInfoFields && runtimeInfoFields && sessionSummaryFields);
 });
 
 test("the CommonJS build exports what the ES module build does", () => {

@@ -1,5 +1,5 @@
 // The SDK against real runtimes on the embedded model: one on TCP (port 0), one on a unix socket
-// that requires an API key, and one serving TLS; all started at once for the whole file and
+// that accepts two API keys, and one serving TLS; all started at once for the whole file and
 // always stopped.
 
 import { execFileSync } from "node:child_process";
@@ -16,10 +16,12 @@ import { streamSuite } from "./suites/streams.js";
 import { tlsSuite } from "./suites/tls.js";
 
 export const API_KEY = "sdk-key";
+/** The keyed runtime's second key: its sessions are not API_KEY's. */
+export const SECOND_KEY = "second-key";
 
 export interface Servers {
   tcp: ServerHandle;
-  /** On a unix socket, with --api-key API_KEY. */
+  /** On a unix socket, with --api-key API_KEY --api-key SECOND_KEY. */
   keyed: ServerHandle;
   /** On localhost, with a self-signed certificate (CERTIFICATE). */
   tls: ServerHandle;
@@ -36,7 +38,7 @@ before(async () => {
   const names = ["tcp", "keyed", "tls"] as const;
   const started = await Promise.allSettled([
     startServer(["--port", "0"]),
-    startServer(["--unix-socket", join(scratch, "k.sock"), "--api-key", API_KEY]),
+    startServer(["--unix-socket", join(scratch, "k.sock"), "--api-key", API_KEY, "--api-key", SECOND_KEY]),
     startServer(["--host", "localhost", "--port", "0", "--tls-cert", CERTIFICATE, "--tls-key", KEY]),
   ]);
   started.forEach((result, i) => {
@@ -59,5 +61,5 @@ const ready = (): Servers => {
 
 describe("sessions", () => sessionSuite(() => ready().tcp.address));
 describe("streams", () => streamSuite(() => ready().tcp.address));
-describe("API keys and unix sockets", () => authAndUnixSuite(() => ready().keyed.address, API_KEY));
+describe("API keys and unix sockets", () => authAndUnixSuite(() => ready().keyed.address, API_KEY, SECOND_KEY));
 describe("TLS", () => tlsSuite(() => ready().tls.address, CERTIFICATE));

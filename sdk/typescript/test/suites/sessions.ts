@@ -6,9 +6,9 @@ import { after, before, test } from "node:test";
 import {
   Client, FailedPreconditionError, InvalidArgumentError, SessionClosedError, SessionNotFoundError, Status, StopReason,
 } from "kakeya";
-import type { Session } from "kakeya";
+import type { Session, SessionInfo } from "kakeya";
 
-import { bounded, PROMPT, soloTokens } from "../helpers.js";
+import { bounded, PROMPT, RAW, soloTokens } from "../helpers.js";
 
 async function rejectsWith(call: () => Promise<unknown>, kind: Function, code: Status | undefined): Promise<Error> {
   let caught: unknown;
@@ -48,6 +48,7 @@ export function sessionSuite(address: () => string): void {
     assert.equal(session.isClosed, false);
     const info = await bounded(session.info());
     assert.deepEqual([info.historyLength, info.pendingTokens, info.kvLiveBytes], [0, 0, 0]);
+    assert.deepEqual([info.kvUsedBytes, info.kvReservedBytes], [0, 0]);
     assert.equal(info.clientLabel, "sdk");
     assert.deepEqual(info.eosTokenIds, [49150, 49151]);
     assert.throws(() => {
@@ -66,7 +67,7 @@ export function sessionSuite(address: () => string): void {
   });
 
   test("append, generate and the stream's figures", async () => {
-    const session = await bounded(client.createSession());
+    const session = await bounded(client.createSession(RAW));
     assert.equal(await bounded(session.append(PROMPT.slice(0, 4))), 4);
     assert.equal(await bounded(session.append(PROMPT.slice(4))), PROMPT.length);
     assert.equal(await bounded(session.append([])), PROMPT.length);
@@ -89,25 +90,78 @@ export function sessionSuite(address: () => string): void {
     assert.equal(info.historyLength, PROMPT.length + 6);
     assert.equal(info.kvResidentTokens + info.pendingTokens, info.historyLength);
     assert.ok(info.kvLiveBytes > 0);
+    assert.equal(info.kvUsedBytes + info.kvReservedBytes, info.kvLiveBytes);
     assert.deepEqual([info.inv1Violations, info.inv2Violations], [0, 0]);
     const more = await bounded(session.generate(3).collect());
     assert.deepEqual([...tokens, ...more], await soloTokens(client, PROMPT, 9));
     assert.equal(await bounded(session.close()), PROMPT.length + 9);
   });
 
-  test("an EOS id stops the stream", async () => {
+  test("a named EOS id stops the stream, also in a session without the model's", async () => {
     const expected = await soloTokens(client, PROMPT, 8);
     const eos = expected[2]!;
-    await client.withSession({ eosTokenIds: [eos], initialTokens: PROMPT }, async (session) => {
+    await client.withSession({ ...RAW, eosTokenIds: [eos], initialTokens: PROMPT }, async (session) => {
+      assert.deepEqual((await bounded(session.info())).eosTokenIds, [eos]);
       const stream = session.generate(8);
       assert.deepEqual(await bounded(stream.collect()), expected.slice(0, expected.indexOf(eos) + 1));
       assert.equal(stream.stopReason, StopReason.EOS);
     });
   });
 
+  test("a session stops at the model's EOS ids unless it opts out", async () => {
+    const modelEos = (await bounded(client.runtimeInfo())).defaultEosTokenIds;
+    assert.ok(modelEos.length > 0);
+    // Opted out: no EOS id stops it, and it runs to maxTokens.
+    const raw = await client.withSession({ ...RAW, initialTokens: PROMPT }, async (session) => {
+      assert.deepEqual((await bounded(session.info())).eosTokenIds, []);
+      const stream = session.generate(8);
+      const tokens = await bounded(stream.collect());
+      assert.deepEqual([tokens.length, stream.generatedTokenCount, stream.stopReason], [8, 8, StopReason.MAX_TOKENS]);
+      return tokens;
+    });
+    // PROMPT's greedy continuation reaches one of the model's EOS ids before the 8th token.
+    const end = raw.findIndex((token) => modelEos.includes(token)) + 1;
+    assert.ok(end > 0 && end < 8, `no EOS id of ${modelEos} in the first 7 of ${raw}`);
+    // By default (no ids named), the same generation stops right after it.
+    await client.withSession({ initialTokens: PROMPT }, async (session) => {
+      assert.deepEqual((await bounded(session.info())).eosTokenIds, [...modelEos].sort((a, b) => a - b));
+      const stream = session.generate(8);
+      const tokens = await bounded(stream.collect());
+      assert.deepEqual(tokens, raw.slice(0, end));
+      assert.ok(modelEos.includes(tokens.at(-1)!));
+      assert.deepEqual([stream.stopReason, stream.generatedTokenCount], [StopReason.EOS, end]);
+      assert.equal((await bounded(session.info())).historyLength, PROMPT.length + end);
+    });
+  });
+
+  test("kvUsedBytes + kvReservedBytes is kvLiveBytes, during a generation and after it", async () => {
+    const { kvBytesPerToken } = await bounded(client.runtimeInfo());
+    const checkSplit = (info: SessionInfo): void => {
+      assert.equal(info.kvUsedBytes + info.kvReservedBytes, info.kvLiveBytes);
+      assert.equal(info.kvUsedBytes, info.kvResidentTokens * kvBytesPerToken);
+    };
+    await client.withSession({ ...RAW, initialTokens: PROMPT }, async (session) => {
+      const stream = session.generate(1000, { maxTokensPerMessage: 1 });
+      const running = await bounded((async () => {
+        for await (const _token of stream) return await session.info(); // leaving the loop cancels the generation
+        throw new Error("the generation ended before its first token");
+      })());
+      checkSplit(running);
+      // The reservation for 1000 tokens is held while it runs, and mostly not used yet.
+      assert.ok(running.kvUsedBytes > 0 && running.kvReservedBytes > running.kvUsedBytes, JSON.stringify(running));
+      // Ordered after the cancelled generation, the append answers once it has ended.
+      const history = await bounded(session.append([]));
+      const after = await bounded(session.info());
+      assert.equal(after.historyLength, history);
+      checkSplit(after);
+      // What the cancelled generation did not use is given back.
+      assert.ok(after.kvLiveBytes < running.kvLiveBytes, `${after.kvLiveBytes} >= ${running.kvLiveBytes}`);
+    });
+  });
+
   test("seeded sampling is reproducible", async () => {
     const sample = (seed: number | bigint): Promise<number[]> =>
-      client.withSession({ initialTokens: PROMPT }, (session) =>
+      client.withSession({ ...RAW, initialTokens: PROMPT }, (session) =>
         bounded(session.generate(6, { temperature: 0.9, topP: 0.95, topK: 40, seed }).collect()));
     const first = await sample(2n ** 64n - 1n);
     assert.equal(first.length, 6);

@@ -7,7 +7,7 @@ import { after, before, test } from "node:test";
 import { Client, ClientClosedError, DeadlineExceededError, Status, StopReason } from "kakeya";
 import type { Session } from "kakeya";
 
-import { bounded, PROMPT, soloTokens } from "../helpers.js";
+import { bounded, PROMPT, RAW, soloTokens } from "../helpers.js";
 
 export function streamSuite(address: () => string): void {
   let client: Client;
@@ -33,7 +33,7 @@ export function streamSuite(address: () => string): void {
   }
 
   test("leaving for-await early cancels the generation", async () => {
-    await client.withSession({ initialTokens: PROMPT }, async (session) => {
+    await client.withSession({ ...RAW, initialTokens: PROMPT }, async (session) => {
       // One id a message, so the count of ids received is the count read.
       const stream = session.generate(1000, { maxTokensPerMessage: 1 });
       const read: number[] = [];
@@ -52,7 +52,7 @@ export function streamSuite(address: () => string): void {
   });
 
   test("aborting the signal cancels the generation and rejects the reader", async () => {
-    await client.withSession({ initialTokens: PROMPT }, async (session) => {
+    await client.withSession({ ...RAW, initialTokens: PROMPT }, async (session) => {
       const controller = new AbortController();
       const stream = session.generate(1000, { signal: controller.signal });
       const read: number[] = [];
@@ -70,7 +70,7 @@ export function streamSuite(address: () => string): void {
   });
 
   test("an abort before the first read, or before the call, cancels it", async () => {
-    await client.withSession({ initialTokens: PROMPT }, async (session) => {
+    await client.withSession({ ...RAW, initialTokens: PROMPT }, async (session) => {
       const controller = new AbortController();
       const stream = session.generate(1000, { signal: controller.signal });
       controller.abort(new Error("changed my mind"));
@@ -83,7 +83,7 @@ export function streamSuite(address: () => string): void {
   });
 
   test("cancel() ends the reading normally", async () => {
-    await client.withSession({ initialTokens: PROMPT }, async (session) => {
+    await client.withSession({ ...RAW, initialTokens: PROMPT }, async (session) => {
       const stream = session.generate(1000);
       const read: number[] = [];
       await bounded((async () => {
@@ -99,7 +99,7 @@ export function streamSuite(address: () => string): void {
   });
 
   test("a generation's deadline", async () => {
-    await client.withSession({ initialTokens: PROMPT }, async (session) => {
+    await client.withSession({ ...RAW, initialTokens: PROMPT }, async (session) => {
       const stream = session.generate(1000, { timeoutMs: 50 });
       await assert.rejects(bounded(stream.collect()),
         (error: unknown) => error instanceof DeadlineExceededError && error.code === Status.DEADLINE_EXCEEDED);
@@ -113,14 +113,14 @@ export function streamSuite(address: () => string): void {
     for (const prompt of prompts) solo.push(await soloTokens(client, prompt, 8));
     // Half the streams hold tokens for messages of 3 (and half read one id a message): the same
     // ids, one at a time, come out.
-    const runs = prompts.map((prompt, i) => client.withSession({ initialTokens: prompt }, (session) =>
+    const runs = prompts.map((prompt, i) => client.withSession({ ...RAW, initialTokens: prompt }, (session) =>
       session.generate(8, i % 2 ? { minTokensPerMessage: 3 } : { maxTokensPerMessage: 1 }).collect()));
     assert.deepEqual(await bounded(Promise.all(runs)), solo);
   });
 
   test("closing the client cancels its calls and refuses new ones", async () => {
     const closing = new Client(address());
-    const session = await bounded(closing.createSession({ initialTokens: PROMPT }));
+    const session = await bounded(closing.createSession({ ...RAW, initialTokens: PROMPT }));
     const stream = session.generate(1000);
     const read: number[] = [];
     const reader = (async () => {

@@ -7,7 +7,7 @@ import { test } from "node:test";
 
 import { Client, RuntimeUnavailableError } from "kakeya";
 
-import { bounded, PROMPT } from "../helpers.js";
+import { bounded, PROMPT, RAW } from "../helpers.js";
 
 export function tlsSuite(address: () => string, certificate: string): void {
   test("a client that trusts the certificate works over TLS", async () => {
@@ -15,7 +15,7 @@ export function tlsSuite(address: () => string, certificate: string): void {
     for (const rootCertificates of [certificate, readFileSync(certificate)]) {
       const client = new Client(address(), { rootCertificates });
       try {
-        await client.withSession({ initialTokens: PROMPT }, async (session) => {
+        await client.withSession({ ...RAW, initialTokens: PROMPT }, async (session) => {
           assert.equal((await bounded(session.generate(3).collect())).length, 3);
         });
       } finally {
