@@ -1,6 +1,6 @@
 """Protocol fuzz: over 10,000 malformed or extreme requests, sent 200 at a time, against a real runtime.
 
-Every request carries its own oracle: the set of status codes the README's table allows for it.
+Every request carries its own oracle: the set of status codes docs/service.md's table allows for it.
 Requests the servicer handles must get exactly such a code (so never UNKNOWN or INTERNAL), and the
 few valid ones must really work. Requests against live sessions are mostly cheap ones (appends
 with bad ids, generates with bad parameters); a valid Generate runs the model, so there is one

@@ -3,7 +3,7 @@
 Hypothesis drives create / append (valid, out-of-vocabulary, empty) / generate (valid, invalid,
 cancelled after its first token) / info / close and calls on closed or unknown ids, over a
 synchronous channel to the shared server. The model holds each open session's history length;
-every status code is checked against the README's table (INVALID_ARGUMENT leaves the history
+every status code is checked against docs/service.md's table (INVALID_ARGUMENT leaves the history
 unchanged, NOT_FOUND for closed and unknown ids, FAILED_PRECONDITION for Generate on an empty
 history), and UNKNOWN or INTERNAL never appear.
 

@@ -1,4 +1,4 @@
-"""Every RPC over real gRPC, and the status-code table of the README."""
+"""Every RPC over real gRPC, and the status-code table of docs/service.md."""
 
 from __future__ import annotations
 
