@@ -8,6 +8,7 @@ import asyncio
 import copy
 import json
 
+import openai
 import pytest
 
 from kakeya import ChatSession, Client
@@ -107,6 +108,30 @@ async def test_completions_from_text_and_from_token_ids_agree(client, tokenizer)
     stream = await bounded(client.completions.create(model="any", prompt=prompt, max_tokens=8, temperature=0,
                                                      stream=True))
     assert "".join([chunk.choices[0].text async for chunk in stream]) == text.choices[0].text
+
+
+async def test_a_min_tokens_per_message_streams_fewer_fuller_chunks_of_the_same_text(client):
+    async def streamed(extra: dict) -> tuple[list[str], int]:
+        stream = await bounded(client.chat.completions.create(
+            model="any", messages=ask(QUESTIONS[0]), max_tokens=16, temperature=0, stream=True,
+            stream_options={"include_usage": True}, extra_body=extra))
+        chunks = [chunk async for chunk in stream]
+        return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content], \
+            chunks[-1].usage.completion_tokens
+    plain, tokens = await streamed({})
+    batched, batched_tokens = await streamed({"kakeya_min_tokens_per_message": 4})
+    assert tokens == batched_tokens >= 3 and "".join(batched) == "".join(plain)
+    assert len(batched) <= 1 + -(-(tokens - 1) // 4) < len(plain)  # the first token alone, then up to 4 a chunk
+    prompt = "The capital of France is"
+    texts = []
+    for extra in ({}, {"kakeya_min_tokens_per_message": 4}):
+        stream = await bounded(client.completions.create(model="any", prompt=prompt, max_tokens=8, temperature=0,
+                                                         stream=True, extra_body=extra))
+        texts.append([chunk.choices[0].text async for chunk in stream if chunk.choices[0].text])
+    assert "".join(texts[1]) == "".join(texts[0]) and len(texts[1]) < len(texts[0])
+    with pytest.raises(openai.BadRequestError, match="kakeya_min_tokens_per_message"):
+        await bounded(client.chat.completions.create(model="any", messages=ask("hi"), max_tokens=2, stream=True,
+                                                     extra_body={"kakeya_min_tokens_per_message": 0}))
 
 
 async def test_models_lists_the_served_model(http, client):

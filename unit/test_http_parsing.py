@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from kakeya.runtime.common.errors import InvalidRequest, InvariantViolation, KVExhausted, Unauthenticated, Unavailable
 from kakeya.runtime.http.errors import RequestTooLarge, ResponseNotFound, status_of
-from kakeya.runtime.http.schemas import ChatCompletionRequest, CompletionRequest, ResponsesRequest, parse
+from kakeya.runtime.http.schemas import (MAX_TOKENS_PER_MESSAGE, ChatCompletionRequest, CompletionRequest,
+                                         ResponsesRequest, parse)
 from kakeya.runtime.http.tool_calls import Holdback, parse_reply
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
@@ -88,6 +89,17 @@ def test_valid_bodies_parse_with_openai_defaults():
         parse(CompletionRequest, b'{"prompt": ["a", "b"]}')
     assert parse(ResponsesRequest, b'{"input": [{"role": "user", "content": [{"type": "input_text", '
                                    b'"text": "hi"}]}]}').input[0].content[0].text == "hi"
+
+
+@pytest.mark.parametrize("model,body", [(ChatCompletionRequest, b'{"messages": [{"role": "user", "content": "hi"}]'),
+                                        (CompletionRequest, b'{"prompt": "hi"'), (ResponsesRequest, b'{"input": "hi"')])
+def test_min_tokens_per_message_defaults_to_one_and_takes_only_1_to_the_ceiling(model, body):
+    assert parse(model, body + b"}").kakeya_min_tokens_per_message == 1
+    for good in (1, 4, MAX_TOKENS_PER_MESSAGE):
+        assert parse(model, body + b', "kakeya_min_tokens_per_message": %d}' % good).kakeya_min_tokens_per_message == good
+    for bad in (b"0", b"-1", str(MAX_TOKENS_PER_MESSAGE + 1).encode(), b"2.5", b'"4"', b"true", b"null"):
+        with pytest.raises(InvalidRequest, match="kakeya_min_tokens_per_message"):
+            parse(model, body + b', "kakeya_min_tokens_per_message": ' + bad + b"}")
 
 
 def test_errors_map_once_to_http_statuses():

@@ -37,7 +37,8 @@ async def chat_completions(state: HttpState, request: Request):
     params = GenerateParams(token_limit(runtime.rules, prompt, body.token_limit),
                             sampling(body.temperature, body.top_p, body.seed))
     lease = await state.sessions.acquire(owner, template.eos_token_ids, prompt)
-    generation = await state.begin(lease, prompt, params, body.stop_strings)
+    generation = await state.begin(lease, prompt, params, body.stop_strings,
+                                    body.kakeya_min_tokens_per_message)
     head = {"id": f"chatcmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": state.model_id}
     if body.stream:
         return await _stream(state, generation, head, bool(tools), body.include_usage)

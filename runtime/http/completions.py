@@ -28,7 +28,8 @@ async def completions(state: HttpState, request: Request):
     params = GenerateParams(token_limit(runtime.rules, prompt, body.max_tokens),
                             sampling(body.temperature, body.top_p, body.seed))
     lease = await state.sessions.acquire(owner, frozenset(runtime.loaded.eos_token_ids), prompt)
-    generation = await state.begin(lease, prompt, params, body.stop_strings)
+    generation = await state.begin(lease, prompt, params, body.stop_strings,
+                                    body.kakeya_min_tokens_per_message)
     head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
             "model": state.model_id}
     if body.stream:

@@ -12,6 +12,7 @@ from kakeya.runtime.common.errors import InvalidRequest
 from kakeya.runtime.engine.sampler import SamplingParams
 from kakeya.text import IncrementalDecoder
 
+from .schemas import MAX_TOKENS_PER_MESSAGE
 from .tool_calls import Holdback
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from .resident import Lease
 
 # Tokens the reader takes from the stream at once: a client that fell behind catches up in one go.
-_BATCH = 64
+_BATCH = MAX_TOKENS_PER_MESSAGE
 
 
 def sampling(temperature: float | None, top_p: float | None, seed: int | None) -> SamplingParams:
@@ -49,7 +50,10 @@ class Generation:
     `lease.history` afterwards, which is what lets the next request extend it."""
 
     def __init__(self, lease: "Lease", new_tokens: Sequence[int], params: GenerateParams, tokenizer: Any,
-                 stop: Sequence[str] = ()) -> None:
+                 stop: Sequence[str] = (), min_tokens: int = 1) -> None:
+        """min_tokens: after the first token, the tokens a piece waits for (1: each as it comes)."""
+        if not 1 <= min_tokens <= _BATCH:
+            raise InvalidRequest(f"min tokens per message must be within 1..{_BATCH}, not {min_tokens}")
         self.lease = lease
         self.prompt_tokens = len(lease.history) + len(new_tokens)
         self.tokens: list[int] = []
@@ -62,6 +66,7 @@ class Generation:
         self._stream = TokenStream()
         self._decoder = IncrementalDecoder(tokenizer, skip_special_tokens=True)
         self._stops = Holdback(tuple(stop)) if stop else None
+        self._min_tokens = min_tokens
 
     @property
     def reusable(self) -> bool:
@@ -92,7 +97,7 @@ class Generation:
     async def pieces(self) -> AsyncIterator[str]:
         """The reply's text as it becomes final; the stream is cancelled however this ends."""
         try:
-            async for item in self._stream.batches(_BATCH):
+            async for item in self._stream.batches(_BATCH, self._min_tokens):
                 if isinstance(item, Done):
                     self.stop_reason = item.stop_reason
                 elif isinstance(item, list):

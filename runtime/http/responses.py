@@ -44,7 +44,7 @@ async def create_response(state: HttpState, request: Request):
         lease = await _continue(state, body.previous_response_id, record, owner)
     else:
         lease = await state.sessions.acquire(owner, template.eos_token_ids, prompt)
-    generation = await state.begin(lease, prompt, params)
+    generation = await state.begin(lease, prompt, params, min_tokens=body.kakeya_min_tokens_per_message)
     reply = _Reply(state, body, generation)
     if body.stream:
         pieces = generation.pieces()

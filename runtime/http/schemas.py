@@ -12,6 +12,9 @@ from .errors import InvalidRequest
 _STRICT = ConfigDict(extra="forbid", strict=True)
 # Each streamed piece is checked against the ends of every stop string: keep that cost small.
 MAX_STOP_CHARS = 256
+# The most tokens one streamed piece takes from the token stream (a reader that fell behind
+# catches up in one go), and so the ceiling of kakeya_min_tokens_per_message.
+MAX_TOKENS_PER_MESSAGE = 64
 
 
 class _Strict(BaseModel):
@@ -66,6 +69,9 @@ class _Sampling(_Strict):
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     stream: bool = False
     user: str | None = None
+    # Outside OpenAI's schema: after the first token, hold tokens until this many are ready, so a
+    # streamed chunk carries up to this many tokens' text (gRPC's min_tokens_per_message).
+    kakeya_min_tokens_per_message: int = Field(1, ge=1, le=MAX_TOKENS_PER_MESSAGE)
 
 
 class _Generating(_Sampling):

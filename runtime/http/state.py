@@ -81,10 +81,12 @@ class HttpState:
         return parse(model, b"".join(chunks))
 
     async def begin(self, lease: Lease, tokens: Sequence[int], params: GenerateParams,
-                    stop: Sequence[str] = ()) -> Generation:
-        """Starts a generation of `tokens` (the whole prompt) on a leased session holding a prefix of it."""
-        generation = Generation(lease, tokens[len(lease.history):], params, self.template.tokenizer, stop)
+                    stop: Sequence[str] = (), min_tokens: int = 1) -> Generation:
+        """Starts a generation of `tokens` (the whole prompt) on a leased session holding a prefix of
+        it; a streamed piece holds tokens after the first until `min_tokens` are ready."""
         try:
+            generation = Generation(lease, tokens[len(lease.history):], params, self.template.tokenizer, stop,
+                                    min_tokens)
             await generation.start()
         except BaseException:
             self.sessions.release(lease, reusable=False)
