@@ -14,7 +14,7 @@ from kakeya.actors.messages import GenerateParams
 from .errors import Json
 from .generation import Generation, sampling, token_limit
 from .schemas import ChatCompletionRequest
-from .sse import DONE, GuardedStream, chained, error_event, event, prefetch
+from .sse import DONE, error_event, event, guarded_stream
 from .state import HttpState
 from .template import message_dicts, tool_dicts
 from .tool_calls import Holdback, parse_reply
@@ -42,12 +42,7 @@ async def chat_completions(state: HttpState, request: Request):
     head = {"id": f"chatcmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": state.model_id}
     if body.stream:
         return await _stream(state, generation, head, bool(tools), body.include_usage)
-    completed = False
-    try:
-        text = await state.run(request, generation)
-        completed = True
-    finally:
-        state.end(generation, completed)
+    text = await state.complete(request, generation)
     message, finish = {"role": "assistant", "content": text}, generation.finish_reason
     if tools:
         parsed = parse_reply(text)
@@ -59,14 +54,8 @@ async def chat_completions(state: HttpState, request: Request):
 
 
 async def _stream(state: HttpState, generation: Generation, head: dict, tools: bool, include_usage: bool):
-    pieces = generation.pieces()
-    try:
-        first = await prefetch(pieces)
-    except BaseException:
-        state.end(generation, completed=False)
-        raise
-    return GuardedStream(_events(state, generation, chained(first, pieces), head, tools, include_usage),
-                         on_close=lambda: state.end(generation, completed=False))
+    return await guarded_stream(generation, state.end,
+                                lambda pieces: _events(state, generation, pieces, head, tools, include_usage))
 
 
 def _chunk(head: dict, delta: dict, finish: str | None = None) -> bytes:
@@ -101,6 +90,4 @@ async def _events(state: HttpState, generation: Generation, pieces: AsyncIterato
     except Exception as exc:  # noqa: BLE001 - after the headers, an error can only be an event
         yield error_event(exc)
     finally:
-        if not completed:
-            state.metrics.cancelled_streams.labels("/v1/chat/completions").inc()
-        state.end(generation, completed)
+        state.end_stream(generation, completed, "/v1/chat/completions")

@@ -15,7 +15,7 @@ from .chat import usage
 from .errors import Json
 from .generation import Generation, sampling, token_limit
 from .schemas import CompletionRequest
-from .sse import DONE, GuardedStream, chained, error_event, event, prefetch
+from .sse import DONE, error_event, event, guarded_stream
 from .state import HttpState
 
 
@@ -33,20 +33,9 @@ async def completions(state: HttpState, request: Request):
     head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
             "model": state.model_id}
     if body.stream:
-        pieces = generation.pieces()
-        try:
-            first = await prefetch(pieces)
-        except BaseException:
-            state.end(generation, completed=False)
-            raise
-        return GuardedStream(_events(state, generation, chained(first, pieces), head, body.include_usage),
-                             on_close=lambda: state.end(generation, completed=False))
-    completed = False
-    try:
-        text = await state.run(request, generation)
-        completed = True
-    finally:
-        state.end(generation, completed)
+        return await guarded_stream(generation, state.end,
+                                    lambda pieces: _events(state, generation, pieces, head, body.include_usage))
+    text = await state.complete(request, generation)
     choice = {"index": 0, "text": text, "finish_reason": generation.finish_reason, "logprobs": None}
     return Json(dict(head, choices=[choice], usage=usage(generation)))
 
@@ -77,6 +66,4 @@ async def _events(state: HttpState, generation: Generation, pieces: AsyncIterato
     except Exception as exc:  # noqa: BLE001 - after the headers, an error can only be an event
         yield error_event(exc)
     finally:
-        if not completed:
-            state.metrics.cancelled_streams.labels("/v1/completions").inc()
-        state.end(generation, completed)
+        state.end_stream(generation, completed, "/v1/completions")

@@ -18,7 +18,7 @@ from .generation import Generation, sampling, token_limit
 from .resident import Lease
 from .responses_store import ResponseRecord
 from .schemas import ResponsesRequest, text_of
-from .sse import GuardedStream, chained, event, prefetch
+from .sse import event, guarded_stream
 from .state import HttpState
 
 
@@ -47,14 +47,7 @@ async def create_response(state: HttpState, request: Request):
     generation = await state.begin(lease, prompt, params, min_tokens=body.kakeya_min_tokens_per_message)
     reply = _Reply(state, body, generation)
     if body.stream:
-        pieces = generation.pieces()
-        try:
-            first = await prefetch(pieces)
-        except BaseException:
-            state.end(generation, completed=False)
-            raise
-        return GuardedStream(_events(reply, chained(first, pieces)),
-                             on_close=lambda: state.end(generation, completed=False))
+        return await guarded_stream(generation, state.end, lambda pieces: _events(reply, pieces))
     completed = False
     try:
         await state.run(request, generation)

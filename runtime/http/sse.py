@@ -51,3 +51,18 @@ class GuardedStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._on_close()
+
+
+async def guarded_stream(generation: Any, end: Callable[[Any, bool], None],
+                         events: Callable[[AsyncIterator[str]], AsyncIterator[bytes]]) -> GuardedStream:
+    """The SSE response of a generation: its first piece is awaited here, so an error before the
+    first token still gets a status; `end(generation, False)` releases the session if that fails,
+    or once the response ends however it ends (`end` is idempotent)."""
+    pieces = generation.pieces()
+    try:
+        first = await prefetch(pieces)
+    except BaseException:
+        end(generation, False)
+        raise
+    return GuardedStream(events(chained(first, pieces)), on_close=lambda: end(generation, False))
+

@@ -112,6 +112,22 @@ class HttpState:
         finally:
             watcher.cancel()
 
+    async def complete(self, request: Request, generation: Generation) -> str:
+        """A whole reply's text; the session is returned after it, whether or not it completed."""
+        completed = False
+        try:
+            text = await self.run(request, generation)
+            completed = True
+            return text
+        finally:
+            self.end(generation, completed)
+
+    def end_stream(self, generation: Generation, completed: bool, route: str) -> None:
+        """A stream's last word: one that did not complete counts as cancelled, then `end`."""
+        if not completed:
+            self.metrics.cancelled_streams.labels(route).inc()
+        self.end(generation, completed)
+
     def end(self, generation: Generation, completed: bool) -> None:
         """Returns the session: indexed again after a clean, complete generation, else closed. Once."""
         if generation.ended:
