@@ -14,7 +14,8 @@ from kakeya.runtime.common.config import HttpConfig
 # Top-level modules of the `[runtime]` extra's packages (pyproject.toml): `pip install kakeya`
 # (the SDK) has none of them.
 RUNTIME_EXTRA_MODULES = frozenset({"torch", "transformers", "accelerate", "gguf", "anyio", "structlog",
-                                   "prometheus_client", "grpc_health", "grpc_reflection"})
+                                   "prometheus_client", "grpc_health", "grpc_reflection", "fastapi", "uvicorn",
+                                   "jinja2"})
 
 
 _TRUE = ("1", "true", "yes", "on")
