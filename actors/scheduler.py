@@ -145,15 +145,20 @@ class SchedulerActor(Actor):
         job = piece.job
         # Every token but the last was fed in this step (accepted draft rows); the last is
         # pending, as a plain decode step's sampled token is.
-        job.num_fed = piece.stop + max(len(row.tokens) - 1, 0)
+        tokens = row.tokens
+        job.num_fed = piece.stop + len(tokens) - 1 if tokens else piece.stop
         now = time.monotonic()
-        for token in row.tokens:
-            self._recorder.token(job, now)
-            job.generated.append(token)
-            job.inputs.append(token)
-            job.stream.push(token)
-        job.num_resident, job.used_bytes = job.kv.num_resident, job.kv.used_bytes  # progress, for the session
-        self._speculator.commit(piece, row)
+        token_at, push = self._recorder.token, job.stream.push
+        for token in tokens:
+            token_at(job, now)
+            push(token)
+        job.generated += tokens
+        job.inputs += tokens
+        kv = job.kv  # progress, for the session's snapshot
+        job.num_resident = resident = kv.num_resident
+        job.used_bytes = resident * kv.bytes_per_token if kv.draft is None else kv.used_bytes
+        if self._speculator.mode != "none":
+            self._speculator.commit(piece, row)
         if row.stop is not None:
             self._finish(job, _STOP_REASONS[row.stop])
         return len(row.tokens)

@@ -15,7 +15,7 @@ from kakeya.runtime.common.config import SpeculativeConfig
 from kakeya.runtime.engine.draft import DraftRequest
 from kakeya.runtime.forward.session_kv import SessionKV
 from kakeya.runtime.common.metrics import Metrics
-from kakeya.runtime.engine.step import RowResult, StepRequest, StepRow, StopRule
+from kakeya.runtime.engine.step import RowResult, StepRequest, StepRow, StopRule, make
 from kakeya.runtime.speculative.ngram import NgramIndex
 from kakeya.runtime.engine.sampler import Sampler
 
@@ -68,8 +68,8 @@ class Speculator:
             request = None
             if self.mode == "draft":
                 request = self._draft_request(job.kv, tokens, piece.num_draft, sampler)
-            stop = StopRule(job.eos_token_ids, job.max_tokens - len(job.generated)) if sampler is not None else None
-            rows.append(StepRow(job.kv, tokens, sampler, draft, draft_request=request, stop=stop))
+            stop = make(StopRule, (job.eos_token_ids, job.max_tokens - len(job.generated))) if sampler is not None else None
+            rows.append(make(StepRow, (job.kv, tokens, sampler, draft, None, request, stop)))
         self._ngram_proposals.clear()
         return StepRequest(tuple(rows))
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kakeya.runtime.engine.draft import DraftRunner
 from kakeya.runtime.engine.runner import ModelRunner
-from kakeya.runtime.engine.step import RowResult, StepRequest, StepResult, StepRow
+from kakeya.runtime.engine.step import RowResult, RowStop, StepRequest, StepResult, StepRow, make
 
 
 class Engine:
@@ -46,16 +46,25 @@ class Engine:
     @staticmethod
     def _commit(row: StepRow, emitted: tuple[int, ...]) -> RowResult:
         """Applies the row's stop rule: tokens after a stop are dropped and their rows rolled
-        back, so the slab holds exactly the tokens the request keeps."""
-        kv = row.kv
-        num_kept, stop = row.stop.cut(emitted) if row.stop is not None else (len(emitted), None)
+        back, so the slab holds exactly the tokens the request keeps. Runs once per row and step,
+        so the common plain decode row (one token, no draft) takes a path without the rule's loop."""
+        kv, stop_rule = row.kv, row.stop
+        if stop_rule is None:
+            num_kept, stop = len(emitted), None
+        elif len(emitted) == 1 and not row.draft:
+            num_kept = 1
+            stop = (RowStop.EOS if emitted[0] in stop_rule.eos_token_ids
+                    else RowStop.MAX_TOKENS if stop_rule.tokens_left <= 1 else None)
+        else:
+            num_kept, stop = stop_rule.cut(emitted)
         if num_kept != len(emitted):
             kv.num_positions -= len(emitted) - num_kept
         if kv.draft is not None:
             # The draft keeps only positions whose tokens the verifier committed.
             kv.draft.num_positions = min(kv.draft.num_positions, kv.num_positions)
         num_accepted = max(len(emitted) - 1, 0) if row.draft else 0
-        return RowResult(emitted[:num_kept], len(row.draft), num_accepted, stop, kv.num_positions)
+        kept = emitted if num_kept == len(emitted) else emitted[:num_kept]
+        return make(RowResult, (kept, len(row.draft), num_accepted, stop, kv.num_positions))
 
     def warm_up(self, max_rows: int) -> None:
         """On the model thread: CUDA graphs, or the CPU's packed weights, for steps of up to max_rows."""

@@ -70,6 +70,11 @@ class StepRow(NamedTuple):
                 and self.stop.tokens_left <= len(self.draft) + 1)
 
 
+# The generated __new__ of a NamedTuple costs a Python frame and argument binding; rows and their
+# results are built once per session and step, so the hot paths call this with every field given.
+make = tuple.__new__
+
+
 class StepRequest(NamedTuple):
     rows: tuple[StepRow, ...]
 
