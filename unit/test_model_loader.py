@@ -73,3 +73,17 @@ def test_cuda_asked_for_without_cuda_is_a_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(FailedPrecondition, match="no CUDA device"):
         load_model(ModelConfig(device="cuda"), ATTENTION_NAME)
+
+
+def test_sliding_window_model_is_refused_at_load_not_served_wrong(tmp_path):
+    """A Mistral config with sliding_window set names no layer_types: its window is what the layer
+    hands the attention interface, and a model the runtime cannot attend like that is refused."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             sliding_window=24))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(FailedPrecondition, match="layer 0 attends with a sliding window of 24 tokens"):
+        load_model(ModelConfig(model=str(tmp_path)), ATTENTION_NAME)

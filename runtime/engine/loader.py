@@ -11,6 +11,7 @@ import torch
 
 from kakeya.runtime.common.config import ModelConfig
 from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.engine.attention_probe import probe_layers
 from kakeya.runtime.forward.loaded_model import LoadedModel
 
 log = structlog.get_logger(__name__)
@@ -94,10 +95,11 @@ def describe(model: torch.nn.Module, model_id: str, device: torch.device, dtype:
         raise FailedPrecondition(
             f"model type {cfg.model_type!r} is not supported (supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})"
         )
-    if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "layer_types", None) and any(
-        t != "full_attention" for t in cfg.layer_types
-    ):
-        raise FailedPrecondition("models with sliding-window attention layers are not supported")
+    layers, num_kv_heads, head_dim = probe_layers(model, cfg.num_hidden_layers)
+    for index, layer in enumerate(layers):
+        if not layer.plain:
+            raise FailedPrecondition(f"model type {cfg.model_type!r}: layer {index} attends with {layer.describe()}, "
+                                     "which the runtime does not serve")
     eos = model.generation_config.eos_token_id if model.generation_config else None
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
     return LoadedModel(
@@ -109,6 +111,8 @@ def describe(model: torch.nn.Module, model_id: str, device: torch.device, dtype:
         eos_token_ids=tuple(int(e) for e in eos_ids),
         max_context_tokens=int(getattr(cfg, "max_position_embeddings", 2048)),
         num_layers=cfg.num_hidden_layers,
-        num_kv_heads=cfg.num_key_value_heads,
-        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        architecture=cfg.model_type,
+        layers=layers,
     )
