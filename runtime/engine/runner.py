@@ -14,6 +14,7 @@ import torch
 
 from kakeya.runtime.cpu import linear as cpu_linear
 from kakeya.runtime.engine import attention_hook  # noqa: F401 - registers the attention function every forward calls
+from kakeya.runtime.engine import forward_path
 from kakeya.runtime.engine.run_ahead import RunAhead
 from kakeya.runtime.forward.rows import RowGroup, StepLayout, cut_slab
 from kakeya.runtime.cpu.plan import plan_group, step_views
@@ -50,7 +51,9 @@ class ModelRunner:
         # On CUDA the forward runs on the row kernels (and graphs); elsewhere, and in bounded mode
         # (whose visible keys are not a prefix of the slab), on the packed SDPA path.
         self.cuda = None
-        if loaded.device.type == "cuda" and not bounded:
+        # Sliding-window, soft-capped and sink layers attend on the slab path (cpu/windowed.py).
+        plain = forward_path.check_layers(loaded, bounded)
+        if loaded.device.type == "cuda" and not bounded and plain:
             # Imported here: the CUDA path needs triton, which CPU builds of torch lack.
             from kakeya.runtime.cuda.forward import CudaForward
 

@@ -11,11 +11,19 @@ LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen
 NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
 
 
+def of_family(model) -> bool:
+    """Every layer is a Llama-family layer (the CUDA pointwise fusion's module forms), whatever
+    its variant; other families keep transformers' own modules on every path."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    return layers is not None and all(type(layer).__name__ in LAYERS for layer in layers)
+
+
 def unsupported(model) -> str | None:
     """Why `model` cannot run on a hand-written decoder, or None."""
     config = model.config
-    if getattr(config, "hidden_act", None) not in ("silu", "swish"):
-        return f"activation {config.hidden_act!r}"
+    activation = getattr(config, "hidden_act", None)
+    if activation not in ("silu", "swish"):
+        return f"activation {activation!r}"
     for layer in model.model.layers:
         if type(layer).__name__ not in LAYERS:
             return f"layer {type(layer).__name__}"
@@ -23,6 +31,8 @@ def unsupported(model) -> str | None:
             return f"norm {type(layer.input_layernorm).__name__}"
         if layer.mlp.gate_proj.bias is not None or layer.mlp.down_proj.bias is not None:
             return "MLP bias"
-        if getattr(layer.self_attn, "sliding_window", None):
+        # Mistral's layers read the window from the config, Qwen's from the module.
+        if getattr(layer.self_attn, "sliding_window", None) or (
+                type(layer).__name__ == "MistralDecoderLayer" and getattr(config, "sliding_window", None)):
             return "sliding-window layers"
     return None

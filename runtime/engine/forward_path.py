@@ -1,0 +1,24 @@
+"""Which forward a loaded model runs on, and the words GetRuntimeInfo says it in.
+
+The hand-written decoders (cuda/decoder.py, cpu/decoder.py) serve the Llama family
+(forward/decoder_family.py); every other decoder-only model runs on transformers' own modules with
+the registered attention function writing and reading the session slabs (the generic path). The
+CUDA row kernels serve full-attention layers only: a model with a sliding-window, soft-capped or
+sink layer attends through the slab path on every device (cpu/windowed.py).
+"""
+
+from __future__ import annotations
+
+from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.forward.loaded_model import LoadedModel
+
+
+def check_layers(loaded: LoadedModel, bounded: bool) -> bool:
+    """True where every layer attends causally over its whole history (the kernels serve it);
+    FailedPrecondition for bounded mode on a model whose layers ask more."""
+    special = [(i, layer) for i, layer in enumerate(loaded.layers) if not layer.plain]
+    if special and bounded:
+        index, layer = special[0]
+        raise FailedPrecondition(f"bounded mode (--sink/--window) needs full-attention layers; layer {index} of "
+                                 f"{loaded.architecture!r} attends with {layer.describe()}")
+    return not special
