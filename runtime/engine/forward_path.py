@@ -22,3 +22,22 @@ def check_layers(loaded: LoadedModel, bounded: bool) -> bool:
         raise FailedPrecondition(f"bounded mode (--sink/--window) needs full-attention layers; layer {index} of "
                                  f"{loaded.architecture!r} attends with {layer.describe()}")
     return not special
+
+
+def paths(loaded: LoadedModel, *, cuda: object | None, cuda_decoder: bool, cpu_decoder: bool, packed: bool,
+          deterministic: bool, bounded: bool) -> dict[str, str]:
+    """GetRuntimeInfo's architecture, forward_path, attention_path and weights_held_as."""
+    if cuda is not None:
+        forward, attention = ("cuda-decoder" if cuda_decoder else "generic"), "cuda-row-kernels"
+    else:
+        forward = "cpu-decoder" if cpu_decoder else "generic"
+        attention = "bucketed-sdpa-slab" if deterministic and not bounded else "sdpa-slab"
+    special = [layer for layer in loaded.layers if not layer.plain]
+    if special:
+        kinds = sorted({layer.describe() for layer in special})
+        attention += f"; {len(special)} of {len(loaded.layers)} layers windowed-slab: {'; '.join(kinds)}"
+    held = str(loaded.dtype).removeprefix("torch.") + (", MKL-packed" if packed else "")
+    if loaded.weights_origin:
+        held += f"; dequantized at load from {loaded.weights_origin}"
+    return dict(architecture=loaded.architecture, forward_path=forward, attention_path=attention,
+                weights_held_as=held)

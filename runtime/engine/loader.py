@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import importlib.metadata
 import pathlib
 import time
@@ -32,6 +34,15 @@ def embedded_model_path() -> pathlib.Path:
             if path.is_file():
                 return path
     raise FailedPrecondition(f"{EMBEDDED_DISTRIBUTION} is installed but holds no .gguf file")
+
+
+def gguf_tensor_types(path: pathlib.Path) -> str:
+    """The file's tensor types, most frequent first: "GGUF Q4_1 (210 tensors), F32 (61), Q8_0 (1)"."""
+    from gguf import GGUFReader  # transformers' own GGUF dependency
+
+    counts = collections.Counter(tensor.tensor_type.name for tensor in GGUFReader(str(path)).tensors)
+    parts = [f"{name} ({count}{' tensors' if i == 0 else ''})" for i, (name, count) in enumerate(counts.most_common())]
+    return "GGUF " + ", ".join(parts)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,6 +90,8 @@ def load_model(config: ModelConfig, attn_implementation: str) -> LoadedModel:
         raise FailedPrecondition(f"cannot load model {source!r}: {exc}") from exc
     model = model.to(device).eval()
     loaded = describe(model, model_id=path.name if path.exists() else source, device=device, dtype=dtype)
+    if path.suffix == ".gguf":
+        loaded = dataclasses.replace(loaded, weights_origin=gguf_tensor_types(path))
     log.info("model_loaded", model=loaded.model_id, seconds=round(time.monotonic() - started, 2),
              layers=loaded.num_layers, vocab_size=loaded.vocab_size)
     return loaded

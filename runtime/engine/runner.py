@@ -19,6 +19,7 @@ from kakeya.runtime.engine.run_ahead import RunAhead
 from kakeya.runtime.forward.rows import RowGroup, StepLayout, cut_slab
 from kakeya.runtime.cpu.plan import plan_group, step_views
 from kakeya.runtime.cpu.decoder import CpuDecoder
+from kakeya.runtime.forward.decoder_family import unsupported
 from kakeya.runtime.forward.loaded_model import LoadedModel
 from kakeya.runtime.engine.step import StepRow
 from kakeya.runtime.forward.step_logits import as_step_logits
@@ -53,6 +54,7 @@ class ModelRunner:
         self.cuda = None
         # Sliding-window, soft-capped and sink layers attend on the slab path (cpu/windowed.py).
         plain = forward_path.check_layers(loaded, bounded)
+        self.bounded = bounded
         if loaded.device.type == "cuda" and not bounded and plain:
             # Imported here: the CUDA path needs triton, which CPU builds of torch lack.
             from kakeya.runtime.cuda.forward import CudaForward
@@ -184,6 +186,15 @@ class ModelRunner:
         if self.packed is not None:
             # Runners of both modes may share one model (benchmarks): each sets the rule it needs.
             self.packed.deterministic = self.deterministic
+
+    def paths(self) -> dict[str, str]:
+        """GetRuntimeInfo's words for the forward in use; the CPU decoder is built at warm-up, so
+        whether it will run is read from the rule it is built by."""
+        cpu_decoder = self.cpu_decoder is not None or (
+            self.use_cpu_decoder and self.pack_linears and unsupported(self.loaded.model) is None)
+        cuda_decoder = getattr(self.cuda, "decoder", None) is not None
+        return forward_path.paths(self.loaded, cuda=self.cuda, cuda_decoder=cuda_decoder, cpu_decoder=cpu_decoder,
+                                  packed=self.pack_linears, deterministic=self.deterministic, bounded=self.bounded)
 
     def warm_up(self, max_rows: int) -> None:
         """Prepares the fast path for steps of up to max_rows rows: CUDA graphs, or the CPU's packed weights."""

@@ -23,3 +23,4 @@ class LoadedModel:
     head_dim: int
     architecture: str = ""  # the config's model_type
     layers: tuple[LayerAttention, ...] = ()  # what each layer's attention asks (engine/attention_probe.py)
+    weights_origin: str = ""  # a GGUF file's tensor types, which loading dequantized
