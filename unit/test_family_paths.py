@@ -96,3 +96,38 @@ def test_layers_of_different_kv_shapes_are_refused():
     layer.v_proj = torch.nn.Linear(64, 64, bias=False)
     with pytest.raises(FailedPrecondition, match="layer 1 stores 4 KV heads of 16, layer 0 2 of 16"):
         describe(loaded.model, "mixed", torch.device("cpu"), torch.float32)
+
+
+async def test_an_all_window_model_keeps_only_its_window():
+    """Mistral: every layer windowed, so a session's slab holds the window and one step's rows, not
+    its history; tokens leaving the window are not reported dropped (no layer reads them)."""
+    tiny = Tiny(*load_family("mistral"))
+    tokens = prompt(40, 11)
+    async with started(tiny) as stack:
+        assert stack.runtime.info()["window_tokens"] == 0 and stack.pool.window_tokens == 8
+        session = await open_session(stack, tokens)
+        stream = generate_stream(session, 30)
+        events = []
+        async for event in stream:
+            events.append(event)
+            if not isinstance(event, int):
+                break
+        snapshot = session.snapshot
+        assert snapshot.history_length == 70 and snapshot.kv_resident_tokens <= 8 + 8
+        assert snapshot.kv_live_bytes <= 16 * stack.pool.shape.bytes_per_token
+    assert [e for e in events if isinstance(e, int)] == generate(tiny.reference, tokens, 30)
+    assert all(isinstance(e, int) for e in events[:-1])  # no truncated event before the tokens
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_compacted_window_slabs_match_transformers(deterministic):
+    """The slab of an all-window model drops what no layer sees (the pool sized as the server sizes
+    it); streams still equal transformers' and, deterministic, each other's however appended."""
+    loaded, reference = load_family("mistral", sliding_window=12)
+    runner = ModelRunner(loaded, deterministic=deterministic)
+    prompts = [prompt(50, seed) for seed in range(2)]
+    splits = ([25, 25], [7, 30, 13])
+    streams = run_sessions(runner, make_pool(loaded, window=12, max_chunk=32), prompts, 40,
+                           split=lambda i: splits[i])
+    runner.shutdown()
+    assert streams == [generate(reference, p, 40) for p in prompts]

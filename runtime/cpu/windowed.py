@@ -22,22 +22,25 @@ from kakeya.runtime.forward.rows import RowGroup, StepLayout
 def attend_windowed(layout: StepLayout, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     scaling: float | None, rule: LayerAttention, sinks: torch.Tensor | None) -> torch.Tensor:
     """Writes every group's new K/V and attends. query/key/value: [1, heads, T, head_dim];
-    returns [1, T, heads, head_dim]. Full-history slabs only (bounded mode is refused for such models)."""
+    returns [1, T, heads, head_dim]. No sinks of bounded mode (refused for such models); a slab may
+    have dropped what no layer sees any more (forward_path.kept_window)."""
     scaling = scaling if scaling is not None else 1 / math.sqrt(query.shape[-1])
     out = query.new_zeros(1, query.shape[2], query.shape[1], query.shape[3])
     for group in layout.groups:
         rows = slice(group.row_start, group.row_start + group.num_rows)
-        slab = group.kv.slab
-        lo = group.first_position
+        kv = group.kv
+        slab = kv.slab
+        lo = kv.storage_index(group.first_position)
         slab[layer, 0, :, lo:lo + group.num_rows] = key[0, :, rows]
         slab[layer, 1, :, lo:lo + group.num_rows] = value[0, :, rows]
         if layout.deterministic or group.num_rows == 1:
             for row in range(group.num_rows):
                 position = group.first_position + row
                 start = 0 if rule.window is None else max(0, position - rule.window + 1)
+                keys = slice(kv.storage_index(start), kv.storage_index(position) + 1)
                 r = group.row_start + row
-                attended = _attend(query[:, :, r:r + 1], slab[layer, 0, :, start:position + 1],
-                                   slab[layer, 1, :, start:position + 1], None, scaling, rule, sinks)
+                attended = _attend(query[:, :, r:r + 1], slab[layer, 0, :, keys], slab[layer, 1, :, keys], None,
+                                   scaling, rule, sinks)
                 out[0, r] = attended[0, :, 0]
         else:
             out[0, rows] = _attend_group(group, layer, query[:, :, rows], scaling, rule, sinks)[0].transpose(0, 1)
@@ -53,9 +56,9 @@ def _attend_group(group: RowGroup, layer: int, query: torch.Tensor, scaling: flo
     mask = key_pos <= query_pos
     if rule.window is not None:
         mask &= key_pos > query_pos - rule.window
-    slab = group.kv.slab
-    return _attend(query, slab[layer, 0, :, start:last + 1], slab[layer, 1, :, start:last + 1], mask, scaling,
-                   rule, sinks)
+    kv = group.kv
+    keys = slice(kv.storage_index(start), kv.storage_index(last) + 1)
+    return _attend(query, kv.slab[layer, 0, :, keys], kv.slab[layer, 1, :, keys], mask, scaling, rule, sinks)
 
 
 def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,

@@ -41,3 +41,13 @@ def paths(loaded: LoadedModel, *, cuda: object | None, cuda_decoder: bool, cpu_d
         held += f"; dequantized at load from {loaded.weights_origin}"
     return dict(architecture=loaded.architecture, forward_path=forward, attention_path=attention,
                 weights_held_as=held)
+
+
+def kept_window(loaded: LoadedModel, draft: LoadedModel | None = None) -> int:
+    """Positions a session must keep when every layer has a sliding window (the widest one), so a
+    long session's slab stays that size; 0 where some layer (or the draft model's) sees its whole
+    history. Hybrid models keep everything: their full-attention layers read all of it."""
+    windows = [layer.window for model in (loaded, draft) if model is not None for layer in model.layers]
+    if not windows or any(window is None for window in windows):
+        return 0
+    return max(windows)
