@@ -53,19 +53,20 @@ def build_reference(model_type: str, **overrides) -> torch.nn.Module:
     return model.eval()
 
 
-def load_family(model_type: str, **overrides) -> tuple[LoadedModel, torch.nn.Module]:
+def load_family(model_type: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                **overrides) -> tuple[LoadedModel, torch.nn.Module]:
     """(the engine's LoadedModel on the kakeya attention, the identical eager reference)."""
-    reference = build_reference(model_type, **overrides)
+    reference = build_reference(model_type, **overrides).to(device, dtype)
     engine_model = copy.deepcopy(reference)
     engine_model.set_attn_implementation("kakeya")
-    return describe(engine_model, model_id=f"tiny-{model_type}", device=torch.device("cpu"),
-                    dtype=torch.float32), reference
+    return describe(engine_model, model_id=f"tiny-{model_type}", device=torch.device(device), dtype=dtype), reference
 
 
 def generate(reference: torch.nn.Module, tokens: list[int], count: int) -> list[int]:
     """transformers' greedy continuation, `count` tokens long, EOS ignored."""
     reference.generation_config.eos_token_id = None
+    device = next(reference.parameters()).device
     with torch.no_grad():
-        out = reference.generate(torch.tensor([tokens]), max_new_tokens=count, do_sample=False,
+        out = reference.generate(torch.tensor([tokens], device=device), max_new_tokens=count, do_sample=False,
                                  min_new_tokens=count, pad_token_id=0)
     return out[0, len(tokens):].tolist()

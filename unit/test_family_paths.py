@@ -131,3 +131,19 @@ def test_compacted_window_slabs_match_transformers(deterministic):
                            split=lambda i: splits[i])
     runner.shutdown()
     assert streams == [generate(reference, p, 40) for p in prompts]
+
+
+def test_deterministic_mode_on_cuda_is_refused_for_windowed_layers():
+    """Checked before anything touches a device, so it runs here on a CPU model said to be on CUDA."""
+    import dataclasses
+
+    from kakeya.runtime.engine import forward_path
+
+    loaded, _ = load_family("gemma3_text")
+    on_cuda = dataclasses.replace(loaded, device=torch.device("cuda"))
+    with pytest.raises(FailedPrecondition, match="deterministic mode on CUDA needs the row kernels.*layer 0 of "
+                                                 "'gemma3_text' attends with a sliding window of 8 tokens"):
+        forward_path.check_layers(on_cuda, bounded=False, deterministic=True)
+    assert forward_path.check_layers(on_cuda, bounded=False, deterministic=False) is False
+    assert forward_path.check_layers(dataclasses.replace(load_family("olmo2")[0], device=torch.device("cuda")),
+                                     bounded=False, deterministic=True) is True

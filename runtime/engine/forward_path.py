@@ -13,15 +13,22 @@ from kakeya.runtime.common.errors import FailedPrecondition
 from kakeya.runtime.forward.loaded_model import LoadedModel
 
 
-def check_layers(loaded: LoadedModel, bounded: bool) -> bool:
+def check_layers(loaded: LoadedModel, bounded: bool, deterministic: bool = False) -> bool:
     """True where every layer attends causally over its whole history (the kernels serve it);
-    FailedPrecondition for bounded mode on a model whose layers ask more."""
+    FailedPrecondition where the layers ask more than the chosen mode can give."""
     special = [(i, layer) for i, layer in enumerate(loaded.layers) if not layer.plain]
-    if special and bounded:
-        index, layer = special[0]
-        raise FailedPrecondition(f"bounded mode (--sink/--window) needs full-attention layers; layer {index} of "
-                                 f"{loaded.architecture!r} attends with {layer.describe()}")
-    return not special
+    if not special:
+        return True
+    index, layer = special[0]
+    what = f"layer {index} of {loaded.architecture!r} attends with {layer.describe()}"
+    if bounded:
+        raise FailedPrecondition(f"bounded mode (--sink/--window) needs full-attention layers; {what}")
+    if deterministic and loaded.device.type == "cuda":
+        # Off the kernels a forward's GEMMs see the step's row count, which cuBLAS may answer with
+        # another kernel: a row's bits would depend on its neighbours.
+        raise FailedPrecondition(f"deterministic mode on CUDA needs the row kernels, which serve full-attention "
+                                 f"layers only; {what} (run without --deterministic)")
+    return False
 
 
 def paths(loaded: LoadedModel, *, cuda: object | None, cuda_decoder: bool, cpu_decoder: bool, packed: bool,

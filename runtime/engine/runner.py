@@ -53,7 +53,7 @@ class ModelRunner:
         # (whose visible keys are not a prefix of the slab), on the packed SDPA path.
         self.cuda = None
         # Sliding-window, soft-capped and sink layers attend on the slab path (cpu/windowed.py).
-        plain = forward_path.check_layers(loaded, bounded)
+        plain = forward_path.check_layers(loaded, bounded, deterministic)
         self.bounded = bounded
         if loaded.device.type == "cuda" and not bounded and plain:
             # Imported here: the CUDA path needs triton, which CPU builds of torch lack.
