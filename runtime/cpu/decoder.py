@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from kakeya.runtime.cpu import linear as cpu_linear
 from kakeya.runtime.cpu.attention import attend_cpu
+from kakeya.runtime.cpu.int8_linear import Int8Linear
 from kakeya.runtime.forward.rows import StepLayout
 from kakeya.runtime.forward.decoder_family import unsupported
 from kakeya.runtime.forward.norms import norm_of, qk_norm_of, rms_norm
@@ -44,9 +45,10 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 @dataclass(frozen=True, slots=True)
 class _Linear:
-    packed: torch.Tensor
-    weight: torch.Tensor
+    packed: torch.Tensor | None
+    weight: torch.Tensor | None
     bias: torch.Tensor | None
+    int8: Int8Linear | None = None  # weights held as int8 (cpu/int8_linear.py) instead of packed fp32
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,8 @@ class _Layer:
 
 
 def _linear(module) -> _Linear:
+    if isinstance(module, Int8Linear):
+        return _Linear(None, None, module.bias, module)
     return _Linear(module.packed, module.weight, module.bias)
 
 
@@ -99,13 +103,15 @@ class CpuDecoder:
         linears = [model.lm_head]
         for layer in model.model.layers:
             linears += [m for part in (layer.self_attn, layer.mlp) for m in part.children()
-                        if isinstance(m, torch.nn.Linear)]
-        if not all(isinstance(m, cpu_linear.PackedLinear) for m in linears):
+                        if isinstance(m, (torch.nn.Linear, Int8Linear))]
+        if not all(isinstance(m, (cpu_linear.PackedLinear, Int8Linear)) for m in linears):
             log.info("cpu_decoder_skipped", reason="a linear without packed weights")
             return None
         return cls(model, mode)
 
     def _apply(self, x: torch.Tensor, linear: _Linear) -> torch.Tensor:
+        if linear.int8 is not None:
+            return linear.int8(x)
         return cpu_linear.apply(x, linear.packed, linear.weight, linear.bias, self.mode.deterministic)
 
     def _attention(self, index: int, layer: _Layer, x: torch.Tensor, cos, sin, layout: StepLayout):

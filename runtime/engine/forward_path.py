@@ -9,7 +9,10 @@ sink layer attends through the slab path on every device (cpu/windowed.py).
 
 from __future__ import annotations
 
+import torch
+
 from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.cpu import int8_linear
 from kakeya.runtime.forward.loaded_model import LoadedModel
 
 
@@ -32,7 +35,7 @@ def check_layers(loaded: LoadedModel, bounded: bool, deterministic: bool = False
 
 
 def paths(loaded: LoadedModel, *, cuda: object | None, cuda_decoder: bool, cpu_decoder: bool, packed: bool,
-          deterministic: bool, bounded: bool) -> dict[str, str]:
+          deterministic: bool, bounded: bool, int8: bool = False) -> dict[str, str]:
     """GetRuntimeInfo's architecture, forward_path, attention_path and weights_held_as."""
     if cuda is not None:
         forward, attention = ("cuda-decoder" if cuda_decoder else "generic"), "cuda-row-kernels"
@@ -44,10 +47,24 @@ def paths(loaded: LoadedModel, *, cuda: object | None, cuda_decoder: bool, cpu_d
         kinds = sorted({layer.describe() for layer in special})
         attention += f"; {len(special)} of {len(loaded.layers)} layers windowed-slab: {'; '.join(kinds)}"
     held = str(loaded.dtype).removeprefix("torch.") + (", MKL-packed" if packed else "")
+    if int8:
+        held = "int8 linears (per-channel scales, fbgemm; 7-bit activations per row), float32 elsewhere"
     if loaded.weights_origin:
         held += f"; dequantized at load from {loaded.weights_origin}"
     return dict(architecture=loaded.architecture, forward_path=forward, attention_path=attention,
                 weights_held_as=held)
+
+
+def check_int8(loaded: LoadedModel, asked: bool) -> bool:
+    """Whether the linears are held as int8 (cpu/int8_linear.py); FailedPrecondition where they cannot be."""
+    if not asked:
+        return False
+    if loaded.device.type != "cpu" or loaded.dtype != torch.float32:
+        raise FailedPrecondition(f"int8 CPU weights need a float32 model on the CPU, not {loaded.dtype} on "
+                                 f"{loaded.device.type}")
+    if not int8_linear.available():
+        raise FailedPrecondition("int8 CPU weights need torch's fbgemm quantized engine, which this build lacks")
+    return True
 
 
 def kept_window(loaded: LoadedModel, draft: LoadedModel | None = None) -> int:

@@ -69,7 +69,7 @@ class Host:
                            kept, engine.prefill_chunk_tokens, draft_shape)
         runner_options = dict(cuda_graphs=engine.cuda_graphs, cuda_fusion=engine.cuda_fusion,
                               bounded=engine.is_bounded, cpu_packed_linears=engine.cpu_packed_linears,
-                              cpu_decoder=engine.cpu_decoder)
+                              cpu_decoder=engine.cpu_decoder, cpu_int8_weights=engine.cpu_weights == "int8")
         # Speculative steps feed drafts, which a launched-ahead plain decode step never matches.
         run_ahead = engine.cuda_run_ahead and not config.speculative.is_enabled
         self.metrics = Metrics()
