@@ -8,7 +8,7 @@ format's effect on greedy output: G prompts decoded T tokens by both, tokens com
 position; and deterministic mode's promise for it: a session's stream alone equals its stream
 among others.
 
-    python ops/bench/cpu_int8_ab.py --sessions 8 --rounds 6 --agreement-prompts 20 --agreement-tokens 128
+    python ops/bench/cpu_int8_ab.py --sessions 8 --rounds 8 --agreement-prompts 20 --agreement-tokens 128 [--deterministic]
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--agreement-prompts", type=int, default=20)
     parser.add_argument("--agreement-tokens", type=int, default=128)
+    parser.add_argument("--deterministic", action="store_true", help="both runners in deterministic mode")
     args = parser.parse_args()
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     torch.set_num_threads(args.threads)
@@ -89,14 +90,15 @@ def main() -> None:
     int8 = dataclasses.replace(fp32, model=copy.deepcopy(fp32.model))
     shape = KVShape(fp32.num_layers, fp32.num_kv_heads, fp32.head_dim, fp32.dtype, fp32.device)
     pool = KVPool(shape, 1 << 40, 256, 0, 0, 512)
-    runners = {"fp32": ModelRunner(fp32, False), "int8": ModelRunner(int8, False, cpu_int8_weights=True)}
+    det = args.deterministic
+    runners = {"fp32": ModelRunner(fp32, det), "int8": ModelRunner(int8, det, cpu_int8_weights=True)}
     for runner in runners.values():
         runner.warm_up(0)
     result = {"benchmark": "cpu_int8_ab", "model": fp32.model_id, "weights_origin": fp32.weights_origin,
               "held_as": {name: r.paths()["weights_held_as"] for name, r in runners.items()},
               "forward_path": {name: r.paths()["forward_path"] for name, r in runners.items()},
               "prompt_tokens": args.prompt, "threads": args.threads, "rounds": args.rounds,
-              "steps_per_round": args.steps, "machine": os.uname().machine, "mode": "fast (not deterministic)"}
+              "steps_per_round": args.steps, "machine": os.uname().machine, "deterministic": det}
     result["throughput"] = [throughput(runners, pool, prompts_of(n, args.prompt, fp32.vocab_size, 1234), args.rounds,
                                        args.steps) for n in (1, args.sessions)]
     prompts = prompts_of(args.agreement_prompts, 32, fp32.vocab_size, 99)

@@ -7,11 +7,12 @@ in int32. Activations are quantized per call; fbgemm takes one scale for the who
 row is first divided by its own largest magnitude and a fixed anchor row ([1, -1, 0, ...]) joins
 the call: the call's range is then always [-1, 1], every row is quantized with the same scale
 whatever its neighbours, and integer accumulation is exact, so a row's result does not depend on
-the batch (deterministic mode holds; unit/test_int8_linear.py checks it). Activations use 7 bits
-(fbgemm's reduce_range), which keeps its 16-bit pair sums from saturating on CPUs without VNNI.
+the batch (deterministic mode holds; unit/test_int8_linear.py checks it). Activations use 8 bits
+where the CPU has VNNI; elsewhere 7 (fbgemm's reduce_range), which keeps the 16-bit pair sums of
+its pre-VNNI kernels from saturating.
 
 Not exact: each weight moves by up to half a step of its channel's int8 grid (the fp32 weights a
-GGUF file dequantizes to are not on that grid), and each activation by half a 7-bit step.
+GGUF file dequantizes to are not on that grid), and each activation by half a step of its row's grid.
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ from __future__ import annotations
 import warnings
 
 import torch
+
+
+def _has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = cpuinfo.read()
+    except OSError:
+        return False
+    return " avx512_vnni" in flags or " avx_vnni" in flags
+
+
+REDUCE_RANGE = not _has_vnni()
+ACTIVATION_BITS = 7 if REDUCE_RANGE else 8
 
 
 def available() -> bool:
@@ -45,7 +59,7 @@ class Int8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         magnitude = flat.abs().amax(1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
-        out = torch.ops.quantized.linear_dynamic(torch.cat((flat / magnitude, self.anchor)), self.packed_int8, True)
+        out = torch.ops.quantized.linear_dynamic(torch.cat((flat / magnitude, self.anchor)), self.packed_int8, REDUCE_RANGE)
         out = out[:-1].mul_(magnitude)
         if self.bias is not None:
             out.add_(self.bias)

@@ -48,7 +48,8 @@ def paths(loaded: LoadedModel, *, cuda: object | None, cuda_decoder: bool, cpu_d
         attention += f"; {len(special)} of {len(loaded.layers)} layers windowed-slab: {'; '.join(kinds)}"
     held = str(loaded.dtype).removeprefix("torch.") + (", MKL-packed" if packed else "")
     if int8:
-        held = "int8 linears (per-channel scales, fbgemm; 7-bit activations per row), float32 elsewhere"
+        held = (f"int8 linears (per-channel scales, fbgemm; {int8_linear.ACTIVATION_BITS}-bit activations per row), "
+                "float32 elsewhere")
     if loaded.weights_origin:
         held += f"; dequantized at load from {loaded.weights_origin}"
     return dict(architecture=loaded.architecture, forward_path=forward, attention_path=attention,
