@@ -37,6 +37,12 @@ def test_a_hybrid_model_runs_generic_with_its_windowed_layers_named():
                          "logit soft-capping at 50; logit soft-capping at 50")
 
 
+def test_an_all_window_model_says_what_its_slabs_keep():
+    loaded, _ = load_family("mistral")
+    assert _paths(loaded, deterministic=False)[2] == ("sdpa-slab; 2 of 2 layers windowed-slab: a sliding window of 8 "
+                                                      "tokens; slabs keep the last 8 positions")
+
+
 def test_bounded_mode_attends_on_plain_slab_sdpa():
     loaded, _ = load_family("olmo2")
     assert _paths(loaded, deterministic=False, sink_tokens=4, window_tokens=64)[:3] == ("olmo2", "generic", "sdpa-slab")

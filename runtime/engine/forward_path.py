@@ -35,7 +35,7 @@ def check_layers(loaded: LoadedModel, bounded: bool, deterministic: bool = False
 
 
 def paths(loaded: LoadedModel, *, cuda: object | None, cuda_decoder: bool, cpu_decoder: bool, packed: bool,
-          deterministic: bool, bounded: bool, int8: bool = False) -> dict[str, str]:
+          deterministic: bool, bounded: bool, int8: bool = False, kept_window: int = 0) -> dict[str, str]:
     """GetRuntimeInfo's architecture, forward_path, attention_path and weights_held_as."""
     if cuda is not None:
         forward, attention = ("cuda-decoder" if cuda_decoder else "generic"), "cuda-row-kernels"
@@ -46,6 +46,8 @@ def paths(loaded: LoadedModel, *, cuda: object | None, cuda_decoder: bool, cpu_d
     if special:
         kinds = sorted({layer.describe() for layer in special})
         attention += f"; {len(special)} of {len(loaded.layers)} layers windowed-slab: {'; '.join(kinds)}"
+    if kept_window:
+        attention += f"; slabs keep the last {kept_window} positions"
     held = str(loaded.dtype).removeprefix("torch.") + (", MKL-packed" if packed else "")
     if int8:
         held = (f"int8 linears (per-channel scales, fbgemm; {int8_linear.ACTIVATION_BITS}-bit activations per row), "

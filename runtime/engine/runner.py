@@ -192,15 +192,16 @@ class ModelRunner:
             # Runners of both modes may share one model (benchmarks): each sets the rule it needs.
             self.packed.deterministic = self.deterministic
 
-    def paths(self) -> dict[str, str]:
-        """GetRuntimeInfo's words for the forward in use; the CPU decoder is built at warm-up, so
-        whether it will run is read from the rule it is built by."""
+    def paths(self, kept_window: int = 0) -> dict[str, str]:
+        """GetRuntimeInfo's words for the forward in use (kept_window: the positions an all-window
+        model's slabs keep); the CPU decoder is built at warm-up, so whether it will run is read
+        from the rule it is built by."""
         cpu_decoder = self.cpu_decoder is not None or (
             self.use_cpu_decoder and self.pack_linears and unsupported(self.loaded.model) is None)
         cuda_decoder = getattr(self.cuda, "decoder", None) is not None
         return forward_path.paths(self.loaded, cuda=self.cuda, cuda_decoder=cuda_decoder, cpu_decoder=cpu_decoder,
                                   packed=self.pack_linears, deterministic=self.deterministic, bounded=self.bounded,
-                                  int8=self.int8_weights)
+                                  int8=self.int8_weights, kept_window=kept_window)
 
     def warm_up(self, max_rows: int) -> None:
         """Prepares the fast path for steps of up to max_rows rows: CUDA graphs, or the CPU's packed weights."""

@@ -149,7 +149,7 @@ class Host:
             speculative_mode=self.config.speculative.mode,
             num_draft_tokens=self.config.speculative.num_draft_tokens if self.config.speculative.is_enabled else 0,
             draft_model_id=self.draft.model_id if self.draft is not None else "",
-            **self.runner.paths(),
+            **self.runner.paths(kept_window=0 if engine_window else self.pool.window_tokens),
         )
 
     def counter(self, name: str, **labels: str) -> int:
