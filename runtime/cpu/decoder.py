@@ -64,6 +64,7 @@ class _Layer:
     post_norm: tuple[torch.Tensor, float]
     qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None
     scaling: float
+    rope: bool  # False in SmolLM3's NoPE layers
 
 
 def _linear(module) -> _Linear:
@@ -77,7 +78,7 @@ def _layer(module) -> _Layer:
     return _Layer(_linear(attn.q_proj), _linear(attn.k_proj), _linear(attn.v_proj), _linear(attn.o_proj),
                   _linear(mlp.gate_proj), _linear(mlp.up_proj), _linear(mlp.down_proj),
                   norm_of(module.input_layernorm), norm_of(module.post_attention_layernorm), qk_norm_of(attn),
-                  float(attn.scaling))
+                  float(attn.scaling), bool(getattr(attn, "use_rope", True)))
 
 
 class CpuDecoder:
@@ -96,7 +97,7 @@ class CpuDecoder:
     @classmethod
     def build(cls, model, mode: cpu_linear.PackedMode) -> "CpuDecoder | None":
         """None where the model is not of the family, or a linear is not packed."""
-        reason = unsupported(model)
+        reason = unsupported(model, nope_layers=True)
         if reason is not None:
             log.info("cpu_decoder_skipped", reason=reason)
             return None
@@ -122,7 +123,8 @@ class CpuDecoder:
             q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self._apply(x, layer.v).view(shape).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if layer.rope:
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         out = attend_cpu(layout, index, q, k, v, layer.scaling)
         return self._apply(out.reshape(*x.shape[:-1], -1).contiguous(), layer.o)
 

@@ -197,7 +197,7 @@ class ModelRunner:
         model's slabs keep); the CPU decoder is built at warm-up, so whether it will run is read
         from the rule it is built by."""
         cpu_decoder = self.cpu_decoder is not None or (
-            self.use_cpu_decoder and self.pack_linears and unsupported(self.loaded.model) is None)
+            self.use_cpu_decoder and self.pack_linears and unsupported(self.loaded.model, nope_layers=True) is None)
         cuda_decoder = getattr(self.cuda, "decoder", None) is not None
         return forward_path.paths(self.loaded, cuda=self.cuda, cuda_decoder=cuda_decoder, cpu_decoder=cpu_decoder,
                                   packed=self.pack_linears, deterministic=self.deterministic, bounded=self.bounded,
