@@ -117,6 +117,11 @@ class RuntimeInfo:
     speculative_mode: str = "none"
     num_draft_tokens: int = 0
     draft_model_id: str = ""
+    # The model's architecture, the forward and attention in use, and what the weights are held as.
+    architecture: str = ""
+    forward_path: str = ""
+    attention_path: str = ""
+    weights_held_as: str = ""
 
     @classmethod
     def from_proto(cls, reply: pb.GetRuntimeInfoResponse) -> RuntimeInfo:

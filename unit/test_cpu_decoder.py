@@ -17,6 +17,7 @@ from kakeya.runtime.cpu import linear as cpu_linear
 from kakeya.runtime.engine.loader import describe
 from kakeya.runtime.engine.runner import ModelRunner
 from kakeya.runtime.engine.step import StepRow
+from family_models import load_family
 from tiny_models import ARCHS, CPU, greedy, load_tiny, make_pool, prompt, resident
 
 pytestmark = pytest.mark.skipif(
@@ -32,8 +33,10 @@ def _llama_with_bias():
     return describe(model.eval(), model_id="tiny", device=CPU, dtype=torch.float32)
 
 
-@pytest.fixture(scope="module", params=ARCHS + ("llama-bias",))
+@pytest.fixture(scope="module", params=ARCHS + ("llama-bias", "smollm3"))
 def loaded(request):
+    if request.param == "smollm3":  # a NoPE layer: the decoder skips its rotary embedding
+        return load_family("smollm3")[0]
     return _llama_with_bias() if request.param == "llama-bias" else load_tiny(request.param)[0]
 
 

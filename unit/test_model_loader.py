@@ -6,12 +6,11 @@ import shutil
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
 from kakeya.runtime.common.config import ModelConfig
 from kakeya.runtime.common.errors import FailedPrecondition
-from kakeya.runtime.engine.loader import describe, embedded_model_path, load_model
+from kakeya.runtime.engine.loader import embedded_model_path, load_model
 from tiny_models import build_reference
 
 
@@ -57,10 +56,12 @@ def test_missing_gguf_file_is_refused(tmp_path):
         load_model(ModelConfig(model=str(tmp_path / "absent.gguf")), ATTENTION_NAME)
 
 
-def test_unsupported_architecture_is_refused():
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
-    with pytest.raises(FailedPrecondition, match="model type 'gpt2' is not supported"):
-        describe(model, "gpt2-tiny", torch.device("cpu"), torch.float32)
+def test_a_model_without_attention_layers_is_refused_with_what_is_missing(tmp_path):
+    from transformers import MambaConfig, MambaForCausalLM
+
+    MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, state_size=4)).save_pretrained(tmp_path)
+    with pytest.raises(FailedPrecondition, match="model type 'mamba': layers 0, 1 do not attend through"):
+        load_model(ModelConfig(model=str(tmp_path)), ATTENTION_NAME)
 
 
 def test_embedded_model_is_found_on_disk():
@@ -73,3 +74,18 @@ def test_cuda_asked_for_without_cuda_is_a_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(FailedPrecondition, match="no CUDA device"):
         load_model(ModelConfig(device="cuda"), ATTENTION_NAME)
+
+
+def test_sliding_window_model_loads_with_its_window(tmp_path):
+    """A Mistral config with sliding_window set names no layer_types: its window is what the layer
+    hands the attention interface, read at load (unit/test_family_paths.py serves it past the window)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             sliding_window=24))
+    model.save_pretrained(tmp_path)
+    loaded = load_model(ModelConfig(model=str(tmp_path)), ATTENTION_NAME)
+    assert loaded.architecture == "mistral"
+    assert [layer.window for layer in loaded.layers] == [24, 24]

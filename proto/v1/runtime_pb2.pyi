@@ -160,7 +160,7 @@ class GetRuntimeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetRuntimeInfoResponse(_message.Message):
-    __slots__ = ("model_id", "vocab_size", "default_eos_token_ids", "device", "dtype", "version", "max_context_tokens", "max_sessions", "kv_budget_bytes", "kv_used_bytes", "active_sessions", "max_append_tokens", "max_generate_tokens", "sink_tokens", "window_tokens", "deterministic", "forward_count", "max_sessions_per_forward", "mean_sessions_per_forward", "kv_bytes_per_token", "cache_invariant_inv1_violations", "cache_invariant_inv2_violations", "speculative_mode", "num_draft_tokens", "draft_model_id")
+    __slots__ = ("model_id", "vocab_size", "default_eos_token_ids", "device", "dtype", "version", "max_context_tokens", "max_sessions", "kv_budget_bytes", "kv_used_bytes", "active_sessions", "max_append_tokens", "max_generate_tokens", "sink_tokens", "window_tokens", "deterministic", "forward_count", "max_sessions_per_forward", "mean_sessions_per_forward", "kv_bytes_per_token", "cache_invariant_inv1_violations", "cache_invariant_inv2_violations", "speculative_mode", "num_draft_tokens", "draft_model_id", "architecture", "forward_path", "attention_path", "weights_held_as")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,10 @@ class GetRuntimeInfoResponse(_message.Message):
     SPECULATIVE_MODE_FIELD_NUMBER: _ClassVar[int]
     NUM_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_PATH_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_PATH_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_HELD_AS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     vocab_size: int
     default_eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -211,7 +215,11 @@ class GetRuntimeInfoResponse(_message.Message):
     speculative_mode: str
     num_draft_tokens: int
     draft_model_id: str
-    def __init__(self, model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., default_eos_token_ids: _Optional[_Iterable[int]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., version: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., max_sessions: _Optional[int] = ..., kv_budget_bytes: _Optional[int] = ..., kv_used_bytes: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_append_tokens: _Optional[int] = ..., max_generate_tokens: _Optional[int] = ..., sink_tokens: _Optional[int] = ..., window_tokens: _Optional[int] = ..., deterministic: _Optional[bool] = ..., forward_count: _Optional[int] = ..., max_sessions_per_forward: _Optional[int] = ..., mean_sessions_per_forward: _Optional[float] = ..., kv_bytes_per_token: _Optional[int] = ..., cache_invariant_inv1_violations: _Optional[int] = ..., cache_invariant_inv2_violations: _Optional[int] = ..., speculative_mode: _Optional[str] = ..., num_draft_tokens: _Optional[int] = ..., draft_model_id: _Optional[str] = ...) -> None: ...
+    architecture: str
+    forward_path: str
+    attention_path: str
+    weights_held_as: str
+    def __init__(self, model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., default_eos_token_ids: _Optional[_Iterable[int]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., version: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., max_sessions: _Optional[int] = ..., kv_budget_bytes: _Optional[int] = ..., kv_used_bytes: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_append_tokens: _Optional[int] = ..., max_generate_tokens: _Optional[int] = ..., sink_tokens: _Optional[int] = ..., window_tokens: _Optional[int] = ..., deterministic: _Optional[bool] = ..., forward_count: _Optional[int] = ..., max_sessions_per_forward: _Optional[int] = ..., mean_sessions_per_forward: _Optional[float] = ..., kv_bytes_per_token: _Optional[int] = ..., cache_invariant_inv1_violations: _Optional[int] = ..., cache_invariant_inv2_violations: _Optional[int] = ..., speculative_mode: _Optional[str] = ..., num_draft_tokens: _Optional[int] = ..., draft_model_id: _Optional[str] = ..., architecture: _Optional[str] = ..., forward_path: _Optional[str] = ..., attention_path: _Optional[str] = ..., weights_held_as: _Optional[str] = ...) -> None: ...
 
 class ListSessionsRequest(_message.Message):
     __slots__ = ()

@@ -26,6 +26,7 @@ class ModelConfig:
 
 
 KV_DTYPES = ("auto", "fp8")
+CPU_WEIGHTS = ("float32", "int8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class EngineConfig:
     cpu_packed_linears: bool = True  # CPU fp32 with MKL: linears on packed weights (runtime/cpu/linear.py)
     cpu_decoder: bool = True  # CPU, packed linears: the forward without transformers' modules (runtime/cpu/decoder.py)
     kv_dtype: str = "auto"  # auto: the model's dtype; fp8: e4m3 slabs (CUDA), half the KV bytes
+    cpu_weights: str = "float32"  # int8: linears held as int8 (runtime/cpu/int8_linear.py), not exact
     sink_tokens: int = 0
     window_tokens: int = 0
     mailbox_size: int = 1024
@@ -61,6 +63,8 @@ class EngineConfig:
             raise ValueError("max_step_tokens must be >= prefill_chunk_tokens")
         if self.kv_dtype not in KV_DTYPES:
             raise ValueError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, not {self.kv_dtype!r}")
+        if self.cpu_weights not in CPU_WEIGHTS:
+            raise ValueError(f"cpu_weights must be one of {', '.join(CPU_WEIGHTS)}, not {self.cpu_weights!r}")
 
     @property
     def is_bounded(self) -> bool:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from kakeya.runtime.cpu import linear as cpu_linear
 from kakeya.runtime.cpu.attention import attend_cpu
+from kakeya.runtime.cpu.int8_linear import Int8Linear
 from kakeya.runtime.forward.rows import StepLayout
 from kakeya.runtime.forward.decoder_family import unsupported
 from kakeya.runtime.forward.norms import norm_of, qk_norm_of, rms_norm
@@ -44,9 +45,10 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 @dataclass(frozen=True, slots=True)
 class _Linear:
-    packed: torch.Tensor
-    weight: torch.Tensor
+    packed: torch.Tensor | None
+    weight: torch.Tensor | None
     bias: torch.Tensor | None
+    int8: Int8Linear | None = None  # weights held as int8 (cpu/int8_linear.py) instead of packed fp32
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +64,12 @@ class _Layer:
     post_norm: tuple[torch.Tensor, float]
     qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None
     scaling: float
+    rope: bool  # False in SmolLM3's NoPE layers
 
 
 def _linear(module) -> _Linear:
+    if isinstance(module, Int8Linear):
+        return _Linear(None, None, module.bias, module)
     return _Linear(module.packed, module.weight, module.bias)
 
 
@@ -73,7 +78,7 @@ def _layer(module) -> _Layer:
     return _Layer(_linear(attn.q_proj), _linear(attn.k_proj), _linear(attn.v_proj), _linear(attn.o_proj),
                   _linear(mlp.gate_proj), _linear(mlp.up_proj), _linear(mlp.down_proj),
                   norm_of(module.input_layernorm), norm_of(module.post_attention_layernorm), qk_norm_of(attn),
-                  float(attn.scaling))
+                  float(attn.scaling), bool(getattr(attn, "use_rope", True)))
 
 
 class CpuDecoder:
@@ -92,20 +97,22 @@ class CpuDecoder:
     @classmethod
     def build(cls, model, mode: cpu_linear.PackedMode) -> "CpuDecoder | None":
         """None where the model is not of the family, or a linear is not packed."""
-        reason = unsupported(model)
+        reason = unsupported(model, nope_layers=True)
         if reason is not None:
             log.info("cpu_decoder_skipped", reason=reason)
             return None
         linears = [model.lm_head]
         for layer in model.model.layers:
             linears += [m for part in (layer.self_attn, layer.mlp) for m in part.children()
-                        if isinstance(m, torch.nn.Linear)]
-        if not all(isinstance(m, cpu_linear.PackedLinear) for m in linears):
+                        if isinstance(m, (torch.nn.Linear, Int8Linear))]
+        if not all(isinstance(m, (cpu_linear.PackedLinear, Int8Linear)) for m in linears):
             log.info("cpu_decoder_skipped", reason="a linear without packed weights")
             return None
         return cls(model, mode)
 
     def _apply(self, x: torch.Tensor, linear: _Linear) -> torch.Tensor:
+        if linear.int8 is not None:
+            return linear.int8(x)
         return cpu_linear.apply(x, linear.packed, linear.weight, linear.bias, self.mode.deterministic)
 
     def _attention(self, index: int, layer: _Layer, x: torch.Tensor, cos, sin, layout: StepLayout):
@@ -116,7 +123,8 @@ class CpuDecoder:
             q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self._apply(x, layer.v).view(shape).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if layer.rope:
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         out = attend_cpu(layout, index, q, k, v, layer.scaling)
         return self._apply(out.reshape(*x.shape[:-1], -1).contiguous(), layer.o)
 

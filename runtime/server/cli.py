@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import sys
 
-from kakeya.runtime.common.config import (KV_DTYPES, SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
+from kakeya.runtime.common.config import (CPU_WEIGHTS, KV_DTYPES, SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
                      SpeculativeConfig, cpu_threads, env_default, read_api_keys)
 from kakeya.runtime.common.config import HttpConfig
 
@@ -77,6 +77,9 @@ def _memory_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "kv-dtype", default="auto", choices=KV_DTYPES,
           help="KV slab dtype: auto (the model's) or fp8 (e4m3: half the bytes, so twice the tokens "
                "resident and faster long decodes, at some accuracy; CUDA, compute capability 8.9+, full attention)")
+    _flag(serve, "cpu-weights", default="float32", choices=CPU_WEIGHTS,
+          help="CPU linears: float32 (exact) or int8 (per-channel int8 weights, 7-bit activations: faster "
+               "decoding of small models, not exact; docs/models.md)")
     _flag(serve, "session-ttl-s", float, 3600.0, help="evict sessions idle this long")
     _flag(serve, "sink", int, 0, help="bounded mode: tokens kept at the start of every history")
     _flag(serve, "window", int, 0, help="bounded mode: most recent tokens attended (0: full attention)")
@@ -158,7 +161,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
                             max_step_tokens=max(1024, args.prefill_chunk), deterministic=args.deterministic,
                             cuda_graphs=args.cuda_graphs, cuda_fusion=args.cuda_fusion,
                             cuda_run_ahead=args.cuda_run_ahead, cpu_packed_linears=args.cpu_packed_linears,
-                            cpu_decoder=args.cpu_decoder, kv_dtype=args.kv_dtype,
+                            cpu_decoder=args.cpu_decoder, kv_dtype=args.kv_dtype, cpu_weights=args.cpu_weights,
                             sink_tokens=args.sink, window_tokens=args.window,
                             consumer_stall_timeout_s=args.consumer_stall_timeout_s),
         limits=SessionLimits(max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,

@@ -25,6 +25,7 @@ from kakeya.runtime.forward.session_kv import KVShape, slab_dtype
 from kakeya.runtime.common.metrics import Metrics
 from kakeya.runtime.engine.loader import load_model
 from kakeya.runtime.forward.loaded_model import LoadedModel
+from kakeya.runtime.engine import forward_path
 from kakeya.runtime.engine.runner import ModelRunner, model_thread
 
 log = structlog.get_logger(__name__)
@@ -61,11 +62,14 @@ class Host:
         if self.draft is not None:
             d = self.draft
             draft_shape = KVShape(d.num_layers, d.num_kv_heads, d.head_dim, d.dtype, d.device)
+        # A model whose every layer has a sliding window keeps only the widest window's positions;
+        # tokens leaving it are not dropped from view (no truncated events): no layer reads them.
+        kept = engine.window_tokens or forward_path.kept_window(loaded, self.draft)
         self.pool = KVPool(shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
-                           engine.window_tokens, engine.prefill_chunk_tokens, draft_shape)
+                           kept, engine.prefill_chunk_tokens, draft_shape)
         runner_options = dict(cuda_graphs=engine.cuda_graphs, cuda_fusion=engine.cuda_fusion,
                               bounded=engine.is_bounded, cpu_packed_linears=engine.cpu_packed_linears,
-                              cpu_decoder=engine.cpu_decoder)
+                              cpu_decoder=engine.cpu_decoder, cpu_int8_weights=engine.cpu_weights == "int8")
         # Speculative steps feed drafts, which a launched-ahead plain decode step never matches.
         run_ahead = engine.cuda_run_ahead and not config.speculative.is_enabled
         self.metrics = Metrics()
@@ -118,6 +122,7 @@ class Host:
         fields: the servicer refuses a key set that differs from it, so a field added there needs a
         value here (unit/test_info_replies.py catches a miss before any client sees a default)."""
         stats, limits, loaded = self.scheduler.stats, self.config.limits, self.loaded
+        engine_window = self.config.engine.window_tokens  # bounded mode's, not a windowed model's own
         return dict(
             model_id=loaded.model_id,
             vocab_size=loaded.vocab_size,
@@ -134,7 +139,7 @@ class Host:
             max_append_tokens=limits.max_append_tokens,
             max_generate_tokens=limits.max_generate_tokens,
             sink_tokens=self.pool.sink_tokens,
-            window_tokens=self.pool.window_tokens,
+            window_tokens=engine_window,
             deterministic=self.deterministic,
             forward_count=stats.num_forwards,
             max_sessions_per_forward=stats.max_sessions_per_forward,
@@ -144,6 +149,7 @@ class Host:
             speculative_mode=self.config.speculative.mode,
             num_draft_tokens=self.config.speculative.num_draft_tokens if self.config.speculative.is_enabled else 0,
             draft_model_id=self.draft.model_id if self.draft is not None else "",
+            **self.runner.paths(kept_window=0 if engine_window else self.pool.window_tokens),
         )
 
     def counter(self, name: str, **labels: str) -> int:

@@ -102,6 +102,12 @@ export interface RuntimeInfo {
   readonly speculativeMode: string;
   readonly numDraftTokens: number;
   readonly draftModelId: string;
+  /** The model's architecture (its model_type), the forward in use ("cuda-decoder", "cpu-decoder" or
+   * "generic"), how the layers attend, and what the weights are held as. */
+  readonly architecture: string;
+  readonly forwardPath: string;
+  readonly attentionPath: string;
+  readonly weightsHeldAs: string;
 }
 
 /** The invariant counters' names: shorter than the wire names, and those of the Python SDK. */

@@ -207,6 +207,24 @@ export interface GetRuntimeInfoResponse {
   speculativeMode: string;
   numDraftTokens: number;
   draftModelId: string;
+  /** The loaded model's architecture: its config's model_type ("llama", "gemma2", "gpt_oss", ...). */
+  architecture: string;
+  /**
+   * The forward in use: "cuda-decoder" or "cpu-decoder" (the hand-written Llama-family stacks),
+   * or "generic" (transformers' own modules of any family, attending on the session slabs).
+   */
+  forwardPath: string;
+  /**
+   * How the layers attend: "cuda-row-kernels", "sdpa-slab" or "bucketed-sdpa-slab" (deterministic,
+   * off CUDA); then, where some layers have a sliding window, logit soft-capping or sinks, how many
+   * and what they attend with (those attend on the slab path on every device).
+   */
+  attentionPath: string;
+  /**
+   * What the weights are held as in memory ("float32, MKL-packed", "bfloat16", ...); for a GGUF
+   * file, also the quantization they were dequantized from at load.
+   */
+  weightsHeldAs: string;
 }
 
 export interface ListSessionsRequest {
@@ -1535,6 +1553,10 @@ function createBaseGetRuntimeInfoResponse(): GetRuntimeInfoResponse {
     speculativeMode: "",
     numDraftTokens: 0,
     draftModelId: "",
+    architecture: "",
+    forwardPath: "",
+    attentionPath: "",
+    weightsHeldAs: "",
   };
 }
 
@@ -1643,6 +1665,18 @@ export const GetRuntimeInfoResponse: MessageFns<GetRuntimeInfoResponse> = {
     }
     if (message.draftModelId !== "") {
       writer.uint32(202).string(message.draftModelId);
+    }
+    if (message.architecture !== "") {
+      writer.uint32(210).string(message.architecture);
+    }
+    if (message.forwardPath !== "") {
+      writer.uint32(218).string(message.forwardPath);
+    }
+    if (message.attentionPath !== "") {
+      writer.uint32(226).string(message.attentionPath);
+    }
+    if (message.weightsHeldAs !== "") {
+      writer.uint32(234).string(message.weightsHeldAs);
     }
     return writer;
   },
@@ -1870,6 +1904,38 @@ export const GetRuntimeInfoResponse: MessageFns<GetRuntimeInfoResponse> = {
             message.draftModelId = reader.string();
             continue;
           }
+          case 26: {
+            if (tag !== 210) {
+              break;
+            }
+
+            message.architecture = reader.string();
+            continue;
+          }
+          case 27: {
+            if (tag !== 218) {
+              break;
+            }
+
+            message.forwardPath = reader.string();
+            continue;
+          }
+          case 28: {
+            if (tag !== 226) {
+              break;
+            }
+
+            message.attentionPath = reader.string();
+            continue;
+          }
+          case 29: {
+            if (tag !== 234) {
+              break;
+            }
+
+            message.weightsHeldAs = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1928,6 +1994,10 @@ export const GetRuntimeInfoResponse: MessageFns<GetRuntimeInfoResponse> = {
     message.speculativeMode = object.speculativeMode ?? "";
     message.numDraftTokens = object.numDraftTokens ?? 0;
     message.draftModelId = object.draftModelId ?? "";
+    message.architecture = object.architecture ?? "";
+    message.forwardPath = object.forwardPath ?? "";
+    message.attentionPath = object.attentionPath ?? "";
+    message.weightsHeldAs = object.weightsHeldAs ?? "";
     return message;
   },
 };
