@@ -19,7 +19,7 @@ from kakeya.runtime.engine.run_ahead import RunAhead
 from kakeya.runtime.forward.rows import RowGroup, StepLayout, cut_slab
 from kakeya.runtime.cpu.plan import plan_group, step_views
 from kakeya.runtime.cpu.decoder import CpuDecoder
-from kakeya.runtime.forward.decoder_family import unsupported
+from kakeya.runtime.forward.decoder_family import of_family, unsupported
 from kakeya.runtime.forward.loaded_model import LoadedModel
 from kakeya.runtime.engine.step import StepRow
 from kakeya.runtime.forward.step_logits import as_step_logits
@@ -59,6 +59,9 @@ class ModelRunner:
             # Imported here: the CUDA path needs triton, which CPU builds of torch lack.
             from kakeya.runtime.cuda.forward import CudaForward
 
+            # CUDA graphs replay only the Llama family's forward, the one verified under replay on a
+            # GPU; a GPT-2 stream left transformers' tokens there, so other families run eagerly.
+            cuda_graphs = cuda_graphs and of_family(loaded.model)
             self.cuda = CudaForward(loaded, deterministic, cuda_graphs, cuda_fusion, kv_dtype=kv_dtype)
         # Fast-mode graphs only: deterministic steps are cut into fixed-size forwards instead.
         self.run_ahead = None
