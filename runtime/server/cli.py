@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import sys
 
-from kakeya.runtime.common.config import (KV_DTYPES, SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
+from kakeya.runtime.common.config import (ENGINE_PROCESS_MODES, KV_DTYPES, SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
                      SpeculativeConfig, cpu_threads, env_default, read_api_keys)
 from kakeya.runtime.common.config import HttpConfig
 
@@ -103,6 +103,8 @@ def _operation_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "grace-s", float, 5.0, help="seconds in-flight calls get on shutdown")
     _flag(serve, "metrics-host", default="127.0.0.1", help="address of the Prometheus /metrics endpoint")
     _flag(serve, "metrics-port", int, 9400, help="port of the /metrics endpoint (-1: none)")
+    _flag(serve, "engine-process", default="auto", choices=ENGINE_PROCESS_MODES,
+          help="run the model and its KV memory in a process of their own (auto: on for CUDA)")
 
 
 def _access_flags(serve: argparse.ArgumentParser) -> None:
@@ -160,7 +162,8 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
                             cuda_run_ahead=args.cuda_run_ahead, cpu_packed_linears=args.cpu_packed_linears,
                             cpu_decoder=args.cpu_decoder, kv_dtype=args.kv_dtype,
                             sink_tokens=args.sink, window_tokens=args.window,
-                            consumer_stall_timeout_s=args.consumer_stall_timeout_s),
+                            consumer_stall_timeout_s=args.consumer_stall_timeout_s,
+                            engine_process=args.engine_process),
         limits=SessionLimits(max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,
                              max_append_tokens=args.max_append_tokens, max_generate_tokens=args.max_generate_tokens),
         server=ServerConfig(host=args.host, port=args.port, unix_socket=args.unix_socket,
