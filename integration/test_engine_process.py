@@ -24,7 +24,7 @@ from kakeya.runtime.engine.process import EngineProcess
 from kakeya.runtime.server.host import Host
 from kakeya.runtime.server.server import RuntimeServer
 
-from .harness import TIMEOUT_S, ServerHandle, append, close, create, eventually, generate, runtime_config
+from .harness import TIMEOUT_S, ServerHandle, append, close, create, eventually, generate, info, runtime_config
 
 LOAD_TIMEOUT_S = 600
 
@@ -73,6 +73,38 @@ async def test_streams_match_the_in_process_engine(server, remote):
     assert reply.forward_count > 0 and reply.kv_bytes_per_token == server.runtime.pool.shape.bytes_per_token
     assert remote.runtime.metrics.registry.get_sample_value("kakeya_engine_step_duration_seconds_count") > 0
     assert remote.runtime.metrics.registry.get_sample_value("kakeya_front_engine_wait_seconds_count") > 0
+    # Greedy decode steps were run by the engine on its own and taken by the front.
+    assert remote.runtime.counter("kakeya_engine_steps_ahead_total", outcome="taken") > 0
+
+
+async def test_a_cancelled_generate_keeps_exactly_the_tokens_the_session_committed(server, remote):
+    """The engine runs greedy rows ahead of the front; a cancel undoes what the front did not take,
+    so the session's history, its KV and the next Generate are as if nothing had run ahead."""
+    prompt = list(range(20, 44))
+    sid = await create(remote.stub)
+    await append(remote.stub, sid, prompt)
+    call = remote.stub.Generate(pb.GenerateRequest(session_id=sid, max_tokens=400))
+    read: list[int] = []
+    async with asyncio.timeout(TIMEOUT_S):
+        async for response in call:
+            read.extend([response.token_id] if response.WhichOneof("payload") == "token_id"
+                        else response.tokens.token_ids)
+            if len(read) >= 6:
+                call.cancel()
+                break
+    await eventually(lambda: remote.runtime.scheduler.num_running == 0, TIMEOUT_S, "the cancel")
+    state = await info(remote.stub, sid)
+    committed = state.history_length - len(prompt)
+    assert len(read) <= committed < 400
+    assert state.kv_resident_tokens + state.pending_tokens == state.history_length
+    after = await generate(remote.stub, sid, 8)
+    await close(remote.stub, sid)
+    reference_id = await create(server.stub)
+    await append(server.stub, reference_id, prompt)
+    reference = (await generate(server.stub, reference_id, committed + 8)).tokens
+    await close(server.stub, reference_id)
+    assert read == reference[:len(read)] and after.tokens == reference[committed:]
+    assert remote.runtime.registry.violations("inv1") == 0 and remote.runtime.registry.violations("inv2") == 0
 
 
 async def test_a_killed_engine_fails_running_generates_within_a_second():

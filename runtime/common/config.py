@@ -52,6 +52,8 @@ class EngineConfig:
     # The model, KV memory and step loop in a process of their own (runtime/engine/process.py);
     # auto: on for CUDA, off for CPU and MPS (docs/engine-process.md says why).
     engine_process: str = "auto"
+    # In its own process, the engine steps greedy decode rows without waiting for the front's plan.
+    engine_step_ahead: bool = True
 
     def __post_init__(self) -> None:
         _positive(kv_budget_bytes=self.kv_budget_bytes, kv_block_tokens=self.kv_block_tokens,

@@ -114,6 +114,10 @@ class Metrics:
             "kakeya_front_engine_wait_seconds",
             "How long the front waited for the engine process to answer a step (the step and both crossings).",
             _STEP_SECONDS)
+        self.engine_steps_ahead = self._counter(
+            "kakeya_engine_steps_ahead",
+            "Steps the engine process ran on its own, by outcome: taken by the front, or undone by its next plan.",
+            ("outcome",))
 
     def serve(self, host: str, port: int) -> int:
         """Starts the /metrics HTTP endpoint; returns the bound port."""

@@ -3,7 +3,8 @@
 It stands where the in-process Engine stands for the scheduler: `step(request)` on its own thread
 (`executor`), one StepRequest in and one StepResult out. A step becomes one StepMessage, with the
 KV operations the pool queued since the last one, and its reply sets each session's KV handle to
-the engine's positions. A step in flight when the engine dies ends at once with EngineDead (EOF
+the engine's positions. When the engine ran the request's step ahead on its own, its reply is
+taken instead of a round trip. A step in flight when the engine dies ends at once with EngineDead (EOF
 on the pipe); a death between steps is seen through the process sentinel on the event loop.
 """
 
@@ -21,7 +22,8 @@ from kakeya.runtime.engine.process import EngineProcess
 from kakeya.runtime.engine.remote_kv import KVOps
 from kakeya.runtime.engine.sampler import Sampler
 from kakeya.runtime.engine.step import RowResult, StepRequest, StepResult, StepRow
-from kakeya.runtime.engine.wire import OpsMessage, StepFailed, StepMessage, WireDraftRequest, WireRow
+from kakeya.runtime.engine.wire import (OpsMessage, StepFailed, StepMessage, WireDraftRequest, WireRow,
+                                        continuation)
 
 
 class EngineClient:
@@ -35,6 +37,10 @@ class EngineClient:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kakeya-engine-client")
         self._samplers: dict[int, weakref.finalize] = {}  # id(sampler) -> its release, for those the engine holds
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The step the engine runs on its own after the last one taken (runtime/engine/step_ahead.py).
+        self._next: tuple[WireRow, ...] | None = None
+        self._taken = metrics.engine_steps_ahead.labels(outcome="taken")
+        self._undone = metrics.engine_steps_ahead.labels(outcome="undone")
 
     @property
     def pid(self) -> int:
@@ -45,20 +51,26 @@ class EngineClient:
         return self._process.process.exitcode is None
 
     def step(self, request: StepRequest) -> StepResult:
-        """On the client's thread: one round trip to the engine."""
+        """On the client's thread: the step the engine ran ahead, when the request is that step;
+        else one round trip with the request as the plan."""
         created: list[tuple] = []
         rows = tuple(self._wire(row, created) for row in request.rows)
-        ops = self.ops.drain() + tuple(created)
         sent = time.perf_counter()
         try:
-            self._conn.send(StepMessage(ops, rows))
-            reply = self._conn.recv()
+            if rows == self._next and not created:
+                reply = self._take_ahead()
+            else:
+                self._conn.send(StepMessage(self.ops.drain() + tuple(created), rows))
+                reply = self._conn.recv()
+                while getattr(reply, "ahead", False):
+                    self._undone.inc()  # run ahead of a step the front did not take: undone there
+                    reply = self._conn.recv()
         except (EOFError, OSError) as exc:
             raise EngineDead(f"the engine process died (exit code {self._exit_code()})") from exc
-        waited = time.perf_counter() - sent
         if isinstance(reply, StepFailed):
             raise EngineDead(f"the engine failed: {reply.error}")
-        self._record(reply, waited)
+        self._record(reply, time.perf_counter() - sent)
+        self._next = continuation(rows, reply.rows) if reply.runs_ahead else None
         results = []
         for row, out in zip(request.rows, reply.rows):
             row.kv.set_state(out.num_positions, out.window_start)
@@ -66,6 +78,20 @@ class EngineClient:
                 row.kv.draft.set_state(out.draft_positions, out.draft_window_start)
             results.append(RowResult(out.tokens, out.num_drafted, out.num_accepted, out.stop, out.num_positions))
         return StepResult(tuple(results))
+
+    def _take_ahead(self):
+        """The reply to the step the engine ran on its own; the engine learns it was taken with the
+        next message (KV operations that ride on it make the engine plan-bound again)."""
+        reply = self._conn.recv()
+        if isinstance(reply, StepFailed):
+            return reply
+        assert reply.ahead, "the engine answered a step it was not asked for"
+        self._taken.inc()
+        ops = self.ops.drain()
+        self._conn.send(OpsMessage(ops, 1))
+        if ops:
+            reply = reply._replace(runs_ahead=False)  # the engine undoes what it ran after this step
+        return reply
 
     def _wire(self, row: StepRow, created: list[tuple]) -> WireRow:
         request = row.draft_request
@@ -107,6 +133,7 @@ class EngineClient:
     def _flush(self) -> None:
         ops = self.ops.drain()
         if ops:
+            self._next = None  # the engine undoes what it ran ahead before it applies them
             try:
                 self._conn.send(OpsMessage(ops))
             except OSError:

@@ -128,38 +128,55 @@ def _load(config: RuntimeConfig):
     local.engine.warm_up(config.engine.max_step_tokens)
     if local.facts.deterministic and loaded.device.type == "cpu" and local.runner.packed is None:
         warn_if_row_dependent(loaded.model)
+    # Speculative rows feed drafts, which a continuation never does; bounded slabs compact, which a
+    # rewind cannot undo.
+    step_ahead = config.engine.engine_step_ahead and not config.speculative.is_enabled and not config.engine.is_bounded
     service = EngineService(local.engine, local.facts, config.engine.sink_tokens, config.engine.window_tokens,
-                            outcomes)
+                            outcomes, step_ahead)
     return service, local.facts
 
 
 def _serve(conn: Connection, service) -> int:
-    """Steps until the front sends None or goes away (0), or a step fails (70)."""
-    sent_at = 0.0
-    busy = False  # the last step left rows running: the wait for the next one is the front's
+    """Steps until the front sends None or goes away (0), or a step fails (70). Between the
+    front's plans it steps greedy decode rows on its own (runtime/engine/step_ahead.py)."""
+    waited_s = 0.0  # time blocked on the front since the last step, while rows were running
     while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            log.warning("engine_front_gone")
-            return 0
-        if message is None:
-            return 0
-        if isinstance(message, OpsMessage):
-            service.apply(message.ops)
-            continue
-        if not isinstance(message, StepMessage):
-            raise TypeError(f"the engine got an unknown message {type(message).__name__}")
-        waited_s = time.perf_counter() - sent_at if busy else -1.0
-        try:
-            reply = service.step(message, waited_s)
-        except Exception as exc:  # noqa: BLE001 - a failed step (a device error) ends this engine
-            log.critical("engine_step_failed", error=repr(exc))
-            conn.send(StepFailed(repr(exc)))
+        if service.ahead.can_step and not conn.poll():
+            reply = _step(conn, lambda: service.step_ahead(waited_s))
+        else:
+            blocked = time.perf_counter()
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                log.warning("engine_front_gone")
+                return 0
+            if service.busy:
+                waited_s += time.perf_counter() - blocked
+            if message is None:
+                return 0
+            if isinstance(message, OpsMessage):
+                service.ahead.taken(message.taken)
+                if message.ops:
+                    service.ahead.rewind()  # the front plans again after KV operations
+                    service.apply(message.ops)
+                continue
+            if not isinstance(message, StepMessage):
+                raise TypeError(f"the engine got an unknown message {type(message).__name__}")
+            reply = _step(conn, lambda: service.step(message, waited_s if service.busy else -1.0))
+        if reply is None:
             return 70
-        conn.send(reply)
-        sent_at = time.perf_counter()
-        busy = any(row.stop is None for row in reply.rows)
+        waited_s = 0.0
+
+
+def _step(conn: Connection, run):
+    try:
+        reply = run()
+    except Exception as exc:  # noqa: BLE001 - a failed step (a device error) ends this engine
+        log.critical("engine_step_failed", error=repr(exc))
+        conn.send(StepFailed(repr(exc)))
+        return None
+    conn.send(reply)
+    return reply
 
 
 def _die_with_parent(parent_pid: int, pdeathsig: bool) -> None:

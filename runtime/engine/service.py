@@ -4,7 +4,7 @@ Between steps it applies the KV operations the front queued, in order: resizes (
 session's slab on first use) and frees, and sampler creation and release. This is the one place
 where the engine changes KV memory between steps; operations on a slab's contents (a copy, an
 export) belong here too. Then it turns the wire rows into StepRows over its own SessionKVs and
-runs the engine's step.
+runs the engine's step. Between plans it steps greedy decode rows on its own (step_ahead.py).
 """
 
 from __future__ import annotations
@@ -17,14 +17,17 @@ from kakeya.runtime.engine.draft import DraftRequest
 from kakeya.runtime.engine.engine import Engine
 from kakeya.runtime.engine.sampler import Sampler
 from kakeya.runtime.engine.step import StepRequest, StepRow
+from kakeya.runtime.engine.step_ahead import StepAhead
 from kakeya.runtime.engine.wire import StepMessage, StepReply, WireResult, WireRow
 from kakeya.runtime.forward.session_kv import SessionKV
 
 
 class EngineService:
     def __init__(self, engine: Engine, facts: EngineFacts, sink_tokens: int, window_tokens: int,
-                 run_ahead_outcomes: Counter[str] | None = None) -> None:
+                 run_ahead_outcomes: Counter[str] | None = None, step_ahead: bool = True) -> None:
         self.engine = engine
+        self.ahead = StepAhead(step_ahead)
+        self._busy = False
         self._facts = facts
         self._sink_tokens = sink_tokens
         self._window_tokens = window_tokens
@@ -36,6 +39,11 @@ class EngineService:
     @property
     def num_slabs(self) -> int:
         return len(self._kvs)
+
+    @property
+    def busy(self) -> bool:
+        """The last step left rows running: a wait for the next one is the front's."""
+        return self._busy
 
     def apply(self, ops: tuple[tuple, ...]) -> None:
         """KV and sampler operations, in the order the front made them."""
@@ -66,14 +74,27 @@ class EngineService:
         return kv
 
     def step(self, message: StepMessage, waited_s: float) -> StepReply:
+        """The front's plan: every step run ahead that it did not take is undone first."""
         started = time.perf_counter()
+        self.ahead.rewind()
         self.apply(message.ops)
-        rows = tuple(self._row(row) for row in message.rows)
+        return self._run(message.rows, started, waited_s, ahead=False)
+
+    def step_ahead(self, waited_s: float) -> StepReply:
+        """The continuation of the last step, without a plan from the front."""
+        return self._run(self.ahead.next, time.perf_counter(), waited_s, ahead=True)
+
+    def _run(self, wire_rows: tuple[WireRow, ...], started: float, waited_s: float, ahead: bool) -> StepReply:
+        rows = tuple(self._row(row) for row in wire_rows)
+        if ahead:
+            self.ahead.stepping(rows)
         result = self.engine.step(StepRequest(rows))
         wire = tuple(_wire_result(row.kv, out) for row, out in zip(rows, result.rows))
+        runs_ahead = self.ahead.after(wire_rows, rows, wire)
+        self._busy = any(out.stop is None for out in wire)
         outcomes = tuple(self.run_ahead_outcomes.items())
         self.run_ahead_outcomes.clear()
-        return StepReply(wire, time.perf_counter() - started, waited_s, outcomes)
+        return StepReply(wire, time.perf_counter() - started, waited_s, outcomes, ahead, runs_ahead)
 
     def _row(self, row: WireRow) -> StepRow:
         kv = self._kvs[row.kv_id]

@@ -40,9 +40,12 @@ class StepMessage(NamedTuple):
 
 
 class OpsMessage(NamedTuple):
-    """KV operations that cannot wait for the next step (a free while no step runs); no reply."""
+    """KV operations that do not wait for the next plan, and how many steps the engine ran ahead
+    the front has taken since its last message; no reply. Sent when the front takes a step the
+    engine ran on its own, and for a free while no step runs."""
 
     ops: tuple[tuple, ...]
+    taken: int = 0
 
 
 class WireResult(NamedTuple):
@@ -63,6 +66,17 @@ class StepReply(NamedTuple):
     step_s: float  # the step inside the engine: KV operations, drafts, forward, stop rules
     waited_s: float  # how long the engine waited for this step's message while work was running; -1: idle
     run_ahead: tuple[tuple[str, int], ...] = ()  # run-ahead outcomes since the last reply
+    ahead: bool = False  # a step the engine ran on its own: the continuation of the one before
+    runs_ahead: bool = False  # the engine steps this step's continuation without waiting for a plan
+
+
+def continuation(rows: tuple[WireRow, ...], results: tuple[WireResult, ...]) -> tuple[WireRow, ...]:
+    """The step after a step of greedy decode rows, as the front would plan it: every row that did
+    not stop feeds the token it just sampled, with that many fewer tokens left. Both sides compute
+    it: the engine to step it on its own, the front to tell whether its plan is that step."""
+    return tuple(WireRow(row.kv_id, result.tokens[-1:], row.sampler, (), None,
+                         row.stop._replace(tokens_left=row.stop.tokens_left - len(result.tokens)))
+                 for row, result in zip(rows, results) if result.stop is None)
 
 
 class StepFailed(NamedTuple):

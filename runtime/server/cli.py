@@ -132,6 +132,7 @@ def _switch_flags(serve: argparse.ArgumentParser) -> None:
         _opt_out(serve, name, f"CUDA only: do not {what}")
     _opt_out(serve, "cpu-packed-linears", "CPU only: plain linears instead of MKL-packed weights, which double the "
                                           "weights' memory")
+    _opt_out(serve, "engine-step-ahead", "engine process only: step decode rows only when the front plans them")
     _opt_out(serve, "cpu-decoder", "CPU only: run transformers' modules instead of the same ops called directly "
                                    "(same logits, slower)")
 
@@ -163,7 +164,7 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
                             cpu_decoder=args.cpu_decoder, kv_dtype=args.kv_dtype,
                             sink_tokens=args.sink, window_tokens=args.window,
                             consumer_stall_timeout_s=args.consumer_stall_timeout_s,
-                            engine_process=args.engine_process),
+                            engine_process=args.engine_process, engine_step_ahead=args.engine_step_ahead),
         limits=SessionLimits(max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,
                              max_append_tokens=args.max_append_tokens, max_generate_tokens=args.max_generate_tokens),
         server=ServerConfig(host=args.host, port=args.port, unix_socket=args.unix_socket,

@@ -62,6 +62,7 @@ class Host:
         self.config = config
         self.metrics = Metrics()
         self._on_engine_death = on_engine_death or _exit_on_engine_death
+        self._engine_died = False
         self.runner: ModelRunner | None = None
         self.client: EngineClient | None = None
         kv_factory = local_kv
@@ -84,7 +85,7 @@ class Host:
                                 engine.prefill_chunk_tokens)
         self.scheduler = SchedulerActor(self.engine, speculator, self.pool, self.metrics, engine.prefill_chunk_tokens,
                                         engine.max_step_tokens, engine.mailbox_size,
-                                        engine.consumer_stall_timeout_s, on_crash=self._on_engine_death)
+                                        engine.consumer_stall_timeout_s, on_crash=self._engine_death)
         self.rules = SessionRules(config.limits, self.loaded.vocab_size, self.loaded.max_context_tokens,
                                   engine.sink_tokens, engine.window_tokens)
         self.registry = SessionRegistry(self.rules, self.scheduler, self.metrics)
@@ -105,6 +106,12 @@ class Host:
             executor.submit(warn_if_row_dependent, loaded.model).result()
         return runtime
 
+    def _engine_death(self, exc: BaseException) -> None:
+        """Reported once: a dead engine process is seen both by the step in flight and by its sentinel."""
+        if not self._engine_died:
+            self._engine_died = True
+            self._on_engine_death(exc)
+
     @property
     def engine_pid(self) -> int:
         """The process that runs the model: this one, or the engine process."""
@@ -118,7 +125,7 @@ class Host:
     def start(self) -> None:
         """On the event loop."""
         if self.client is not None:
-            self.client.watch(self._on_engine_death)
+            self.client.watch(self._engine_death)
         self.scheduler.start()
         self.registry.start()
         log.info("runtime_started", deterministic=self.deterministic, kv_budget_bytes=self.pool.budget_bytes,
