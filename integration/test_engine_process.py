@@ -215,6 +215,8 @@ def test_the_engine_process_exits_when_its_front_is_killed(tmp_path):
     process, _, records = _serve(tmp_path)
     try:
         engine_pid = _record(records, "engine_process_started")["pid"]
+        ready = _record(records, "engine_process_ready")
+        assert ready["pid"] == engine_pid and ready["gc_frozen_objects"] > 10_000
         _record(records, "server_ready")
         assert not _gone(engine_pid)
         process.kill()

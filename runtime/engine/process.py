@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import gc
 import multiprocessing
 import os
 import signal
@@ -107,8 +108,13 @@ def engine_main(conn: Connection, config: RuntimeConfig, parent_pid: int, pdeath
     except Exception as exc:  # noqa: BLE001 - any loading failure goes back to the front as its message
         conn.send(LoadFailed(str(exc)))
         return
+    # The model and the modules loading built live as long as the process: out of the cyclic
+    # collector's reach, whose full collections would otherwise walk them between steps.
+    gc.collect()
+    gc.freeze()
     conn.send(EngineReady(facts, os.getpid()))
-    log.info("engine_process_ready", pid=os.getpid(), device=str(facts.model.device))
+    log.info("engine_process_ready", pid=os.getpid(), device=str(facts.model.device),
+             gc_frozen_objects=gc.get_freeze_count())
     sys.exit(_serve(conn, service))
 
 
@@ -158,7 +164,8 @@ def _serve(conn: Connection, service) -> int:
                 service.ahead.taken(message.taken)
                 if message.ops:
                     service.ahead.rewind()  # the front plans again after KV operations
-                    service.apply(message.ops)
+                    if _step(conn, lambda: service.apply(message.ops), reply=False) is None:
+                        return 70
                 continue
             if not isinstance(message, StepMessage):
                 raise TypeError(f"the engine got an unknown message {type(message).__name__}")
@@ -168,15 +175,18 @@ def _serve(conn: Connection, service) -> int:
         waited_s = 0.0
 
 
-def _step(conn: Connection, run):
+def _step(conn: Connection, run, reply: bool = True):
+    """Runs a step (or KV operations, which have no reply); None when it raised: a device error
+    (out of memory, a CUDA fault) ends this engine, and the front learns why."""
     try:
-        reply = run()
-    except Exception as exc:  # noqa: BLE001 - a failed step (a device error) ends this engine
+        result = run()
+    except Exception as exc:  # noqa: BLE001
         log.critical("engine_step_failed", error=repr(exc))
         conn.send(StepFailed(repr(exc)))
         return None
-    conn.send(reply)
-    return reply
+    if reply:
+        conn.send(result)
+    return True if result is None else result
 
 
 def _die_with_parent(parent_pid: int, pdeathsig: bool) -> None:
