@@ -24,13 +24,14 @@ from kakeya.runtime.engine.process import EngineProcess
 from kakeya.runtime.server.host import Host
 from kakeya.runtime.server.server import RuntimeServer
 
-from .harness import TIMEOUT_S, ServerHandle, append, close, create, eventually, generate, info, runtime_config
+from .harness import (TIMEOUT_S, ServerHandle, append, close, create, eventually, generate, info, runtime_config,
+                      start_server)
 
 LOAD_TIMEOUT_S = 600
 
 
-async def _start(deaths: list[BaseException]) -> ServerHandle:
-    config = runtime_config()
+async def _start(deaths: list[BaseException], speculative: dict | None = None) -> ServerHandle:
+    config = runtime_config(speculative=speculative)
     server = RuntimeServer(config)
     address = await server.start()
     process = EngineProcess(config)  # on the event loop's thread, as `kakeya serve` starts it
@@ -75,6 +76,25 @@ async def test_streams_match_the_in_process_engine(server, remote):
     assert remote.runtime.metrics.registry.get_sample_value("kakeya_front_engine_wait_seconds_count") > 0
     # Greedy decode steps were run by the engine on its own and taken by the front.
     assert remote.runtime.counter("kakeya_engine_steps_ahead_total", outcome="taken") > 0
+
+
+@pytest.mark.parametrize("speculative", [{"mode": "ngram", "num_draft_tokens": 4},
+                                         {"mode": "draft", "draft_layers": 8, "num_draft_tokens": 2}],
+                         ids=["ngram", "draft"])
+async def test_speculative_streams_match_the_in_process_engine(loaded_model, speculative):
+    """Drafts cross the boundary as tokens, draft-model requests as a slab id and a sampler key;
+    the draft slab's positions come back with each step."""
+    prompts = [[5, 6, 7, 5, 6, 7, 5, 6], list(range(30, 50))]
+    local = await start_server(loaded_model, speculative=speculative)
+    remote = await _start([], speculative)
+    try:
+        assert await _turns(remote.stub, prompts) == await _turns(local.stub, prompts)
+        drafted = remote.runtime.counter("kakeya_spec_decode_draft_tokens_total")
+        assert drafted == local.runtime.counter("kakeya_spec_decode_draft_tokens_total") and drafted > 0
+        assert remote.runtime.registry.violations("inv1") == 0
+    finally:
+        await remote.stop()
+        await local.stop()
 
 
 async def test_a_cancelled_generate_keeps_exactly_the_tokens_the_session_committed(server, remote):
