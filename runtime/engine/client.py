@@ -127,7 +127,7 @@ class EngineClient:
 
     def _flush_soon(self) -> None:
         """A free is sent at once rather than with the next step, which may be long in coming."""
-        if not self.executor._shutdown:
+        if not self._process.stopping:
             self.executor.submit(self._flush)
 
     def _flush(self) -> None:
