@@ -106,3 +106,29 @@ def test_sampling_rows_never_run_ahead():
     service.apply((("resize", 1, False, 64), ("sampler", 9, SamplingParams(temperature=0.7, seed=1))))
     reply = service.step(StepMessage((), (WireRow(1, (5, 6), 9, stop=StopRule(frozenset(), 20)),)), -1.0)
     assert not reply.runs_ahead and not service.ahead.can_step
+
+
+def test_the_front_pool_queues_each_resize_and_free_as_a_kv_operation():
+    from kakeya.runtime.engine.kv_pool import KVPool
+    from kakeya.runtime.engine.remote_kv import KVOps, remote_kv_factory
+
+    service = _service()
+    facts = service._facts
+    ops = KVOps()
+    flushes = []
+    ops.on_free = lambda: flushes.append(len(ops))
+    pool = KVPool(facts.kv_shape, 1 << 30, 16, 0, 0, 64, facts.draft_shape, remote_kv_factory(ops))
+    kv = pool.allocate()
+    pool.reserve(kv, 40)
+    assert kv.capacity == 48 and kv.slab is None  # accounts only: the slab is in the engine
+    assert pool.used_bytes == 48 * facts.kv_shape.bytes_per_token
+    queued = ops.drain()
+    assert queued == (("resize", kv.kv_id, False, 48),)
+    service.apply(queued)
+    reply = service.step(StepMessage((), (WireRow(kv.kv_id, (5, 6, 7), None),)), -1.0)
+    kv.set_state(reply.rows[0].num_positions, reply.rows[0].window_start)
+    assert kv.num_resident == 3 and pool.used_positions_bytes() == 3 * facts.kv_shape.bytes_per_token
+    pool.free(kv)
+    assert pool.used_bytes == 0 and flushes == [1]
+    service.apply(ops.drain())
+    assert service.num_slabs == 0
