@@ -85,14 +85,17 @@ async def runtime_run(stub, batch: list[list[int]], new_tokens: int) -> dict[str
 
 
 @contextlib.contextmanager
-def served(deterministic: bool, env: dict[str, str] | None = None):
+def served(deterministic: bool, env: dict[str, str] | None = None, engine_process: str | None = None):
     """A `kakeya serve` process of its own (as users run it), on a unix socket; yields its address.
-    env: variables set for the server only (the baseline runs in this process)."""
+    env: variables set for the server only (the baseline runs in this process); engine_process:
+    its --engine-process (None: the default)."""
     with tempfile.TemporaryDirectory() as tmp:
         socket_path = os.path.join(tmp, "kakeya.sock")
         flag = "--deterministic" if deterministic else "--no-deterministic"
+        extra = ["--engine-process", engine_process] if engine_process else []
         process = subprocess.Popen([sys.executable, "-m", "kakeya.runtime.server.cli", "serve", "--unix-socket", socket_path,
-                                    flag, "--log-level", "warning", "--metrics-port", "-1"], env={**os.environ, **(env or {})})
+                                    flag, "--log-level", "warning", "--metrics-port", "-1", *extra],
+                                   env={**os.environ, **(env or {})})
         address = f"unix:{socket_path}"
         try:
             wait_serving(address, process)
@@ -126,9 +129,11 @@ async def one_round(n: int, batch: list[list[int]], new_tokens: int, reference, 
     base_s, base_decode_s = baseline(reference, batch, new_tokens)
     row = {"baseline_generate_sequential_tok_s": round(n * new_tokens / base_s, 2),
            "baseline_generate_sequential_decode_tok_s": round(n * (new_tokens - 1) / base_decode_s, 2)}
-    for deterministic in sorted(stubs, reverse=not reverse):
-        measured = await runtime_run(stubs[deterministic], batch, new_tokens)
-        key = "deterministic" if deterministic else "fast"
+    for mode in sorted(stubs, reverse=not reverse):
+        measured = await runtime_run(stubs[mode], batch, new_tokens)
+        deterministic, engine_process = mode
+        key = ("deterministic" if deterministic else "fast") + (f"_engine_process_{engine_process}"
+                                                                 if engine_process else "")
         row[f"kakeya_{key}_tok_s"] = round(n * new_tokens / measured["wall_s"], 2)
         row[f"kakeya_{key}_ratio_vs_baseline"] = round(base_s / measured["wall_s"], 2)
         row[f"kakeya_{key}_decode_tok_s"] = round(measured["decode_tok_s"], 2)
@@ -152,6 +157,8 @@ async def main() -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--deterministic", choices=("on", "off", "both"), default="both")
+    parser.add_argument("--engine-process", choices=("on", "off", "both"), default=None,
+                        help="the servers' --engine-process (both: one server of each, interleaved); default: theirs")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure baseline and runtime this many times, interleaved; figures are medians")
@@ -165,17 +172,19 @@ async def main() -> None:
     loaded = load_model(ModelConfig(), ATTENTION_NAME)
     reference = copy.deepcopy(loaded.model)
     reference.set_attn_implementation("sdpa")
-    modes = {"on": [True], "off": [False], "both": [True, False]}[args.deterministic]
+    deterministic_modes = {"on": [True], "off": [False], "both": [True, False]}[args.deterministic]
+    process_modes = {None: [""], "on": ["on"], "off": ["off"], "both": ["on", "off"]}[args.engine_process]
+    modes = [(d, p) for d in deterministic_modes for p in process_modes]
     results = []
     for n in args.sessions:
         batch = prompts(n, args.prompt, loaded.vocab_size)
         async with contextlib.AsyncExitStack() as servers:
             stubs = {}
-            for deterministic in modes:
-                address = servers.enter_context(served(deterministic, server_env))
+            for mode in modes:
+                address = servers.enter_context(served(mode[0], server_env, mode[1]))
                 channel = await servers.enter_async_context(grpc.aio.insecure_channel(address))
-                stubs[deterministic] = runtime_pb2_grpc.RuntimeServiceStub(channel)
-                await runtime_run(stubs[deterministic], batch[:1], 4)  # warm-up
+                stubs[mode] = runtime_pb2_grpc.RuntimeServiceStub(channel)
+                await runtime_run(stubs[mode], batch[:1], 4)  # warm-up
             rounds = [await one_round(n, batch, args.new, reference, stubs, reverse=r % 2 == 1)
                       for r in range(args.rounds)]
         results.append(summarise(n, rounds))

@@ -116,6 +116,17 @@ def rss_bytes(pid: int) -> int | None:
     return psutil.Process(pid).memory_info().rss
 
 
+def tree_rss_bytes(pid: int) -> int | None:
+    """RSS of a process and its children (the server and its engine process, where it has one)."""
+    total = rss_bytes(pid)
+    if total is None:
+        return None
+    for children in pathlib.Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            total += rss_bytes(int(child)) or 0
+    return total
+
+
 class MemorySampler:
     """A thread that records, every `interval_s`, the server's RSS and KV bytes in use, this process's
     RSS and (on CUDA) its allocated device memory, tagged with the phase the suite is in. A thread,
@@ -149,7 +160,7 @@ class MemorySampler:
 
     def sample(self, client: SyncClient) -> None:
         row = {"t_s": round(time.perf_counter() - self._started, 3), "phase": self.phase,
-               "server_rss_bytes": rss_bytes(self._server.pid), "bench_rss_bytes": rss_bytes(os.getpid())}
+               "server_rss_bytes": tree_rss_bytes(self._server.pid), "bench_rss_bytes": rss_bytes(os.getpid())}
         try:
             info = client.runtime_info()
             row["kv_used_bytes"] = info.kv_used_bytes

@@ -27,6 +27,7 @@ class ModelConfig:
 
 KV_DTYPES = ("auto", "fp8")
 CPU_WEIGHTS = ("float32", "int8")
+ENGINE_PROCESS_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,11 @@ class EngineConfig:
     mailbox_size: int = 1024
     # A Generate whose consumer leaves tokens unread this long is stopped (the session stays usable).
     consumer_stall_timeout_s: float = 60.0
+    # The model, KV memory and step loop in a process of their own (runtime/engine/process.py);
+    # auto: on for CUDA, off for CPU and MPS (docs/engine-process.md says why).
+    engine_process: str = "auto"
+    # In its own process, the engine steps greedy decode rows without waiting for the front's plan.
+    engine_step_ahead: bool = True
 
     def __post_init__(self) -> None:
         _positive(kv_budget_bytes=self.kv_budget_bytes, kv_block_tokens=self.kv_block_tokens,
@@ -65,6 +71,15 @@ class EngineConfig:
             raise ValueError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, not {self.kv_dtype!r}")
         if self.cpu_weights not in CPU_WEIGHTS:
             raise ValueError(f"cpu_weights must be one of {', '.join(CPU_WEIGHTS)}, not {self.cpu_weights!r}")
+        if self.engine_process not in ENGINE_PROCESS_MODES:
+            raise ValueError(f"engine_process must be one of {', '.join(ENGINE_PROCESS_MODES)}, "
+                             f"not {self.engine_process!r}")
+
+    def uses_engine_process(self, device_type: str) -> bool:
+        """Whether the engine runs in a process of its own on a device of this type."""
+        if self.engine_process == "auto":
+            return device_type == "cuda"
+        return self.engine_process == "on"
 
     @property
     def is_bounded(self) -> bool:

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 _TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
 _SESSIONS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Steps and their crossings of the process boundary: from 50 microseconds.
+_STEP_SECONDS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -24,6 +26,7 @@ class Metrics:
         self._add_session_metrics()
         self._add_scheduler_metrics()
         self._add_speculative_metrics()
+        self._add_engine_process_metrics()
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -96,6 +99,25 @@ class Metrics:
         # scheduler asks for other rows (a session joined, a sampler has a temperature).
         self.run_ahead_steps = self._counter("kakeya_run_ahead_steps", "Decode steps launched ahead, by outcome.",
                                              ("outcome",))
+
+    def _add_engine_process_metrics(self) -> None:
+        """Written by the engine client (runtime/engine/client.py) when the engine runs in a process of
+        its own: where a step's time goes on each side of the boundary."""
+        self.engine_step_duration = self._histogram(
+            "kakeya_engine_step_duration_seconds",
+            "One step inside the engine process: KV operations, drafts, forward, sampling, stop rules.", _STEP_SECONDS)
+        self.engine_front_wait = self._histogram(
+            "kakeya_engine_front_wait_seconds",
+            "Between two steps while requests run: how long the engine process waited for the next step.",
+            _STEP_SECONDS)
+        self.front_engine_wait = self._histogram(
+            "kakeya_front_engine_wait_seconds",
+            "How long the front waited for the engine process to answer a step (the step and both crossings).",
+            _STEP_SECONDS)
+        self.engine_steps_ahead = self._counter(
+            "kakeya_engine_steps_ahead",
+            "Steps the engine process ran on its own, by outcome: taken by the front, or undone by its next plan.",
+            ("outcome",))
 
     def serve(self, host: str, port: int) -> int:
         """Starts the /metrics HTTP endpoint; returns the bound port."""

@@ -1,21 +1,35 @@
 """The KV pool: hands out session slabs under one byte budget, grows them, trims them, and frees them.
 
 Owned by the scheduler actor, which resizes or frees a slab only between steps, never while the
-model thread uses it.
+model thread uses it. With the engine in its own process the pool keeps the budget's accounts in
+the front process, over handles, and each resize or free becomes a KV operation the engine
+applies before its next step (runtime/engine/remote_kv.py).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 from kakeya.runtime.common.errors import KVExhausted
 from kakeya.runtime.forward.session_kv import KVShape, SessionKV
+
+# Makes a session's KV of a shape, sink and window; the owner is the session's verifier KV when
+# this is its draft slab. With the engine in its own process, the pool holds handles
+# (runtime/engine/remote_kv.py) whose resizes become messages to the engine.
+KVFactory = Callable[[KVShape, int, int, "SessionKV | None"], SessionKV]
+
+
+def local_kv(shape: KVShape, sink_tokens: int, window_tokens: int, owner: SessionKV | None) -> SessionKV:
+    return SessionKV(shape, sink_tokens, window_tokens)
 
 
 class KVPool:
 
     def __init__(self, shape: KVShape, budget_bytes: int, block_tokens: int,
                  sink_tokens: int, window_tokens: int, max_chunk_tokens: int,
-                 draft_shape: KVShape | None = None) -> None:
+                 draft_shape: KVShape | None = None, kv_factory: KVFactory = local_kv) -> None:
         self.shape = shape
+        self._new_kv = kv_factory
         self.draft_shape = draft_shape
         self.budget_bytes = budget_bytes
         self.block_tokens = block_tokens
@@ -32,9 +46,9 @@ class KVPool:
         return -(-tokens // self.block_tokens) * self.block_tokens
 
     def allocate(self) -> SessionKV:
-        kv = SessionKV(self.shape, self.sink_tokens, self.window_tokens)
+        kv = self._new_kv(self.shape, self.sink_tokens, self.window_tokens, None)
         if self.draft_shape is not None:
-            kv.draft = SessionKV(self.draft_shape, self.sink_tokens, self.window_tokens)
+            kv.draft = self._new_kv(self.draft_shape, self.sink_tokens, self.window_tokens, kv)
         self._slabs[kv.kv_id] = kv
         return kv
 
@@ -108,7 +122,7 @@ class KVPool:
             return
         self.used_bytes -= kv.lease_bytes
         for slab in self._lease(kv):
-            slab.slab = None
+            slab.release()
 
     def sessions(self) -> list[SessionKV]:
         """Every session KV the pool holds, oldest first (for tests and tools)."""

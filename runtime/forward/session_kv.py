@@ -125,6 +125,10 @@ class SessionKV:
         if self.num_resident + num_new > self.capacity:
             raise Overloaded(f"KV slab {self.kv_id} cannot hold {num_new} more tokens")
 
+    def release(self) -> None:
+        """Gives the slab's memory back (the pool frees the session)."""
+        self.slab = None
+
     def resize(self, capacity: int) -> None:
         shape = self.shape
         new = torch.empty(shape.num_layers, 2, shape.num_kv_heads, capacity, shape.head_dim,

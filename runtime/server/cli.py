@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import sys
 
-from kakeya.runtime.common.config import (CPU_WEIGHTS, KV_DTYPES, SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
+from kakeya.runtime.common.config import (CPU_WEIGHTS, ENGINE_PROCESS_MODES, KV_DTYPES, SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
                      SpeculativeConfig, cpu_threads, env_default, read_api_keys)
 from kakeya.runtime.common.config import HttpConfig
 
@@ -106,6 +106,8 @@ def _operation_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "grace-s", float, 5.0, help="seconds in-flight calls get on shutdown")
     _flag(serve, "metrics-host", default="127.0.0.1", help="address of the Prometheus /metrics endpoint")
     _flag(serve, "metrics-port", int, 9400, help="port of the /metrics endpoint (-1: none)")
+    _flag(serve, "engine-process", default="auto", choices=ENGINE_PROCESS_MODES,
+          help="run the model and its KV memory in a process of their own (auto: on for CUDA)")
 
 
 def _access_flags(serve: argparse.ArgumentParser) -> None:
@@ -133,6 +135,7 @@ def _switch_flags(serve: argparse.ArgumentParser) -> None:
         _opt_out(serve, name, f"CUDA only: do not {what}")
     _opt_out(serve, "cpu-packed-linears", "CPU only: plain linears instead of MKL-packed weights, which double the "
                                           "weights' memory")
+    _opt_out(serve, "engine-step-ahead", "engine process only: step decode rows only when the front plans them")
     _opt_out(serve, "cpu-decoder", "CPU only: run transformers' modules instead of the same ops called directly "
                                    "(same logits, slower)")
 
@@ -163,7 +166,8 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
                             cuda_run_ahead=args.cuda_run_ahead, cpu_packed_linears=args.cpu_packed_linears,
                             cpu_decoder=args.cpu_decoder, kv_dtype=args.kv_dtype, cpu_weights=args.cpu_weights,
                             sink_tokens=args.sink, window_tokens=args.window,
-                            consumer_stall_timeout_s=args.consumer_stall_timeout_s),
+                            consumer_stall_timeout_s=args.consumer_stall_timeout_s,
+                            engine_process=args.engine_process, engine_step_ahead=args.engine_step_ahead),
         limits=SessionLimits(max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,
                              max_append_tokens=args.max_append_tokens, max_generate_tokens=args.max_generate_tokens),
         server=ServerConfig(host=args.host, port=args.port, unix_socket=args.unix_socket,

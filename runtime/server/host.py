@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -18,14 +19,15 @@ from kakeya.actors.speculator import Speculator
 from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
 from kakeya.runtime.engine.blas_probe import warn_if_row_dependent
 from kakeya.runtime.common.config import RuntimeConfig
-from kakeya.runtime.engine.draft import DraftRunner, load_draft
-from kakeya.runtime.engine.engine import Engine
-from kakeya.runtime.engine.kv_pool import KVPool
-from kakeya.runtime.forward.session_kv import KVShape, slab_dtype
+from kakeya.runtime.engine.assembly import build_engine
+from kakeya.runtime.engine.client import EngineClient
+from kakeya.runtime.engine.draft import load_draft
+from kakeya.runtime.engine.kv_pool import KVPool, local_kv
+from kakeya.runtime.engine.process import EngineProcess
+from kakeya.runtime.engine.remote_kv import KVOps, remote_kv_factory
 from kakeya.runtime.common.metrics import Metrics
 from kakeya.runtime.engine.loader import load_model
 from kakeya.runtime.forward.loaded_model import LoadedModel
-from kakeya.runtime.engine import forward_path
 from kakeya.runtime.engine.runner import ModelRunner, model_thread
 
 log = structlog.get_logger(__name__)
@@ -46,55 +48,55 @@ InfoValue = int | float | str | bool | tuple[int, ...]
 
 class Host:
     """Hosts one model: loads it, and assembles the KV pool, the engine on its model thread, the
-    scheduler and the session registry, started and stopped as one."""
+    scheduler and the session registry, started and stopped as one.
 
-    def __init__(self, config: RuntimeConfig, loaded: LoadedModel,
+    With `engine_process`, the model, its slabs and the step loop live in that process instead
+    (runtime/engine/process.py); `loaded` is then None and the host keeps the model's facts, a KV
+    pool of handles and an EngineClient where the engine would be."""
+
+    def __init__(self, config: RuntimeConfig, loaded: LoadedModel | None,
                  on_engine_death: Callable[[BaseException], None] | None = None,
-                 executor: ThreadPoolExecutor | None = None, draft: LoadedModel | None = None) -> None:
+                 executor: ThreadPoolExecutor | None = None, draft: LoadedModel | None = None,
+                 engine_process: EngineProcess | None = None) -> None:
         engine = config.engine
         self.config = config
-        self.loaded = loaded
-        self.deterministic = engine.deterministic if engine.deterministic is not None else loaded.device.type == "cpu"
-        self.draft = draft or load_draft(config.speculative, config.model, loaded, ATTENTION_NAME)
-        kv_dtype = slab_dtype(engine.kv_dtype, loaded.dtype, loaded.device, engine.is_bounded)
-        shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, kv_dtype, loaded.device)
-        draft_shape = None
-        if self.draft is not None:
-            d = self.draft
-            draft_shape = KVShape(d.num_layers, d.num_kv_heads, d.head_dim, d.dtype, d.device)
-        # A model whose every layer has a sliding window keeps only the widest window's positions;
-        # tokens leaving it are not dropped from view (no truncated events): no layer reads them.
-        kept = engine.window_tokens or forward_path.kept_window(loaded, self.draft)
-        self.pool = KVPool(shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
-                           kept, engine.prefill_chunk_tokens, draft_shape)
-        runner_options = dict(cuda_graphs=engine.cuda_graphs, cuda_fusion=engine.cuda_fusion,
-                              bounded=engine.is_bounded, cpu_packed_linears=engine.cpu_packed_linears,
-                              cpu_decoder=engine.cpu_decoder, cpu_int8_weights=engine.cpu_weights == "int8")
-        # Speculative steps feed drafts, which a launched-ahead plain decode step never matches.
-        run_ahead = engine.cuda_run_ahead and not config.speculative.is_enabled
         self.metrics = Metrics()
-        outcomes = self.metrics.run_ahead_steps
-        # The draft model's slabs keep its own dtype: they are small, and its tokens are only proposals.
-        self.runner = ModelRunner(loaded, self.deterministic, executor, run_ahead=run_ahead, kv_dtype=kv_dtype,
-                                  on_run_ahead=lambda outcome: outcomes.labels(outcome=outcome).inc(),
-                                  **runner_options)
-        self.draft_runner = None
-        if self.draft is not None:
-            self.draft_runner = DraftRunner(self.draft, self.deterministic, self.runner.executor, **runner_options)
-        self.engine = Engine(self.runner, self.draft_runner)
-        speculator = Speculator(config.speculative, self.draft_runner is not None, self.metrics,
+        self._on_engine_death = on_engine_death or _exit_on_engine_death
+        self._engine_died = False
+        self.runner: ModelRunner | None = None
+        self.client: EngineClient | None = None
+        kv_factory = local_kv
+        if engine_process is None:
+            draft = draft or load_draft(config.speculative, config.model, loaded, ATTENTION_NAME)
+            outcomes = self.metrics.run_ahead_steps
+            local = build_engine(config, loaded, draft, executor, lambda outcome: outcomes.labels(outcome=outcome).inc())
+            self.runner, self.engine, facts = local.runner, local.engine, local.facts
+        else:
+            facts = engine_process.wait_ready().facts
+            ops = KVOps()
+            kv_factory = remote_kv_factory(ops)
+            self.engine = self.client = EngineClient(engine_process, ops, self.metrics)
+        self.loaded = loaded if loaded is not None else facts.model
+        self.deterministic = facts.deterministic
+        self.draft_model_id = facts.draft_model_id
+        self.paths = facts.paths
+        self.pool = KVPool(facts.kv_shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
+                           facts.kept_window, engine.prefill_chunk_tokens, facts.draft_shape, kv_factory)
+        speculator = Speculator(config.speculative, facts.draft_shape is not None, self.metrics,
                                 engine.prefill_chunk_tokens)
         self.scheduler = SchedulerActor(self.engine, speculator, self.pool, self.metrics, engine.prefill_chunk_tokens,
                                         engine.max_step_tokens, engine.mailbox_size,
-                                        engine.consumer_stall_timeout_s,
-                                        on_crash=on_engine_death or _exit_on_engine_death)
-        self.rules = SessionRules(config.limits, loaded.vocab_size, loaded.max_context_tokens,
+                                        engine.consumer_stall_timeout_s, on_crash=self._engine_death)
+        self.rules = SessionRules(config.limits, self.loaded.vocab_size, self.loaded.max_context_tokens,
                                   engine.sink_tokens, engine.window_tokens)
         self.registry = SessionRegistry(self.rules, self.scheduler, self.metrics)
 
     @classmethod
-    def load(cls, config: RuntimeConfig, **kwargs) -> "Host":
-        """Loads the model on the model thread (blocking: call it off the event loop) and builds the runtime."""
+    def load(cls, config: RuntimeConfig, engine_process: EngineProcess | None = None, **kwargs) -> "Host":
+        """Loads the model (blocking: call it off the event loop) and builds the runtime: on the
+        model thread, or in `engine_process`, whose loading this waits for."""
+        if engine_process is not None:
+            return cls(config, None, engine_process=engine_process, **kwargs)
         executor = model_thread()
         loaded = executor.submit(load_model, config.model, ATTENTION_NAME).result()
         draft = executor.submit(load_draft, config.speculative, config.model, loaded, ATTENTION_NAME).result()
@@ -105,12 +107,31 @@ class Host:
             executor.submit(warn_if_row_dependent, loaded.model).result()
         return runtime
 
+    def _engine_death(self, exc: BaseException) -> None:
+        """Reported once: a dead engine process is seen both by the step in flight and by its sentinel."""
+        if not self._engine_died:
+            self._engine_died = True
+            self._on_engine_death(exc)
+
+    @property
+    def engine_pid(self) -> int:
+        """The process that runs the model: this one, or the engine process."""
+        return self.client.pid if self.client is not None else os.getpid()
+
+    @property
+    def is_alive(self) -> bool:
+        """The scheduler runs and the engine, where it has a process of its own, too."""
+        return self.scheduler.is_alive and (self.client is None or self.client.is_alive)
+
     def start(self) -> None:
+        """On the event loop."""
+        if self.client is not None:
+            self.client.watch(self._engine_death)
         self.scheduler.start()
         self.registry.start()
         log.info("runtime_started", deterministic=self.deterministic, kv_budget_bytes=self.pool.budget_bytes,
                  kv_dtype=str(self.pool.shape.dtype).removeprefix("torch."), speculative=self.config.speculative.mode,
-                 draft_model=self.draft.model_id if self.draft is not None else None)
+                 draft_model=self.draft_model_id, engine_pid=self.engine_pid)
 
     async def stop(self) -> None:
         await self.registry.close_all()
@@ -148,8 +169,8 @@ class Host:
             cache_invariant_inv2_violations=self.registry.violations("inv2"),
             speculative_mode=self.config.speculative.mode,
             num_draft_tokens=self.config.speculative.num_draft_tokens if self.config.speculative.is_enabled else 0,
-            draft_model_id=self.draft.model_id if self.draft is not None else "",
-            **self.runner.paths(kept_window=0 if engine_window else self.pool.window_tokens),
+            draft_model_id=self.draft_model_id or "",
+            **self.paths,
         )
 
     def counter(self, name: str, **labels: str) -> int:

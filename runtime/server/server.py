@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import signal
@@ -19,6 +20,9 @@ from kakeya.runtime.server import wire as service_handlers
 from kakeya.runtime.server.auth import ApiKeys
 from kakeya.runtime.common.config import RuntimeConfig, ServerConfig
 from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.engine.loader import resolve_device
+from kakeya.runtime.engine.process import EngineProcess
+from kakeya.runtime.server.log_setup import configure_logging
 from kakeya.runtime.server.ports import listen_port
 from kakeya.runtime.server.host import Host
 from kakeya.runtime.server.servicer import RuntimeServicer
@@ -112,11 +116,12 @@ class RuntimeServer:
         self._watchdog = asyncio.create_task(self._watch_scheduler(runtime), name="health-watchdog")
 
     async def _watch_scheduler(self, runtime: Host) -> None:
-        """Readiness follows the scheduler: NOT_SERVING while pending work sees no step finish."""
+        """Readiness follows the scheduler and the engine: NOT_SERVING once either is dead, and while
+        pending work sees no step finish."""
         stall_s = self.config.server.stall_timeout_s
         while True:
             await asyncio.sleep(min(stall_s / 4, 1.0))
-            serving = runtime.scheduler.is_alive and not runtime.scheduler.is_stalled(stall_s)
+            serving = runtime.is_alive and not runtime.scheduler.is_stalled(stall_s)
             if serving != self.is_serving:
                 log.warning("scheduler_stalled" if not serving else "scheduler_recovered", stall_s=stall_s)
                 await self._set_serving(serving)
@@ -168,14 +173,25 @@ async def serve(config: RuntimeConfig) -> int:
     except FailedPrecondition as exc:
         log.error("server_start_failed", error=str(exc))
         return 1
-    loader = asyncio.ensure_future(asyncio.to_thread(Host.load, config, on_engine_death=on_engine_death))
+    try:
+        engine_process = _start_engine_process(config)
+    except FailedPrecondition as exc:
+        log.error("model_load_failed", error=str(exc))
+        await server.stop(0)
+        return 1
+    loader = asyncio.ensure_future(asyncio.to_thread(Host.load, config, on_engine_death=on_engine_death,
+                                                     engine_process=engine_process))
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait({loader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if not loader.done() and engine_process is not None:
+        engine_process.kill()  # stopped while loading: the loader's wait ends with the child
     if loader.done():
         try:
             runtime = loader.result()
         except Exception as exc:  # noqa: BLE001 - a bad --model must end the process clearly
             log.error("model_load_failed", error=str(exc))
+            if engine_process is not None:
+                engine_process.stop()
             await server.stop(0)
             return 1
         frozen = _freeze_loaded_objects()
@@ -187,6 +203,17 @@ async def serve(config: RuntimeConfig) -> int:
     await server.stop()
     log.info("server_stopped", exit_code=exit_code)
     return exit_code
+
+
+def _start_engine_process(config: RuntimeConfig) -> EngineProcess | None:
+    """The engine process, started now, on the main thread, where the config asks for one on this
+    device; it loads the model while the server listens."""
+    if not config.engine.uses_engine_process(resolve_device(config.model.device).type):
+        return None
+    process = EngineProcess(config, functools.partial(configure_logging, config.server.log_format,
+                                                      config.server.log_level))
+    log.info("engine_process_started", pid=process.pid)
+    return process
 
 
 async def _attach(server: RuntimeServer, runtime: Host) -> bool:

@@ -1,0 +1,87 @@
+"""A session's KV as the front process holds it when the engine runs in a process of its own.
+
+The slab lives in the engine process; the front keeps a handle with the same bookkeeping as a
+SessionKV (kv_id, positions, window start, capacity), so the KV pool, the scheduler and the
+session actors account for it exactly as for a local slab. The engine's reply to each step sets
+the handle's positions; each resize or free the pool makes is queued as a KV operation, which
+the engine applies before the next step (or at once, through a flush, for a free).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+from kakeya.runtime.forward.session_kv import KVShape, SessionKV
+
+# ("resize", kv_id, is_draft, capacity) | ("free", kv_id) | ("sampler", key, params) | ("forget_sampler", key)
+KVOp = tuple
+
+
+class KVOps:
+    """The queue of KV operations for the engine, in order. Appended on the event loop (and by
+    sampler finalizers), drained by the engine client's thread: deque appends and pops are atomic."""
+
+    def __init__(self) -> None:
+        self._queue: deque[KVOp] = deque()
+        self.on_free: Callable[[], None] | None = None  # asks the client to send the queue now
+
+    def append(self, op: KVOp) -> None:
+        self._queue.append(op)
+
+    def drain(self) -> tuple[KVOp, ...]:
+        taken = []
+        while self._queue:
+            taken.append(self._queue.popleft())
+        return tuple(taken)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+
+class RemoteKV(SessionKV):
+    """A handle on a session's slab in the engine process (or on its draft slab, with an owner)."""
+
+    def __init__(self, shape: KVShape, sink_tokens: int, window_tokens: int, owner: SessionKV | None,
+                 ops: KVOps) -> None:
+        super().__init__(shape, sink_tokens, window_tokens)
+        self._ops = ops
+        self._capacity = 0
+        self._owner_id = owner.kv_id if owner is not None else None
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def nbytes(self) -> int:
+        return self._capacity * self.bytes_per_token
+
+    def resize(self, capacity: int) -> None:
+        self._capacity = capacity
+        if self._owner_id is None:
+            self._ops.append(("resize", self.kv_id, False, capacity))
+        else:
+            self._ops.append(("resize", self._owner_id, True, capacity))
+
+    def release(self) -> None:
+        self._capacity = 0
+        if self._owner_id is None:  # the engine frees a session's draft slab with it
+            self._ops.append(("free", self.kv_id))
+            if self._ops.on_free is not None:
+                self._ops.on_free()
+
+    def compact_for(self, num_new: int) -> None:
+        raise RuntimeError("a KV handle is compacted by the engine that holds its slab")
+
+    def set_state(self, num_positions: int, window_start: int) -> None:
+        """The engine's positions after a step."""
+        self.num_positions = num_positions
+        self.window_start = window_start
+
+
+def remote_kv_factory(ops: KVOps):
+    """The KV pool's factory of handles whose operations go to `ops`."""
+    def make(shape: KVShape, sink_tokens: int, window_tokens: int, owner: SessionKV | None) -> RemoteKV:
+        return RemoteKV(shape, sink_tokens, window_tokens, owner, ops)
+    return make
