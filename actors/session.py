@@ -23,6 +23,7 @@ from .base import Actor
 from .messages import Append, Close, FreeKV, Generate, GenerateParams, Job, KVLease, ReserveKV, SubmitJob
 from .scheduler import SchedulerActor
 from .session_rules import SessionRules
+from .session_state import Export, Fork, SessionState, copy_state
 from .token_stream import Done, StopReason, TokenStream, Truncated
 
 log = structlog.get_logger(__name__)
@@ -54,7 +55,7 @@ class SessionSnapshot:
 class SessionActor(Actor):
     def __init__(self, session_id: str, client_label: str, eos_token_ids: frozenset[int], rules: SessionRules,
                  scheduler: SchedulerActor, metrics: Metrics, evict_for: Callable[[int, str], Awaitable[None]],
-                 on_violation: Callable[[str], None]) -> None:
+                 on_violation: Callable[[str], None], state: SessionState | None = None) -> None:
         super().__init__(rules.limits.mailbox_size)
         self.name = f"session-{session_id[:8]}"
         self.session_id = session_id
@@ -77,7 +78,20 @@ class SessionActor(Actor):
         self._is_shut_down = False  # closed by the server's drain, not by its client
         self.owner = ""  # the API-key identity that created it; set once by the registry
         self.last_active = time.monotonic()
+        if state is not None:  # a fork, an import or a reloaded durable session
+            self._seed(state)
         self._published = self._snapshot()
+
+    def _seed(self, state: SessionState) -> None:
+        self._history = list(state.history)
+        self._num_fed = state.num_fed
+        self._pending = self._history[state.num_fed:]
+        self._lease = state.lease
+        self._reported_dropped = state.reported_dropped
+
+    def state(self) -> SessionState:
+        """The history as of the last completed request (the actor's own, between messages)."""
+        return SessionState(tuple(self._history), self._num_fed, self._reported_dropped)
 
     @property
     def snapshot(self) -> SessionSnapshot:
@@ -114,6 +128,11 @@ class SessionActor(Actor):
                     await self._generate(message)
                 case Close():
                     await self._close(message)
+                case Fork() | Export():
+                    if self.is_closing:
+                        return message.reject(self.closed_error())
+                    message.reply.set_result(await copy_state(message, self.state(), self._lease, self._scheduler,
+                                                              self._evict_for, self.session_id))
         except Exception as exc:  # one request fails, the session lives on
             log.exception("session_request_failed", session_id=self.session_id)
             message.reject(exc)

@@ -26,6 +26,7 @@ from kakeya.runtime.common.metrics import Metrics
 from kakeya.runtime.engine.loader import load_model
 from kakeya.runtime.forward.loaded_model import LoadedModel
 from kakeya.runtime.engine.runner import ModelRunner, model_thread
+from kakeya.runtime.engine.session_snapshot import model_fingerprint
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,7 @@ class Host:
         self.deterministic = engine.deterministic if engine.deterministic is not None else loaded.device.type == "cpu"
         self.draft = draft or load_draft(config.speculative, config.model, loaded, ATTENTION_NAME)
         kv_dtype = slab_dtype(engine.kv_dtype, loaded.dtype, loaded.device, engine.is_bounded)
+        self.fingerprint = model_fingerprint(loaded, kv_dtype)  # what exported and durable sessions are bound to
         shape = KVShape(loaded.num_layers, loaded.num_kv_heads, loaded.head_dim, kv_dtype, loaded.device)
         draft_shape = None
         if self.draft is not None:
