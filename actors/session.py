@@ -23,7 +23,8 @@ from .base import Actor
 from .messages import Append, Close, FreeKV, Generate, GenerateParams, Job, KVLease, ReserveKV, SubmitJob
 from .scheduler import SchedulerActor
 from .session_rules import SessionRules
-from .session_state import Export, Fork, SessionState, copy_state
+from .session_state import Export, Fork, Persist, SessionState, copy_state
+from .session_store import Journal
 from .token_stream import Done, StopReason, TokenStream, Truncated
 
 log = structlog.get_logger(__name__)
@@ -77,6 +78,7 @@ class SessionActor(Actor):
         self.is_closing = False
         self._is_shut_down = False  # closed by the server's drain, not by its client
         self.owner = ""  # the API-key identity that created it; set once by the registry
+        self.journal: Journal | None = None  # its durable file (--session-dir); set once by the registry
         self.last_active = time.monotonic()
         if state is not None:  # a fork, an import or a reloaded durable session
             self._seed(state)
@@ -123,11 +125,16 @@ class SessionActor(Actor):
         try:
             match message:
                 case Append():
-                    self._append(message)
+                    if self._append(message):
+                        await self._persist()
+                        message.reply.set_result(len(self._history))
                 case Generate():
                     await self._generate(message)
                 case Close():
                     await self._close(message)
+                case Persist():
+                    await self._persist()
+                    message.reply.set_result(None)
                 case Fork() | Export():
                     if self.is_closing:
                         return message.reject(self.closed_error())
@@ -140,16 +147,23 @@ class SessionActor(Actor):
             self.last_active = time.monotonic()
             self._published = self._snapshot()
 
-    def _append(self, message: Append) -> None:
+    def _append(self, message: Append) -> bool:
         if self.is_closing:
-            return message.reject(self.closed_error())
+            message.reject(self.closed_error())
+            return False
         try:
             self._rules.check_append(len(self._history), message.token_ids)
         except KakeyaError as exc:
-            return message.reject(exc)
+            message.reject(exc)
+            return False
         self._history.extend(message.token_ids)
         self._pending.extend(message.token_ids)
-        message.reply.set_result(len(self._history))
+        return True
+
+    async def _persist(self) -> None:
+        """Writes what the last request changed to the session's file before its reply goes out."""
+        if self.journal is not None:
+            await self.journal.record(self.state(), self._lease)
 
     async def _generate(self, message: Generate) -> None:
         stream, params = message.stream, message.params
@@ -193,6 +207,7 @@ class SessionActor(Actor):
             self._check_invariants()
         except InvariantViolation as exc:
             return stream.fail(exc)
+        await self._persist()
         stream.push(Done(result.stop_reason, len(result.generated), prefill_tokens,
                          result.prefill_duration_s, time.monotonic() - started,
                          result.num_draft_tokens, result.num_accepted_tokens))
@@ -242,6 +257,8 @@ class SessionActor(Actor):
             except KakeyaError:
                 pass  # the scheduler is gone and its memory with it
             self._lease = None
+        if self.journal is not None and not self._is_shut_down:
+            await self.journal.remove()  # a shutdown keeps the file for the next start
         log.info("session_closed", session_id=self.session_id, reason=message.reason,
                  history_tokens=len(self._history))
         message.reply.set_result(len(self._history))

@@ -52,6 +52,13 @@ class Export(_Replies):
     first_row: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Persist(_Replies):
+    """Write the session's state to its durable file (a fork or an import, before it is handed out)."""
+
+    reply: asyncio.Future[None]
+
+
 def empty_image(sink_tokens: int) -> KVImage:
     return KVImage(0, sink_tokens, 0, 0, torch.empty(0, dtype=torch.uint8))
 
@@ -87,7 +94,7 @@ async def copy_state(message: Fork | Export, state: SessionState, lease: KVLease
 
 
 async def import_lease(image: KVImage, history: tuple[int, ...], scheduler: SchedulerActor,
-                       evict_for: EvictFor) -> KVLease | None:
+                       evict_for: EvictFor | None) -> KVLease | None:
     """A new slab holding an imported or reloaded image (None when it holds no positions)."""
     if not image.num_positions:
         return None

@@ -107,6 +107,9 @@ class SessionLimits:
     max_generate_tokens: int = 8192
     max_history_tokens: int = 1 << 20
     mailbox_size: int = 64
+    # Durable sessions: each session's state is appended to a file here after every request, and
+    # the sessions found here come back at start. None: sessions live and die with the process.
+    session_dir: str | None = None
 
     def __post_init__(self) -> None:
         _positive(max_sessions=self.max_sessions, session_ttl_s=self.session_ttl_s,

@@ -13,6 +13,7 @@ import structlog
 from kakeya.actors.registry import SessionRegistry
 from kakeya.actors.scheduler import SchedulerActor
 from kakeya.actors.session_rules import SessionRules
+from kakeya.actors.session_store import SessionStore
 from kakeya.actors.speculator import Speculator
 
 from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
@@ -88,7 +89,17 @@ class Host:
                                         on_crash=on_engine_death or _exit_on_engine_death)
         self.rules = SessionRules(config.limits, loaded.vocab_size, loaded.max_context_tokens,
                                   engine.sink_tokens, engine.window_tokens)
-        self.registry = SessionRegistry(self.rules, self.scheduler, self.metrics)
+        self.registry = SessionRegistry(self.rules, self.scheduler, self.metrics, self._store(shape))
+
+    def _store(self, shape: KVShape) -> SessionStore | None:
+        """The durable session directory's store, bound to this model and KV layout."""
+        if self.config.limits.session_dir is None:
+            return None
+        lanes = shape.num_layers * 2 * shape.num_kv_heads
+        settings = dict(kv_dtype=str(shape.dtype).removeprefix("torch."), sink_tokens=self.pool.sink_tokens,
+                        window_tokens=self.pool.window_tokens, lanes=lanes,
+                        row_bytes=shape.bytes_per_token // lanes)
+        return SessionStore(self.config.limits.session_dir, self.fingerprint, settings, self.scheduler, self.metrics)
 
     @classmethod
     def load(cls, config: RuntimeConfig, **kwargs) -> "Host":
