@@ -178,3 +178,28 @@ async def test_a_restored_session_stays_bound_to_its_api_key(loaded_model, tmp_p
                                        timeout=TIMEOUT_S)
     finally:
         await handle.stop()
+
+
+async def test_bounded_sessions_fork_and_come_back_across_compaction(loaded_model, tmp_path):
+    """Sink 4 + window 48: compaction moves the slab's rows, so the next record holds them all again."""
+    engine = {"sink_tokens": 4, "window_tokens": 48, "prefill_chunk_tokens": 16}
+    first = await _serve(loaded_model, tmp_path, **engine)
+    try:
+        session_id = await create(first.stub)
+        await append(first.stub, session_id, HISTORY * 3)
+        await generate(first.stub, session_id, 40)
+        await generate(first.stub, session_id, 100)  # past the slab's capacity: compaction
+        [kv] = first.runtime.pool.sessions()
+        assert kv.num_evicted > 0 and kv.window_start > 4
+        expected = await _expected(first.stub, session_id, 10)  # a fork across compaction
+        resident = (await info(first.stub, session_id)).kv_resident_tokens
+    finally:
+        await first.stop()
+    second = await _serve(loaded_model, tmp_path, **engine)
+    try:
+        assert (await info(second.stub, session_id)).kv_resident_tokens == resident
+        resumed = await generate(second.stub, session_id, 10)
+        assert resumed.tokens == expected and resumed.done.prefill_token_count == 1
+        await close(second.stub, session_id)
+    finally:
+        await second.stop()
