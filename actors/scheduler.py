@@ -136,7 +136,9 @@ class SchedulerActor(Actor):
         """A fork, import or read-out of a session's slab, between steps like every slab change."""
         try:
             result = message.apply(self.pool)
-        except KakeyaError as exc:
+        except Exception as exc:  # noqa: BLE001 - the asker's request fails; the pool is as it was
+            if not isinstance(exc, KakeyaError):
+                log.exception("slab_op_failed")
             return message.reject(exc)
         if isinstance(result, SessionKV):
             if message.reply.done():  # its asker is gone: the new slab would have no owner

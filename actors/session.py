@@ -1,7 +1,9 @@
 """The session actor: owns one session's token history and its lease on KV memory.
 
-Accepts: Append, Generate, Close. Messages run one at a time in arrival order, so a second
-Generate waits for the first and appends keep their order. Invariants, checked around every
+Accepts: Append, Generate, Close, and Fork, Export, Persist (session_state.py). Messages run one
+at a time in arrival order, so a second Generate waits for the first, appends keep their order,
+and a fork copies the session as the requests before it left it. With --session-dir, each
+request's change is written to the session's file before its reply (session_store.py). Invariants, checked around every
 Generate: INV-1 the slab holds exactly the positions this session fed; INV-2 every history
 token is either fed or pending (history = fed + pending), so the next position is well defined.
 """
@@ -127,7 +129,8 @@ class SessionActor(Actor):
                 case Append():
                     if self._append(message):
                         await self._persist()
-                        message.reply.set_result(len(self._history))
+                        if not message.reply.done():  # its caller may have gone meanwhile
+                            message.reply.set_result(len(self._history))
                 case Generate():
                     await self._generate(message)
                 case Close():

@@ -40,16 +40,16 @@ def fork_kv(pool: KVPool, source: SessionKV) -> SessionKV:
     kv = pool.allocate()
     try:
         pool.reserve(kv, source.num_positions)
-    except Exception:
+        for dst, src in ((kv, source), (kv.draft, source.draft)):
+            if dst is None or src is None:
+                continue
+            rows = src.num_resident
+            if rows:
+                dst.slab[:, :, :, :rows].copy_(src.slab[:, :, :, :rows])
+            dst.num_positions, dst.window_start = src.num_positions, src.window_start
+    except BaseException:
         pool.free(kv)
         raise
-    for dst, src in ((kv, source), (kv.draft, source.draft)):
-        if dst is None or src is None:
-            continue
-        rows = src.num_resident
-        if rows:
-            dst.slab[:, :, :, :rows].copy_(src.slab[:, :, :, :rows])
-        dst.num_positions, dst.window_start = src.num_positions, src.window_start
     return kv
 
 
@@ -81,12 +81,13 @@ def write_kv(pool: KVPool, image: KVImage) -> SessionKV:
     kv = pool.allocate()
     try:
         pool.reserve(kv, image.num_positions)
-    except Exception:
+        if resident:
+            rows = image.data.view(shape.dtype).view(shape.num_layers, 2, shape.num_kv_heads, resident,
+                                                     shape.head_dim)
+            kv.slab[:, :, :, :resident].copy_(rows)
+    except BaseException:
         pool.free(kv)
         raise
-    if resident:
-        rows = image.data.view(shape.dtype).view(shape.num_layers, 2, shape.num_kv_heads, resident, shape.head_dim)
-        kv.slab[:, :, :, :resident].copy_(rows)
     kv.num_positions, kv.window_start = image.num_positions, image.window_start
     return kv
 
