@@ -146,3 +146,14 @@ async def test_foreign_export_through_the_sdk(server, second, loaded_model):
                     await other.import_session(await session.export())
     finally:
         await bounded.stop()
+
+
+async def test_undecodable_chunks_are_invalid_argument(server):
+    """A chunk whose bytes do not parse reaches the servicer as a malformed request (never UNKNOWN)."""
+    upload = server.channel.stream_unary("/kakeya.v1.RuntimeService/ImportSession",
+                                         request_serializer=lambda raw: raw,
+                                         response_deserializer=pb.ImportSessionResponse.FromString)
+    assert await status_of(upload(iter([b"\xff\xff\xff"]), timeout=TIMEOUT_S)) == grpc.StatusCode.INVALID_ARGUMENT
+    fork = server.channel.unary_unary("/kakeya.v1.RuntimeService/ForkSession", request_serializer=lambda raw: raw,
+                                      response_deserializer=pb.ForkSessionResponse.FromString)
+    assert await status_of(fork(b"\xff\xff\xff", timeout=TIMEOUT_S)) == grpc.StatusCode.INVALID_ARGUMENT
