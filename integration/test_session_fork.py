@@ -28,7 +28,8 @@ async def _fresh(stub, history: list[int], max_tokens: int) -> list[int]:
         await close(stub, session_id)
 
 
-async def test_fork_continues_bitwise_and_diverges_cleanly(stub):
+async def test_fork_continues_bitwise_and_diverges_cleanly(server, stub):
+    assert server.runtime.deterministic  # the CPU default: token streams are bitwise comparable
     original = await create(stub, label="writer")
     await append(stub, original, HISTORY)
     first = (await generate(stub, original, 8)).tokens

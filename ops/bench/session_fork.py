@@ -133,6 +133,12 @@ async def run(args) -> dict:
             print(json.dumps(result["branches"][-1]), flush=True)
     finally:
         await server.stop(0)
+    if args.agent_rounds:
+        result["agents16"] = await agents(loaded, budget, args)
+    return result
+
+
+async def agents(loaded, budget: int, args) -> dict:
     with tempfile.TemporaryDirectory(dir=args.session_dir_parent) as directory:
         plain, plain_address = await start(loaded, None, budget // 2)
         durable, durable_address = await start(loaded, directory, budget // 2)
@@ -145,17 +151,16 @@ async def run(args) -> dict:
             await plain.stop(0)
             await durable.stop(0)
     medians = {k: statistics.median(v) for k, v in rates.items()}
-    result["agents16"] = {"turns": args.turns, "append": 32, "generate": 32, "tok_s": rates,
-                          "median_tok_s": {k: round(v, 1) for k, v in medians.items()},
-                          "session_dir_over_plain": round(medians["session_dir"] / medians["plain"], 3)}
-    return result
+    return {"turns": args.turns, "append": 32, "generate": 32, "tok_s": rates,
+            "median_tok_s": {k: round(v, 1) for k, v in medians.items()},
+            "session_dir_over_plain": round(medians["session_dir"] / medians["plain"], 3)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--histories", type=int, nargs="+", default=[1024, 8100])
+    parser.add_argument("--histories", type=int, nargs="*", default=[1024, 8100], help="none: skip part 1")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--agent-rounds", type=int, default=3)
+    parser.add_argument("--agent-rounds", type=int, default=3, help="0: skip part 2")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--model", default=None, help="as `kakeya serve --model` (default: the embedded model)")
     parser.add_argument("--device", default="auto")
