@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 
 from kakeya.proto.v1 import runtime_pb2 as pb
 
@@ -148,5 +149,31 @@ async def test_fork_that_does_not_fit_the_kv_budget_makes_nothing(loaded_model):
         assert len((await generate(stub, original, 4)).tokens) == 4  # the source is unharmed
         await close(stub, original)
         assert runtime.pool.used_bytes == 0
+    finally:
+        await handle.stop()
+
+
+@pytest.mark.parametrize("mode", ["ngram", "draft"])
+async def test_fork_and_import_under_speculation(loaded_model, mode):
+    """The fork copies the n-gram index or the draft slab; an import's draft slab catches up."""
+    speculative = {"mode": mode, "num_draft_tokens": 4}
+    if mode == "draft":
+        speculative.update(draft_model="the model itself")
+    handle = await start_server(loaded_model, speculative=speculative,
+                                draft=loaded_model if mode == "draft" else None)
+    stub = handle.stub
+    try:
+        original = await create(stub)
+        await append(stub, original, HISTORY)
+        await generate(stub, original, 12)
+        copy = await fork(stub, original)
+        chunks = [c async for c in stub.ExportSession(pb.ExportSessionRequest(session_id=original),
+                                                      timeout=TIMEOUT_S)]
+        moved = (await stub.ImportSession(iter(chunks), timeout=TIMEOUT_S)).session_id
+        streams = [(await generate(stub, s, 16)).tokens for s in (original, copy, moved)]
+        assert streams[0] == streams[1] == streams[2]
+        for session_id in (original, copy, moved):
+            await close(stub, session_id)
+        assert handle.runtime.pool.used_bytes == 0
     finally:
         await handle.stop()
