@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from kakeya.runtime.engine.kv_pool import KVPool
 from kakeya.runtime.engine.sampler import SamplingParams
 from kakeya.runtime.forward.session_kv import SessionKV
 
@@ -78,6 +79,17 @@ class ReserveKV(_Replies):
     kv: SessionKV | None
     total_positions: int
     reply: asyncio.Future[KVLease]
+
+
+@dataclass(frozen=True, slots=True)
+class SlabOp(_Replies):
+    """Run apply(pool) between steps: it makes a slab (a fork or an import; the reply is its
+    KVLease, and a draft model's catch-up state starts from fed_tokens) or reads one (the reply is
+    what apply returns). A failure is the reply's, and apply leaves nothing half-made."""
+
+    apply: Callable[[KVPool], Any]
+    reply: asyncio.Future[Any]
+    fed_tokens: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

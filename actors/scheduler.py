@@ -18,7 +18,7 @@ from typing import Callable
 
 import structlog
 
-from kakeya.runtime.common.errors import EngineDead, KVExhausted
+from kakeya.runtime.common.errors import EngineDead, FailedPrecondition, KakeyaError, KVExhausted
 from kakeya.runtime.common.metrics import Metrics
 from kakeya.runtime.engine.engine import Engine
 from kakeya.runtime.engine.kv_pool import KVPool
@@ -28,7 +28,7 @@ from kakeya.runtime.forward.session_kv import SessionKV
 
 from .base import Actor
 from .batch_policy import Slice, plan_step
-from .messages import FreeKV, Job, JobResult, KVLease, ReserveKV, SubmitJob
+from .messages import FreeKV, Job, JobResult, KVLease, ReserveKV, SlabOp, SubmitJob
 from .speculator import Speculator
 from .step_stats import StepRecorder
 from .token_stream import StopReason
@@ -122,6 +122,8 @@ class SchedulerActor(Actor):
                 self._speculator.forget(kv)
                 reply.set_result(None)
                 self._recorder.memory()
+            case SlabOp():
+                self._slab_op(message)
             case SubmitJob(job=job):
                 job.submitted_at = time.monotonic()
                 job.num_prompt = len(job.inputs)
@@ -129,6 +131,27 @@ class SchedulerActor(Actor):
                 self._running.append(job)
             case _:
                 raise TypeError(f"scheduler got an unknown message {message!r}")
+
+    def _slab_op(self, message: SlabOp) -> None:
+        """A fork, import or read-out of a session's slab, between steps like every slab change."""
+        if not self.pool.holds_slabs:
+            return message.reject(FailedPrecondition(
+                "fork, export and import need the engine in the server's process: serve with --engine-process off"))
+        try:
+            result = message.apply(self.pool)
+        except Exception as exc:  # noqa: BLE001 - the asker's request fails; the pool is as it was
+            if not isinstance(exc, KakeyaError):
+                log.exception("slab_op_failed")
+            return message.reject(exc)
+        if isinstance(result, SessionKV):
+            if message.reply.done():  # its asker is gone: the new slab would have no owner
+                self.pool.free(result)
+                return
+            self._speculator.adopt(result, message.fed_tokens)
+            result = self._lease(result)
+        if not message.reply.done():
+            message.reply.set_result(result)
+        self._recorder.memory()
 
     @staticmethod
     def _lease(kv: SessionKV) -> KVLease:

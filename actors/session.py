@@ -1,7 +1,9 @@
 """The session actor: owns one session's token history and its lease on KV memory.
 
-Accepts: Append, Generate, Close. Messages run one at a time in arrival order, so a second
-Generate waits for the first and appends keep their order. Invariants, checked around every
+Accepts: Append, Generate, Close, and Fork, Export, Persist (session_state.py). Messages run one
+at a time in arrival order, so a second Generate waits for the first, appends keep their order,
+and a fork copies the session as the requests before it left it. With --session-dir, each
+request's change is written to the session's file before its reply (session_store.py). Invariants, checked around every
 Generate: INV-1 the slab holds exactly the positions this session fed; INV-2 every history
 token is either fed or pending (history = fed + pending), so the next position is well defined.
 """
@@ -23,6 +25,8 @@ from .base import Actor
 from .messages import Append, Close, FreeKV, Generate, GenerateParams, Job, KVLease, ReserveKV, SubmitJob
 from .scheduler import SchedulerActor
 from .session_rules import SessionRules
+from .session_state import Export, Fork, Persist, SessionState, copy_state
+from .session_store import Journal
 from .token_stream import Done, StopReason, TokenStream, Truncated
 
 log = structlog.get_logger(__name__)
@@ -54,7 +58,7 @@ class SessionSnapshot:
 class SessionActor(Actor):
     def __init__(self, session_id: str, client_label: str, eos_token_ids: frozenset[int], rules: SessionRules,
                  scheduler: SchedulerActor, metrics: Metrics, evict_for: Callable[[int, str], Awaitable[None]],
-                 on_violation: Callable[[str], None]) -> None:
+                 on_violation: Callable[[str], None], state: SessionState | None = None) -> None:
         super().__init__(rules.limits.mailbox_size)
         self.name = f"session-{session_id[:8]}"
         self.session_id = session_id
@@ -76,8 +80,22 @@ class SessionActor(Actor):
         self.is_closing = False
         self._is_shut_down = False  # closed by the server's drain, not by its client
         self.owner = ""  # the API-key identity that created it; set once by the registry
+        self.journal: Journal | None = None  # its durable file (--session-dir); set once by the registry
         self.last_active = time.monotonic()
+        if state is not None:  # a fork, an import or a reloaded durable session
+            self._seed(state)
         self._published = self._snapshot()
+
+    def _seed(self, state: SessionState) -> None:
+        self._history = list(state.history)
+        self._num_fed = state.num_fed
+        self._pending = self._history[state.num_fed:]
+        self._lease = state.lease
+        self._reported_dropped = state.reported_dropped
+
+    def state(self) -> SessionState:
+        """The history as of the last completed request (the actor's own, between messages)."""
+        return SessionState(tuple(self._history), self._num_fed, self._reported_dropped)
 
     @property
     def snapshot(self) -> SessionSnapshot:
@@ -109,11 +127,22 @@ class SessionActor(Actor):
         try:
             match message:
                 case Append():
-                    self._append(message)
+                    if self._append(message):
+                        await self._persist()
+                        if not message.reply.done():  # its caller may have gone meanwhile
+                            message.reply.set_result(len(self._history))
                 case Generate():
                     await self._generate(message)
                 case Close():
                     await self._close(message)
+                case Persist():
+                    await self._persist()
+                    message.reply.set_result(None)
+                case Fork() | Export():
+                    if self.is_closing:
+                        return message.reject(self.closed_error())
+                    message.reply.set_result(await copy_state(message, self.state(), self._lease, self._scheduler,
+                                                              self._evict_for, self.session_id))
         except Exception as exc:  # one request fails, the session lives on
             log.exception("session_request_failed", session_id=self.session_id)
             message.reject(exc)
@@ -121,16 +150,23 @@ class SessionActor(Actor):
             self.last_active = time.monotonic()
             self._published = self._snapshot()
 
-    def _append(self, message: Append) -> None:
+    def _append(self, message: Append) -> bool:
         if self.is_closing:
-            return message.reject(self.closed_error())
+            message.reject(self.closed_error())
+            return False
         try:
             self._rules.check_append(len(self._history), message.token_ids)
         except KakeyaError as exc:
-            return message.reject(exc)
+            message.reject(exc)
+            return False
         self._history.extend(message.token_ids)
         self._pending.extend(message.token_ids)
-        message.reply.set_result(len(self._history))
+        return True
+
+    async def _persist(self) -> None:
+        """Writes what the last request changed to the session's file before its reply goes out."""
+        if self.journal is not None:
+            await self.journal.record(self.state(), self._lease)
 
     async def _generate(self, message: Generate) -> None:
         stream, params = message.stream, message.params
@@ -174,6 +210,7 @@ class SessionActor(Actor):
             self._check_invariants()
         except InvariantViolation as exc:
             return stream.fail(exc)
+        await self._persist()
         stream.push(Done(result.stop_reason, len(result.generated), prefill_tokens,
                          result.prefill_duration_s, time.monotonic() - started,
                          result.num_draft_tokens, result.num_accepted_tokens))
@@ -223,6 +260,8 @@ class SessionActor(Actor):
             except KakeyaError:
                 pass  # the scheduler is gone and its memory with it
             self._lease = None
+        if self.journal is not None and not self._is_shut_down:
+            await self.journal.remove()  # a shutdown keeps the file for the next start
         log.info("session_closed", session_id=self.session_id, reason=message.reason,
                  history_tokens=len(self._history))
         message.reply.set_result(len(self._history))

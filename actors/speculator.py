@@ -105,6 +105,13 @@ class Speculator:
                 if position <= result.num_accepted:
                     m.spec_accepted_per_position.labels(position=str(position)).inc()
 
+    def adopt(self, kv: SessionKV, fed_tokens: tuple[int, ...]) -> None:
+        """A forked or imported slab: its proposal state starts from the tokens its positions hold."""
+        if self.mode == "none" or not fed_tokens:
+            return
+        fed = self._fed[kv.kv_id] = NgramIndex(NGRAM_MAX, NGRAM_MIN) if self.mode == "ngram" else array("l")
+        fed.extend(fed_tokens)
+
     def forget(self, kv: SessionKV) -> None:
         """The session's slab was freed: its proposal state goes with it."""
         self._fed.pop(kv.kv_id, None)

@@ -97,6 +97,25 @@ async def test_speculative_streams_match_the_in_process_engine(loaded_model, spe
         await local.stop()
 
 
+async def test_fork_and_export_are_refused_while_slabs_live_in_the_engine_process(remote):
+    """Slab copies run in the server's process; across the boundary they are refused, cleanly."""
+    session_id = await create(remote.stub)
+    await append(remote.stub, session_id, [5, 6, 7])
+    await generate(remote.stub, session_id, 2)
+    with pytest.raises(grpc.aio.AioRpcError) as fork:
+        await remote.stub.ForkSession(pb.ForkSessionRequest(session_id=session_id), timeout=TIMEOUT_S)
+    assert fork.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "--engine-process off" in fork.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as export:
+        call = remote.stub.ExportSession(pb.ExportSessionRequest(session_id=session_id), timeout=TIMEOUT_S)
+        await asyncio.wait_for(call.read(), TIMEOUT_S)
+    assert export.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    listed = await remote.stub.ListSessions(pb.ListSessionsRequest(), timeout=TIMEOUT_S)
+    assert [s.session_id for s in listed.sessions] == [session_id]  # the fork left nothing behind
+    assert (await generate(remote.stub, session_id, 2)).tokens  # and the session goes on
+    await close(remote.stub, session_id)
+
+
 async def test_a_cancelled_generate_keeps_exactly_the_tokens_the_session_committed(server, remote):
     """The engine runs greedy rows ahead of the front; a cancel undoes what the front did not take,
     so the session's history, its KV and the next Generate are as if nothing had run ahead."""

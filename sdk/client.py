@@ -8,6 +8,7 @@ from typing import AsyncIterator, Iterable
 
 from kakeya.proto.v1 import runtime_pb2 as pb
 
+from .blob import unpack_chunks
 from .session import Session, close_after
 from .transport import Transport, build_request, read_root_certificates
 from .types import RuntimeInfo, SessionSummary
@@ -86,6 +87,12 @@ class Client:
     def attach_session(self, session_id: str) -> Session:
         """A handle on an existing session, e.g. one created by an earlier connection. No RPC is made."""
         return Session(self._transport, session_id)
+
+    async def import_session(self, exported: bytes) -> Session:
+        """Recreates a session from `Session.export()`'s bytes under a new id. A different model or
+        KV settings fail with FailedPreconditionError; damaged bytes with InvalidArgumentError."""
+        reply = await self._transport.upload("ImportSession", unpack_chunks(exported))
+        return Session(self._transport, reply.session_id)
 
     async def runtime_info(self) -> RuntimeInfo:
         return RuntimeInfo.from_proto(await self._transport.unary("GetRuntimeInfo", pb.GetRuntimeInfoRequest()))

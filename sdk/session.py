@@ -12,6 +12,7 @@ from typing import Iterable
 
 from kakeya.proto.v1 import runtime_pb2 as pb
 
+from .blob import pack_chunks
 from .errors import DeadlineExceededError, RuntimeUnavailableError, SessionClosedError
 from .stream import GenerationStream
 from .transport import Transport, build_request
@@ -63,6 +64,24 @@ class Session:
                                 # Unset fields mean the runtime's defaults, so None is never sent as 0.
                                 **{name: value for name, value in sampling.items() if value is not None})
         return GenerationStream(self._transport, request, timeout_s)
+
+    async def fork(self, *, label: str | None = None) -> Session:
+        """A new session with this one's history and a copy of its KV, ready to append and generate
+        at once; the two then go their own ways. Waits for this session's queued work first. The
+        fork is a session of its own: close it too."""
+        self._check_open()
+        fields = {} if label is None else {"client_label": label}
+        reply = await self._transport.unary("ForkSession", pb.ForkSessionRequest(session_id=self._session_id,
+                                                                                 **fields))
+        return Session(self._transport, reply.session_id)
+
+    async def export(self) -> bytes:
+        """The session as bytes (its history and KV, with a checksum) for `Client.import_session`,
+        on this runtime or another that serves the same model with the same KV settings."""
+        self._check_open()
+        chunks = await self._transport.download("ExportSession",
+                                                pb.ExportSessionRequest(session_id=self._session_id))
+        return pack_chunks(chunks)
 
     async def info(self) -> SessionInfo:
         self._check_open()

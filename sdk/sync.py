@@ -56,6 +56,9 @@ class SyncClient:
     def attach_session(self, session_id: str) -> SyncSession:
         return SyncSession(self._loop, self._client.attach_session(session_id))
 
+    def import_session(self, exported: bytes) -> SyncSession:
+        return SyncSession(self._loop, self._loop.run(self._client.import_session(exported)))
+
     def runtime_info(self) -> RuntimeInfo:
         return self._loop.run(self._client.runtime_info())
 
@@ -100,6 +103,12 @@ class SyncSession:
                                  top_k=top_k, seed=seed, timeout_s=timeout_s,
                                  min_tokens_per_message=min_tokens_per_message)
         return SyncGenerationStream(self._loop, stream)
+
+    def fork(self, *, label: str | None = None) -> SyncSession:
+        return SyncSession(self._loop, self._loop.run(self._session.fork(label=label)))
+
+    def export(self) -> bytes:
+        return self._loop.run(self._session.export())
 
     def info(self) -> SessionInfo:
         return self._loop.run(self._session.info())

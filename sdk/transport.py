@@ -78,6 +78,22 @@ class Transport:
                 raise ClientClosedError("the client was closed during the call") from None
             raise
 
+    async def download(self, method: str, request: Any) -> list[Any]:
+        """Reads a whole server-streaming RPC under the default deadline."""
+        call = getattr(self._ready_stub(), method)(request, timeout=self.timeout_s, metadata=self._metadata)
+        try:
+            return [reply async for reply in call]
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc
+
+    async def upload(self, method: str, requests: list[Any]) -> Any:
+        """Sends a client-streaming RPC's messages under the default deadline; returns its reply."""
+        call = getattr(self._ready_stub(), method)
+        try:
+            return await call(iter(requests), timeout=self.timeout_s, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc
+
     def generate(self, request: Any, timeout_s: float | None) -> grpc.aio.UnaryStreamCall:
         """Starts a Generate stream. It has no default deadline: a long generation is not a fault."""
         return self._ready_stub().Generate(request, timeout=timeout_s, metadata=self._metadata)

@@ -246,3 +246,81 @@ class SessionSummary(_message.Message):
     idle_seconds: float
     busy: bool
     def __init__(self, session_id: _Optional[str] = ..., client_label: _Optional[str] = ..., history_length: _Optional[int] = ..., kv_live_bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., busy: _Optional[bool] = ...) -> None: ...
+
+class ForkSessionRequest(_message.Message):
+    __slots__ = ("session_id", "client_label")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    client_label: str
+    def __init__(self, session_id: _Optional[str] = ..., client_label: _Optional[str] = ...) -> None: ...
+
+class ForkSessionResponse(_message.Message):
+    __slots__ = ("session_id", "history_length")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    history_length: int
+    def __init__(self, session_id: _Optional[str] = ..., history_length: _Optional[int] = ...) -> None: ...
+
+class ExportSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class SessionChunk(_message.Message):
+    __slots__ = ("header", "kv_data", "trailer")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    KV_DATA_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
+    header: SessionHeader
+    kv_data: bytes
+    trailer: SessionTrailer
+    def __init__(self, header: _Optional[_Union[SessionHeader, _Mapping]] = ..., kv_data: _Optional[bytes] = ..., trailer: _Optional[_Union[SessionTrailer, _Mapping]] = ...) -> None: ...
+
+class SessionHeader(_message.Message):
+    __slots__ = ("format_version", "model_fingerprint", "model_id", "kv_dtype", "sink_tokens", "window_tokens", "history", "num_fed", "window_start", "kv_rows", "kv_bytes", "eos_token_ids", "client_label", "reported_dropped_tokens")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    KV_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SINK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    NUM_FED_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    KV_ROWS_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_DROPPED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    model_fingerprint: str
+    model_id: str
+    kv_dtype: str
+    sink_tokens: int
+    window_tokens: int
+    history: _containers.RepeatedScalarFieldContainer[int]
+    num_fed: int
+    window_start: int
+    kv_rows: int
+    kv_bytes: int
+    eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    client_label: str
+    reported_dropped_tokens: int
+    def __init__(self, format_version: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., model_id: _Optional[str] = ..., kv_dtype: _Optional[str] = ..., sink_tokens: _Optional[int] = ..., window_tokens: _Optional[int] = ..., history: _Optional[_Iterable[int]] = ..., num_fed: _Optional[int] = ..., window_start: _Optional[int] = ..., kv_rows: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., client_label: _Optional[str] = ..., reported_dropped_tokens: _Optional[int] = ...) -> None: ...
+
+class SessionTrailer(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: bytes
+    def __init__(self, sha256: _Optional[bytes] = ...) -> None: ...
+
+class ImportSessionResponse(_message.Message):
+    __slots__ = ("session_id", "history_length")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    history_length: int
+    def __init__(self, session_id: _Optional[str] = ..., history_length: _Optional[int] = ...) -> None: ...

@@ -69,6 +69,21 @@ class RuntimeServiceStub:
                 request_serializer=kakeya_dot_v1_dot_runtime__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=kakeya_dot_v1_dot_runtime__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.ForkSession = channel.unary_unary(
+                '/kakeya.v1.RuntimeService/ForkSession',
+                request_serializer=kakeya_dot_v1_dot_runtime__pb2.ForkSessionRequest.SerializeToString,
+                response_deserializer=kakeya_dot_v1_dot_runtime__pb2.ForkSessionResponse.FromString,
+                _registered_method=True)
+        self.ExportSession = channel.unary_stream(
+                '/kakeya.v1.RuntimeService/ExportSession',
+                request_serializer=kakeya_dot_v1_dot_runtime__pb2.ExportSessionRequest.SerializeToString,
+                response_deserializer=kakeya_dot_v1_dot_runtime__pb2.SessionChunk.FromString,
+                _registered_method=True)
+        self.ImportSession = channel.stream_unary(
+                '/kakeya.v1.RuntimeService/ImportSession',
+                request_serializer=kakeya_dot_v1_dot_runtime__pb2.SessionChunk.SerializeToString,
+                response_deserializer=kakeya_dot_v1_dot_runtime__pb2.ImportSessionResponse.FromString,
+                _registered_method=True)
 
 
 class RuntimeServiceServicer:
@@ -123,6 +138,28 @@ class RuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForkSession(self, request, context):
+        """Copies a session: a new session (owned by the caller) with the same history and KV, ready to
+        append and generate at once. Waits for the session's queued work, as any request does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSession(self, request, context):
+        """Streams a session as chunks: one header, its KV bytes, one trailer with the checksum.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSession(self, request_iterator, context):
+        """Recreates an exported session under a new id, on a runtime with the same model and KV settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +197,21 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=kakeya_dot_v1_dot_runtime__pb2.ListSessionsRequest.FromString,
                     response_serializer=kakeya_dot_v1_dot_runtime__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'ForkSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkSession,
+                    request_deserializer=kakeya_dot_v1_dot_runtime__pb2.ForkSessionRequest.FromString,
+                    response_serializer=kakeya_dot_v1_dot_runtime__pb2.ForkSessionResponse.SerializeToString,
+            ),
+            'ExportSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSession,
+                    request_deserializer=kakeya_dot_v1_dot_runtime__pb2.ExportSessionRequest.FromString,
+                    response_serializer=kakeya_dot_v1_dot_runtime__pb2.SessionChunk.SerializeToString,
+            ),
+            'ImportSession': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportSession,
+                    request_deserializer=kakeya_dot_v1_dot_runtime__pb2.SessionChunk.FromString,
+                    response_serializer=kakeya_dot_v1_dot_runtime__pb2.ImportSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +403,87 @@ class RuntimeService:
             '/kakeya.v1.RuntimeService/ListSessions',
             kakeya_dot_v1_dot_runtime__pb2.ListSessionsRequest.SerializeToString,
             kakeya_dot_v1_dot_runtime__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kakeya.v1.RuntimeService/ForkSession',
+            kakeya_dot_v1_dot_runtime__pb2.ForkSessionRequest.SerializeToString,
+            kakeya_dot_v1_dot_runtime__pb2.ForkSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kakeya.v1.RuntimeService/ExportSession',
+            kakeya_dot_v1_dot_runtime__pb2.ExportSessionRequest.SerializeToString,
+            kakeya_dot_v1_dot_runtime__pb2.SessionChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/kakeya.v1.RuntimeService/ImportSession',
+            kakeya_dot_v1_dot_runtime__pb2.SessionChunk.SerializeToString,
+            kakeya_dot_v1_dot_runtime__pb2.ImportSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,11 @@ class Metrics:
                                                        "Tokens prefilled by one Generate (its new history).", _TOKENS)
         self.generate_prefill_duration = self._histogram("kakeya_generate_prefill_duration_seconds",
                                                          "From a Generate's start to its first token.", _SECONDS)
+        self.session_store_errors = self._counter("kakeya_session_store_errors",
+                                                  "Durable session files not written, read or removed, by "
+                                                  "operation (write, load, remove).", ("op",))
+        self.session_store_bytes = self._counter("kakeya_session_store_written_bytes",
+                                                 "Bytes appended to durable session files.")
         self.invariant_violations = self._counter("kakeya_cache_invariant_violations",
                                                   "Cache invariant violations (inv1, inv2); each closed its session.",
                                                   ("kind",))

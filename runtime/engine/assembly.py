@@ -14,6 +14,7 @@ from kakeya.runtime.engine import forward_path
 from kakeya.runtime.engine.draft import DraftRunner
 from kakeya.runtime.engine.engine import Engine
 from kakeya.runtime.engine.runner import ModelRunner
+from kakeya.runtime.engine.session_snapshot import model_fingerprint
 from kakeya.runtime.forward.loaded_model import LoadedModel
 from kakeya.runtime.forward.session_kv import KVShape, slab_dtype
 
@@ -52,6 +53,7 @@ class EngineFacts:
     # whose every layer has one (forward_path.kept_window); 0 keeps the whole history.
     kept_window: int
     paths: dict[str, str]  # GetRuntimeInfo's words for the forward in use (ModelRunner.paths)
+    fingerprint: str  # the model and KV layout exported and durable sessions are bound to
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,5 +89,5 @@ def build_engine(config: RuntimeConfig, loaded: LoadedModel, draft: LoadedModel 
     kept = engine.window_tokens or forward_path.kept_window(loaded, draft)
     paths = runner.paths(kept_window=0 if engine.window_tokens else kept)
     facts = EngineFacts(ModelFacts.of(loaded), shape, draft_shape, draft.model_id if draft is not None else None,
-                        deterministic, kept, paths)
+                        deterministic, kept, paths, model_fingerprint(loaded, kv_dtype))
     return LocalEngine(Engine(runner, draft_runner), runner, facts)

@@ -107,7 +107,8 @@ def _operation_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "metrics-host", default="127.0.0.1", help="address of the Prometheus /metrics endpoint")
     _flag(serve, "metrics-port", int, 9400, help="port of the /metrics endpoint (-1: none)")
     _flag(serve, "engine-process", default="auto", choices=ENGINE_PROCESS_MODES,
-          help="run the model and its KV memory in a process of their own (auto: on for CUDA)")
+          help="run the model and its KV memory in a process of their own (auto: off on every device for now)")
+    _flag(serve, "session-dir", help="keep every session in a file here, so it survives restarts and crashes")
 
 
 def _access_flags(serve: argparse.ArgumentParser) -> None:
@@ -169,7 +170,8 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
                             consumer_stall_timeout_s=args.consumer_stall_timeout_s,
                             engine_process=args.engine_process, engine_step_ahead=args.engine_step_ahead),
         limits=SessionLimits(max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,
-                             max_append_tokens=args.max_append_tokens, max_generate_tokens=args.max_generate_tokens),
+                             max_append_tokens=args.max_append_tokens, max_generate_tokens=args.max_generate_tokens,
+                             session_dir=args.session_dir),
         server=ServerConfig(host=args.host, port=args.port, unix_socket=args.unix_socket,
                             log_format=args.log_format, log_level=args.log_level, grace_s=args.grace_s,
                             metrics_host=args.metrics_host,

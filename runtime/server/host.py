@@ -14,11 +14,13 @@ import structlog
 from kakeya.actors.registry import SessionRegistry
 from kakeya.actors.scheduler import SchedulerActor
 from kakeya.actors.session_rules import SessionRules
+from kakeya.actors.session_store import SessionStore
 from kakeya.actors.speculator import Speculator
 
 from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
 from kakeya.runtime.engine.blas_probe import warn_if_row_dependent
 from kakeya.runtime.common.config import RuntimeConfig
+from kakeya.runtime.common.errors import FailedPrecondition
 from kakeya.runtime.engine.assembly import build_engine
 from kakeya.runtime.engine.client import EngineClient
 from kakeya.runtime.engine.draft import load_draft
@@ -28,6 +30,7 @@ from kakeya.runtime.engine.remote_kv import KVOps, remote_kv_factory
 from kakeya.runtime.common.metrics import Metrics
 from kakeya.runtime.engine.loader import load_model
 from kakeya.runtime.forward.loaded_model import LoadedModel
+from kakeya.runtime.forward.session_kv import KVShape
 from kakeya.runtime.engine.runner import ModelRunner, model_thread
 
 log = structlog.get_logger(__name__)
@@ -79,6 +82,7 @@ class Host:
         self.loaded = loaded if loaded is not None else facts.model
         self.deterministic = facts.deterministic
         self.draft_model_id = facts.draft_model_id
+        self.fingerprint = facts.fingerprint  # what exported and durable sessions are bound to
         self.paths = facts.paths
         self.pool = KVPool(facts.kv_shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
                            facts.kept_window, engine.prefill_chunk_tokens, facts.draft_shape, kv_factory)
@@ -89,7 +93,20 @@ class Host:
                                         engine.consumer_stall_timeout_s, on_crash=self._engine_death)
         self.rules = SessionRules(config.limits, self.loaded.vocab_size, self.loaded.max_context_tokens,
                                   engine.sink_tokens, engine.window_tokens)
-        self.registry = SessionRegistry(self.rules, self.scheduler, self.metrics)
+        self.registry = SessionRegistry(self.rules, self.scheduler, self.metrics, self._store(facts.kv_shape))
+
+    def _store(self, shape: KVShape) -> SessionStore | None:
+        """The durable session directory's store, bound to this model and KV layout."""
+        if self.config.limits.session_dir is None:
+            return None
+        if self.client is not None:
+            raise FailedPrecondition("--session-dir needs the engine in the server's process: serve with "
+                                     "--engine-process off")
+        lanes = shape.num_layers * 2 * shape.num_kv_heads
+        settings = dict(kv_dtype=str(shape.dtype).removeprefix("torch."), sink_tokens=self.pool.sink_tokens,
+                        window_tokens=self.pool.window_tokens, lanes=lanes,
+                        row_bytes=shape.bytes_per_token // lanes)
+        return SessionStore(self.config.limits.session_dir, self.fingerprint, settings, self.scheduler, self.metrics)
 
     @classmethod
     def load(cls, config: RuntimeConfig, engine_process: EngineProcess | None = None, **kwargs) -> "Host":

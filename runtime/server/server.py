@@ -109,6 +109,9 @@ class RuntimeServer:
                                                                                     server.metrics_port))
             log.info("metrics_listening", address=f"{server.metrics_host}:{self.metrics_port}")
         runtime.start()
+        restored = await runtime.registry.restore()
+        if restored:
+            log.info("sessions_restored", count=restored, session_dir=self.config.limits.session_dir)
         self.servicer.runtime = runtime
         if self.http is not None:
             await self.http.attach(runtime)

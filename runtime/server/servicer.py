@@ -14,12 +14,14 @@ import structlog
 
 from kakeya.actors.messages import Append, Generate, GenerateParams
 from kakeya.actors.session import SessionActor
-from kakeya.actors.token_stream import Done, TokenStream, Truncated
+from kakeya.actors.session_state import Export
+from kakeya.actors.token_stream import TokenStream
 from kakeya.proto.v1 import runtime_pb2 as pb
 from kakeya.proto.v1 import runtime_pb2_grpc
 
 from kakeya.runtime.server.auth import ApiKeys
-from kakeya.runtime.server.wire import MalformedRequest
+from kakeya.runtime.server.session_transfer import export_chunks, read_import
+from kakeya.runtime.server.wire import MalformedRequest, event_to_proto, tokens_to_proto
 from kakeya.runtime.common.errors import (FailedPrecondition, InvalidRequest, KakeyaError, Overloaded, SessionNotFound,
                      Unauthenticated, Unavailable)
 from kakeya.runtime.server.host import Host
@@ -141,9 +143,9 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
             async for item in stream.batches(limit, minimum):
                 if isinstance(item, list):
                     tokens += len(item)
-                    yield _tokens_to_proto(item)
+                    yield tokens_to_proto(item)
                 else:
-                    yield _event_to_proto(item)
+                    yield event_to_proto(item)
             code = grpc.StatusCode.OK
         except grpc.aio.AbortError:
             raise
@@ -175,6 +177,38 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
     async def ListSessions(self, request: pb.ListSessionsRequest, context) -> pb.ListSessionsResponse:
         runtime, owner = self._ready(context)
         return pb.ListSessionsResponse(sessions=[_summary(s) for s in runtime.registry.owned_by(owner)])
+
+    @unary
+    async def ForkSession(self, request: pb.ForkSessionRequest, context) -> pb.ForkSessionResponse:
+        runtime, owner = self._ready(context)
+        label = request.client_label if request.HasField("client_label") else None
+        new_id = await runtime.registry.fork(request.session_id, owner, label)
+        return pb.ForkSessionResponse(session_id=new_id,
+                                      history_length=runtime.registry.get(new_id).snapshot.history_length)
+
+    async def ExportSession(self, request: pb.ExportSessionRequest, context) -> AsyncIterator[pb.SessionChunk]:
+        started, code = _begin("ExportSession", request), grpc.StatusCode.OK
+        try:
+            _check_parsed(request)
+            runtime, owner = self._ready(context)
+            session = runtime.registry.get(request.session_id, owner)
+            reply = _future()
+            session.send(Export(reply))
+            chunks = export_chunks(runtime, session, await reply)
+        except Exception as exc:  # noqa: BLE001 - every error leaves through the table
+            code = status_of(exc)
+            await _abort(context, exc, "ExportSession")
+        finally:
+            _log_outcome(started, code)
+        for chunk in chunks:
+            yield chunk
+
+    @unary
+    async def ImportSession(self, request_iterator, context) -> pb.ImportSessionResponse:
+        runtime, owner = self._ready(context)
+        got = await read_import(runtime, request_iterator)
+        new_id = await runtime.registry.adopt(got.state, got.image, got.client_label, got.eos_token_ids, owner)
+        return pb.ImportSessionResponse(session_id=new_id, history_length=len(got.state.history))
 
 
 Reply = TypeVar("Reply", pb.GetSessionInfoResponse, pb.GetRuntimeInfoResponse)
@@ -247,26 +281,3 @@ def _sampling(request: pb.GenerateRequest) -> SamplingParams:
         top_k=request.top_k if request.HasField("top_k") else 0,
         seed=request.seed if request.HasField("seed") else None,
     )
-
-
-def _tokens_to_proto(tokens: list[int]) -> pb.GenerateResponse:
-    """One token as the contract's token_id; more (the request allowed them) as one `tokens`."""
-    if len(tokens) == 1:
-        return pb.GenerateResponse(token_id=tokens[0])
-    return pb.GenerateResponse(tokens=pb.TokenIds(token_ids=tokens))
-
-
-def _event_to_proto(event) -> pb.GenerateResponse:
-    if isinstance(event, Truncated):
-        return pb.GenerateResponse(truncated=pb.HistoryTruncated(dropped_token_count=event.dropped_token_count))
-    if isinstance(event, Done):
-        return pb.GenerateResponse(done=pb.GenerateDone(
-            stop_reason=event.stop_reason.value,
-            generated_token_count=event.generated_token_count,
-            prefill_duration_seconds=event.prefill_duration_s,
-            total_duration_seconds=event.total_duration_s,
-            prefill_token_count=event.prefill_token_count,
-            draft_token_count=event.draft_token_count,
-            accepted_draft_token_count=event.accepted_draft_token_count,
-        ))
-    raise TypeError(f"unknown stream event {event!r}")

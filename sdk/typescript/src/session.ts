@@ -6,7 +6,9 @@
  */
 
 import { InvalidArgumentError, KakeyaError, SessionClosedError } from "./errors.js";
-import { AppendTokensRequest, CloseSessionRequest, GenerateRequest, GetSessionInfoRequest } from "./gen/kakeya/v1/runtime.js";
+import {
+  AppendTokensRequest, CloseSessionRequest, ForkSessionRequest, GenerateRequest, GetSessionInfoRequest,
+} from "./gen/kakeya/v1/runtime.js";
 import { GenerationStream } from "./stream.js";
 import { checkCount, checkUint, MAX_UINT32, tokenIdList } from "./transport.js";
 import type { Transport } from "./transport.js";
@@ -85,6 +87,18 @@ export class Session {
       seed: seedOf(options.seed),
     });
     return new GenerationStream(this.#transport, request, { signal: options.signal, timeoutMs: options.timeoutMs });
+  }
+
+  /**
+   * A new session with this one's history and a copy of its KV, ready to append and generate at
+   * once; the two then go their own ways. Waits for this session's queued work first. The fork is
+   * a session of its own: close it too. Its label is this one's unless `label` is given.
+   */
+  async fork(options: { label?: string | undefined } = {}): Promise<Session> {
+    this.#checkOpen();
+    const request = ForkSessionRequest.create({ sessionId: this.sessionId, clientLabel: options.label });
+    const reply = await this.#transport.unary("forkSession", request);
+    return new Session(this.#transport, reply.sessionId);
   }
 
   async info(): Promise<SessionInfo> {

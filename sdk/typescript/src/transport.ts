@@ -27,6 +27,7 @@ interface UnaryMethods {
   getSessionInfo: [pb.GetSessionInfoRequest, pb.GetSessionInfoResponse];
   getRuntimeInfo: [pb.GetRuntimeInfoRequest, pb.GetRuntimeInfoResponse];
   listSessions: [pb.ListSessionsRequest, pb.ListSessionsResponse];
+  forkSession: [pb.ForkSessionRequest, pb.ForkSessionResponse];
 }
 type UnaryFunction<Request, Reply> = (request: Request, metadata: Metadata, options: Partial<CallOptions>,
   callback: (error: ServiceError | null, reply: Reply) => void) => { cancel(): void };

@@ -59,6 +59,22 @@ export function sessionSuite(address: () => string): void {
     assert.equal(session.isClosed, true);
   });
 
+  test("a fork continues exactly as its source, then goes its own way", async () => {
+    const source = await bounded(client.createSession({ ...RAW, initialTokens: PROMPT }));
+    await bounded(source.generate(4).collect());
+    const branch = await bounded(source.fork({ label: "branch" }));
+    try {
+      assert.notEqual(branch.sessionId, source.sessionId);
+      assert.equal((await bounded(branch.info())).clientLabel, "branch");
+      assert.deepEqual(await bounded(branch.generate(6).collect()), await bounded(source.generate(6).collect()));
+      await bounded(source.append([5, 6, 7]));
+      assert.equal((await bounded(branch.info())).historyLength + 3, (await bounded(source.info())).historyLength);
+    } finally {
+      await bounded(branch.close());
+      await bounded(source.close());
+    }
+  });
+
   test("initial tokens are appended", async () => {
     const session = await bounded(client.createSession({ initialTokens: PROMPT }));
     const info = await bounded(session.info());

@@ -13,6 +13,8 @@ import {
   type ClientOptions,
   type ClientReadableStream,
   type ClientUnaryCall,
+  type ClientWritableStream,
+  type handleClientStreamingCall,
   type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
@@ -245,6 +247,61 @@ export interface SessionSummary {
   idleSeconds: number;
   /** A Generate or other request is running or queued on the session. */
   busy: boolean;
+}
+
+export interface ForkSessionRequest {
+  sessionId: string;
+  /** The new session's label; unset: the source's. */
+  clientLabel?: string | undefined;
+}
+
+export interface ForkSessionResponse {
+  sessionId: string;
+  historyLength: bigint;
+}
+
+export interface ExportSessionRequest {
+  sessionId: string;
+}
+
+/** An exported session: a header, then kv_data chunks, then a trailer, in that order. */
+export interface SessionChunk {
+  part: { $case: "header"; value: SessionHeader } | { $case: "kvData"; value: Buffer } | {
+    $case: "trailer";
+    value: SessionTrailer;
+  } | undefined;
+}
+
+export interface SessionHeader {
+  formatVersion: number;
+  /** Names the model and the KV layout; an import needs the same one. */
+  modelFingerprint: string;
+  modelId: string;
+  /** The KV slab's dtype, and the bounded-mode settings the KV was made under (0: full attention). */
+  kvDtype: string;
+  sinkTokens: number;
+  windowTokens: number;
+  history: number[];
+  /** The first num_fed history tokens have K/V in kv_data (num_positions of them); the rest are pending. */
+  numFed: bigint;
+  /** Bounded mode: the position held right after the sinks. */
+  windowStart: bigint;
+  /** Rows of K/V and their bytes, in the slab's layout [layers, 2, kv_heads, rows, head_dim]. */
+  kvRows: bigint;
+  kvBytes: bigint;
+  eosTokenIds: number[];
+  clientLabel: string;
+  reportedDroppedTokens: bigint;
+}
+
+export interface SessionTrailer {
+  /** SHA-256 of the header (serialized deterministically) followed by every kv_data chunk. */
+  sha256: Buffer;
+}
+
+export interface ImportSessionResponse {
+  sessionId: string;
+  historyLength: bigint;
 }
 
 function createBaseCreateSessionRequest(): CreateSessionRequest {
@@ -2225,6 +2282,699 @@ export const SessionSummary: MessageFns<SessionSummary> = {
   },
 };
 
+function createBaseForkSessionRequest(): ForkSessionRequest {
+  return { sessionId: "", clientLabel: undefined };
+}
+
+export const ForkSessionRequest: MessageFns<ForkSessionRequest> = {
+  encode(message: ForkSessionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sessionId !== "") {
+      writer.uint32(10).string(message.sessionId);
+    }
+    if (message.clientLabel !== undefined) {
+      writer.uint32(18).string(message.clientLabel);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ForkSessionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseForkSessionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.clientLabel = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ForkSessionRequest>): ForkSessionRequest {
+    return ForkSessionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ForkSessionRequest>): ForkSessionRequest {
+    const message = createBaseForkSessionRequest();
+    message.sessionId = object.sessionId ?? "";
+    message.clientLabel = object.clientLabel ?? undefined;
+    return message;
+  },
+};
+
+function createBaseForkSessionResponse(): ForkSessionResponse {
+  return { sessionId: "", historyLength: 0n };
+}
+
+export const ForkSessionResponse: MessageFns<ForkSessionResponse> = {
+  encode(message: ForkSessionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sessionId !== "") {
+      writer.uint32(10).string(message.sessionId);
+    }
+    if (message.historyLength !== 0n) {
+      if (BigInt.asUintN(64, message.historyLength) !== message.historyLength) {
+        throw new globalThis.Error("value provided for field message.historyLength of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.historyLength);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ForkSessionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseForkSessionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.historyLength = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ForkSessionResponse>): ForkSessionResponse {
+    return ForkSessionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ForkSessionResponse>): ForkSessionResponse {
+    const message = createBaseForkSessionResponse();
+    message.sessionId = object.sessionId ?? "";
+    message.historyLength = (object.historyLength !== undefined && object.historyLength !== null)
+      ? BigInt(object.historyLength)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseExportSessionRequest(): ExportSessionRequest {
+  return { sessionId: "" };
+}
+
+export const ExportSessionRequest: MessageFns<ExportSessionRequest> = {
+  encode(message: ExportSessionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sessionId !== "") {
+      writer.uint32(10).string(message.sessionId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportSessionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportSessionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ExportSessionRequest>): ExportSessionRequest {
+    return ExportSessionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExportSessionRequest>): ExportSessionRequest {
+    const message = createBaseExportSessionRequest();
+    message.sessionId = object.sessionId ?? "";
+    return message;
+  },
+};
+
+function createBaseSessionChunk(): SessionChunk {
+  return { part: undefined };
+}
+
+export const SessionChunk: MessageFns<SessionChunk> = {
+  encode(message: SessionChunk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.part?.$case) {
+      case "header":
+        SessionHeader.encode(message.part.value, writer.uint32(10).fork()).join();
+        break;
+      case "kvData":
+        writer.uint32(18).bytes(message.part.value);
+        break;
+      case "trailer":
+        SessionTrailer.encode(message.part.value, writer.uint32(26).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionChunk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionChunk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.part = { $case: "header", value: SessionHeader.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.part = { $case: "kvData", value: Buffer.from(reader.bytes()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.part = { $case: "trailer", value: SessionTrailer.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SessionChunk>): SessionChunk {
+    return SessionChunk.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SessionChunk>): SessionChunk {
+    const message = createBaseSessionChunk();
+    switch (object.part?.$case) {
+      case "header": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "header", value: SessionHeader.fromPartial(object.part.value) };
+        }
+        break;
+      }
+      case "kvData": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "kvData", value: object.part.value };
+        }
+        break;
+      }
+      case "trailer": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "trailer", value: SessionTrailer.fromPartial(object.part.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseSessionHeader(): SessionHeader {
+  return {
+    formatVersion: 0,
+    modelFingerprint: "",
+    modelId: "",
+    kvDtype: "",
+    sinkTokens: 0,
+    windowTokens: 0,
+    history: [],
+    numFed: 0n,
+    windowStart: 0n,
+    kvRows: 0n,
+    kvBytes: 0n,
+    eosTokenIds: [],
+    clientLabel: "",
+    reportedDroppedTokens: 0n,
+  };
+}
+
+export const SessionHeader: MessageFns<SessionHeader> = {
+  encode(message: SessionHeader, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.formatVersion !== 0) {
+      writer.uint32(8).uint32(message.formatVersion);
+    }
+    if (message.modelFingerprint !== "") {
+      writer.uint32(18).string(message.modelFingerprint);
+    }
+    if (message.modelId !== "") {
+      writer.uint32(26).string(message.modelId);
+    }
+    if (message.kvDtype !== "") {
+      writer.uint32(34).string(message.kvDtype);
+    }
+    if (message.sinkTokens !== 0) {
+      writer.uint32(40).uint32(message.sinkTokens);
+    }
+    if (message.windowTokens !== 0) {
+      writer.uint32(48).uint32(message.windowTokens);
+    }
+    if (message.history.length !== 0) {
+      writer.uint32(58).fork();
+      for (const v of message.history) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.numFed !== 0n) {
+      if (BigInt.asUintN(64, message.numFed) !== message.numFed) {
+        throw new globalThis.Error("value provided for field message.numFed of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.numFed);
+    }
+    if (message.windowStart !== 0n) {
+      if (BigInt.asUintN(64, message.windowStart) !== message.windowStart) {
+        throw new globalThis.Error("value provided for field message.windowStart of type uint64 too large");
+      }
+      writer.uint32(72).uint64(message.windowStart);
+    }
+    if (message.kvRows !== 0n) {
+      if (BigInt.asUintN(64, message.kvRows) !== message.kvRows) {
+        throw new globalThis.Error("value provided for field message.kvRows of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.kvRows);
+    }
+    if (message.kvBytes !== 0n) {
+      if (BigInt.asUintN(64, message.kvBytes) !== message.kvBytes) {
+        throw new globalThis.Error("value provided for field message.kvBytes of type uint64 too large");
+      }
+      writer.uint32(88).uint64(message.kvBytes);
+    }
+    if (message.eosTokenIds.length !== 0) {
+      writer.uint32(98).fork();
+      for (const v of message.eosTokenIds) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.clientLabel !== "") {
+      writer.uint32(106).string(message.clientLabel);
+    }
+    if (message.reportedDroppedTokens !== 0n) {
+      if (BigInt.asUintN(64, message.reportedDroppedTokens) !== message.reportedDroppedTokens) {
+        throw new globalThis.Error("value provided for field message.reportedDroppedTokens of type uint64 too large");
+      }
+      writer.uint32(112).uint64(message.reportedDroppedTokens);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionHeader {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionHeader();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.formatVersion = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelFingerprint = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.modelId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.kvDtype = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.sinkTokens = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.windowTokens = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag === 56) {
+              message.history.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 58) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.history.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.numFed = reader.uint64() as bigint;
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.windowStart = reader.uint64() as bigint;
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.kvRows = reader.uint64() as bigint;
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.kvBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 12: {
+            if (tag === 96) {
+              message.eosTokenIds.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 98) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.eosTokenIds.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.clientLabel = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.reportedDroppedTokens = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SessionHeader>): SessionHeader {
+    return SessionHeader.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SessionHeader>): SessionHeader {
+    const message = createBaseSessionHeader();
+    message.formatVersion = object.formatVersion ?? 0;
+    message.modelFingerprint = object.modelFingerprint ?? "";
+    message.modelId = object.modelId ?? "";
+    message.kvDtype = object.kvDtype ?? "";
+    message.sinkTokens = object.sinkTokens ?? 0;
+    message.windowTokens = object.windowTokens ?? 0;
+    message.history = object.history?.map((e) => e) || [];
+    message.numFed = (object.numFed !== undefined && object.numFed !== null) ? BigInt(object.numFed) : 0n;
+    message.windowStart = (object.windowStart !== undefined && object.windowStart !== null)
+      ? BigInt(object.windowStart)
+      : 0n;
+    message.kvRows = (object.kvRows !== undefined && object.kvRows !== null) ? BigInt(object.kvRows) : 0n;
+    message.kvBytes = (object.kvBytes !== undefined && object.kvBytes !== null) ? BigInt(object.kvBytes) : 0n;
+    message.eosTokenIds = object.eosTokenIds?.map((e) => e) || [];
+    message.clientLabel = object.clientLabel ?? "";
+    message.reportedDroppedTokens =
+      (object.reportedDroppedTokens !== undefined && object.reportedDroppedTokens !== null)
+        ? BigInt(object.reportedDroppedTokens)
+        : 0n;
+    return message;
+  },
+};
+
+function createBaseSessionTrailer(): SessionTrailer {
+  return { sha256: Buffer.alloc(0) };
+}
+
+export const SessionTrailer: MessageFns<SessionTrailer> = {
+  encode(message: SessionTrailer, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sha256.length !== 0) {
+      writer.uint32(10).bytes(message.sha256);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionTrailer {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionTrailer();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sha256 = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<SessionTrailer>): SessionTrailer {
+    return SessionTrailer.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SessionTrailer>): SessionTrailer {
+    const message = createBaseSessionTrailer();
+    message.sha256 = object.sha256 ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseImportSessionResponse(): ImportSessionResponse {
+  return { sessionId: "", historyLength: 0n };
+}
+
+export const ImportSessionResponse: MessageFns<ImportSessionResponse> = {
+  encode(message: ImportSessionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sessionId !== "") {
+      writer.uint32(10).string(message.sessionId);
+    }
+    if (message.historyLength !== 0n) {
+      if (BigInt.asUintN(64, message.historyLength) !== message.historyLength) {
+        throw new globalThis.Error("value provided for field message.historyLength of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.historyLength);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportSessionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportSessionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.historyLength = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ImportSessionResponse>): ImportSessionResponse {
+    return ImportSessionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ImportSessionResponse>): ImportSessionResponse {
+    const message = createBaseImportSessionResponse();
+    message.sessionId = object.sessionId ?? "";
+    message.historyLength = (object.historyLength !== undefined && object.historyLength !== null)
+      ? BigInt(object.historyLength)
+      : 0n;
+    return message;
+  },
+};
+
 export type RuntimeServiceService = typeof RuntimeServiceService;
 export const RuntimeServiceService = {
   /** Opens a server-side session with an empty history. */
@@ -2307,6 +3057,40 @@ export const RuntimeServiceService = {
       Buffer.from(ListSessionsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListSessionsResponse => ListSessionsResponse.decode(value),
   },
+  /**
+   * Copies a session: a new session (owned by the caller) with the same history and KV, ready to
+   * append and generate at once. Waits for the session's queued work, as any request does.
+   */
+  forkSession: {
+    path: "/kakeya.v1.RuntimeService/ForkSession" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ForkSessionRequest): Buffer => Buffer.from(ForkSessionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ForkSessionRequest => ForkSessionRequest.decode(value),
+    responseSerialize: (value: ForkSessionResponse): Buffer => Buffer.from(ForkSessionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ForkSessionResponse => ForkSessionResponse.decode(value),
+  },
+  /** Streams a session as chunks: one header, its KV bytes, one trailer with the checksum. */
+  exportSession: {
+    path: "/kakeya.v1.RuntimeService/ExportSession" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: ExportSessionRequest): Buffer => Buffer.from(ExportSessionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExportSessionRequest => ExportSessionRequest.decode(value),
+    responseSerialize: (value: SessionChunk): Buffer => Buffer.from(SessionChunk.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SessionChunk => SessionChunk.decode(value),
+  },
+  /** Recreates an exported session under a new id, on a runtime with the same model and KV settings. */
+  importSession: {
+    path: "/kakeya.v1.RuntimeService/ImportSession" as const,
+    requestStream: true as const,
+    responseStream: false as const,
+    requestSerialize: (value: SessionChunk): Buffer => Buffer.from(SessionChunk.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SessionChunk => SessionChunk.decode(value),
+    responseSerialize: (value: ImportSessionResponse): Buffer =>
+      Buffer.from(ImportSessionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ImportSessionResponse => ImportSessionResponse.decode(value),
+  },
 } as const;
 
 export interface RuntimeServiceServer extends UntypedServiceImplementation {
@@ -2326,6 +3110,15 @@ export interface RuntimeServiceServer extends UntypedServiceImplementation {
    * runtime has no keys).
    */
   listSessions: handleUnaryCall<ListSessionsRequest, ListSessionsResponse>;
+  /**
+   * Copies a session: a new session (owned by the caller) with the same history and KV, ready to
+   * append and generate at once. Waits for the session's queued work, as any request does.
+   */
+  forkSession: handleUnaryCall<ForkSessionRequest, ForkSessionResponse>;
+  /** Streams a session as chunks: one header, its KV bytes, one trailer with the checksum. */
+  exportSession: handleServerStreamingCall<ExportSessionRequest, SessionChunk>;
+  /** Recreates an exported session under a new id, on a runtime with the same model and KV settings. */
+  importSession: handleClientStreamingCall<SessionChunk, ImportSessionResponse>;
 }
 
 export interface RuntimeServiceClient extends Client {
@@ -2434,6 +3227,49 @@ export interface RuntimeServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListSessionsResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Copies a session: a new session (owned by the caller) with the same history and KV, ready to
+   * append and generate at once. Waits for the session's queued work, as any request does.
+   */
+  forkSession(
+    request: ForkSessionRequest,
+    callback: (error: ServiceError | null, response: ForkSessionResponse) => void,
+  ): ClientUnaryCall;
+  forkSession(
+    request: ForkSessionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ForkSessionResponse) => void,
+  ): ClientUnaryCall;
+  forkSession(
+    request: ForkSessionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ForkSessionResponse) => void,
+  ): ClientUnaryCall;
+  /** Streams a session as chunks: one header, its KV bytes, one trailer with the checksum. */
+  exportSession(request: ExportSessionRequest, options?: Partial<CallOptions>): ClientReadableStream<SessionChunk>;
+  exportSession(
+    request: ExportSessionRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<SessionChunk>;
+  /** Recreates an exported session under a new id, on a runtime with the same model and KV settings. */
+  importSession(
+    callback: (error: ServiceError | null, response: ImportSessionResponse) => void,
+  ): ClientWritableStream<SessionChunk>;
+  importSession(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ImportSessionResponse) => void,
+  ): ClientWritableStream<SessionChunk>;
+  importSession(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ImportSessionResponse) => void,
+  ): ClientWritableStream<SessionChunk>;
+  importSession(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ImportSessionResponse) => void,
+  ): ClientWritableStream<SessionChunk>;
 }
 
 export const RuntimeServiceClient = makeGenericClientConstructor(
