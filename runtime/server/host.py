@@ -78,9 +78,10 @@ class Host:
         if self.draft is not None:
             self.draft_runner = DraftRunner(self.draft, self.deterministic, self.runner.executor, **runner_options)
         self.engine = Engine(self.runner, self.draft_runner)
-        speculator = Speculator(config.speculative, self.draft_runner is not None, self.metrics,
-                                engine.prefill_chunk_tokens)
-        self.scheduler = SchedulerActor(self.engine, speculator, self.pool, self.metrics, engine.prefill_chunk_tokens,
+        # The scheduler alone writes it; kept here so its proposer's figures can be read.
+        self.speculator = Speculator(config.speculative, self.draft_runner is not None, self.metrics,
+                                     engine.prefill_chunk_tokens)
+        self.scheduler = SchedulerActor(self.engine, self.speculator, self.pool, self.metrics, engine.prefill_chunk_tokens,
                                         engine.max_step_tokens, engine.mailbox_size,
                                         engine.consumer_stall_timeout_s,
                                         on_crash=on_engine_death or _exit_on_engine_death)
