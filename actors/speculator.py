@@ -2,15 +2,17 @@
 
 N-gram and suffix proposals are looked up on the event loop when the step is planned (dictionary
 lookups and short walks); suffix proposals are cut by the measured cost of this step's rows, which
-the speculator times from the end of planning to the first commit of the step. Draft-model proposals are made by the engine on the model thread, right before the
-verifying forward of the same step: a row carries a draft request for that. Owned by the
-scheduler actor; nothing here runs on the model thread.
+the speculator times from the end of planning to the first commit of the step. Draft-model
+proposals are made by the engine on the model thread, right before the verifying forward of the
+same step: a row carries a draft request for that. Owned by the scheduler actor; nothing here runs
+on the model thread.
 """
 
 from __future__ import annotations
 
 import time
 from array import array
+from dataclasses import dataclass
 from typing import Mapping
 
 from kakeya.runtime.common.config import SpeculativeConfig
@@ -32,6 +34,17 @@ NGRAM_MAX = 3
 NGRAM_MIN = 2
 
 
+@dataclass
+class ProposalStats:
+    """What speculation did so far (suffix mode): read by benchmarks, written by the scheduler only."""
+
+    steps: int = 0  # steps planned
+    decode_rows: int = 0  # decode rows committed (each emits 1 + its accepted draft tokens)
+    drafted_rows: int = 0  # of those, rows that verified a draft
+    accepted_tokens: int = 0
+    host_seconds: float = 0.0  # spent proposing, indexing and timing on the event loop
+
+
 class Speculator:
     def __init__(self, config: SpeculativeConfig, has_draft_model: bool, metrics: Metrics, chunk_tokens: int) -> None:
         if config.mode == "draft" and not has_draft_model:
@@ -47,6 +60,7 @@ class Speculator:
         self.suffix = SuffixProposer() if self.mode == "suffix" else None
         self._probs: dict[int, tuple[float, ...]] = {}  # kv_id -> estimates of its proposal being verified
         self._step: list[float] | None = None  # [rows, drafted, planned at, first commit at, tokens]
+        self.stats = ProposalStats()
 
     def draft_rows(self, job: Job) -> int:
         """How many proposed tokens the job would verify in its next decode step."""
@@ -61,10 +75,12 @@ class Speculator:
             self._proposals[id(job)] = proposal
             return len(proposal)
         if self.suffix is not None:
+            started = time.perf_counter()
             self._close_step()
             draft = self.suffix.propose(job.kv.kv_id, job.inputs[job.num_fed:], limit)
             self._proposals[id(job)] = draft.tokens
             self._probs[job.kv.kv_id] = draft.probs
+            self.stats.host_seconds += time.perf_counter() - started
             return len(draft.tokens)
         behind = job.kv.num_positions - job.kv.draft.num_positions
         return limit if behind + 1 <= self._chunk_tokens else 0
@@ -87,6 +103,7 @@ class Speculator:
         if self.suffix is not None:
             drafted = sum(len(row.draft) for row in rows)
             self._step = [sum(len(row.tokens) for row in rows) + drafted, drafted, time.perf_counter(), 0.0, 0]
+            self.stats.steps += 1
         return StepRequest(tuple(rows))
 
     def _close_step(self) -> None:
@@ -131,16 +148,22 @@ class Speculator:
                     m.spec_accepted_per_position.labels(position=str(position)).inc()
 
     def _commit_suffix(self, piece: Slice, result: RowResult) -> None:
-        job, step = piece.job, self._step
+        job, step, stats = piece.job, self._step, self.stats
+        started = time.perf_counter()
         if step is not None:
-            step[3] = step[3] or time.perf_counter()
+            step[3] = step[3] or started
             step[4] += len(result.tokens)
+        if piece.stop - piece.start == 1 and result.tokens:  # a decode row (its inputs have grown since)
+            stats.decode_rows += 1
+            stats.drafted_rows += result.num_drafted > 0
+            stats.accepted_tokens += result.num_accepted
         self.suffix.feed(job.kv.kv_id, job.inputs[piece.start:job.num_fed])
         probs = self._probs.pop(job.kv.kv_id, ())
         if result.num_drafted and result.tokens:
             self.suffix.verified(job.kv.kv_id, probs[:result.num_drafted], result.num_accepted)
         if result.stop is not None:
             self.suffix.finished(job.kv.kv_id, job.generated)
+        stats.host_seconds += time.perf_counter() - started
 
     def forget(self, kv: SessionKV) -> None:
         """The session's slab was freed: its proposal state goes with it."""

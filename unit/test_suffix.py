@@ -4,6 +4,7 @@ nothing where rows cost more than drafts gain."""
 
 from __future__ import annotations
 
+import gc
 import time
 
 from kakeya.runtime.speculative.adaptive import MIN_PROB, DraftPolicy, RowCost
@@ -91,13 +92,20 @@ def test_appending_is_incremental():
     def per_token(history: int) -> float:
         index = SuffixIndex()
         index.extend([i % 97 for i in range(history)])
-        started = time.perf_counter()
-        for i in range(2000):
-            index.extend((i % 89,))
-        return time.perf_counter() - started
+        best = float("inf")
+        for _ in range(5):  # the best of a few: the machine may be busy
+            started = time.perf_counter()
+            for i in range(500):
+                index.extend((i % 89,))
+            best = min(best, time.perf_counter() - started)
+        return best
 
-    per_token(1000)  # warm
-    assert per_token(40_000) < 5 * per_token(1000)
+    gc.disable()  # a full collection scans every object: a cost of the heap, not of the index
+    try:
+        per_token(1000)  # warm
+        assert per_token(40_000) < 3 * per_token(1000)
+    finally:
+        gc.enable()
 
 
 def test_row_cost_interpolates_and_extrapolates_pessimistically():
@@ -135,3 +143,15 @@ def test_a_session_whose_drafts_fail_stops_drafting_and_later_probes_again():
     assert policy.length(1, (0.8, 0.6)) > 0
     policy.forget(1)
     assert policy.scale(1) == 1.0
+
+
+def test_a_session_that_drafts_nothing_backs_off_its_lookups():
+    p = SuffixProposer()
+    p.feed(1, list(range(10, 40)) * 2)
+    assert p.best(1, (10,), 4).tokens == (11, 12, 13, 14)
+    p.policy.threshold = 2.0  # nothing can pay
+    assert all(p.propose(1, (10,), 4).tokens == () for _ in range(40))
+    p.policy.threshold = MIN_PROB
+    waited = next(i for i in range(40) if p.propose(1, (10,), 4).tokens)
+    assert 1 <= waited <= 16  # it was skipping lookups, and comes back within one backoff
+    assert p.propose(1, (10,), 4).tokens == (11, 12, 13, 14)  # and looks every step once it pays

@@ -14,7 +14,7 @@ from array import array
 from collections import OrderedDict, deque
 from typing import Callable, Sequence
 
-from .suffix_index import KEY_LENS, MATCH_STEPS, MAX_CANDIDATES, Candidate, match_len
+from .suffix_index import KEY_LENS, MATCH_STEPS, MAX_CANDIDATES, Candidate, longest, match_len
 
 
 class SharedOutputs:
@@ -97,5 +97,5 @@ class SharedOutputs:
                 if len(found) >= MAX_CANDIDATES:
                     break
             if found:
-                return found
+                return longest(found)
         return []

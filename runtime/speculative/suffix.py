@@ -15,6 +15,10 @@ from .adaptive import MIN_PROB, DraftPolicy
 from .shared_outputs import SharedOutputs
 from .suffix_index import MATCH_STEPS, NO_DRAFT, Draft, SuffixIndex, walk
 
+# A session whose lookups keep drafting nothing skips the next 1, 2, 4 ... up to this many steps'
+# lookups: on traffic that never echoes, proposing costs the host a fraction of a lookup per step.
+MAX_BACKOFF = 16
+
 
 class SuffixProposer:
     """Written by the scheduler only (through the speculator); sessions are named by their KV id."""
@@ -25,6 +29,7 @@ class SuffixProposer:
         self.policy = policy if policy is not None else DraftPolicy()
         self.adaptive = adaptive
         self._indexes: dict[int, SuffixIndex] = {}
+        self._backoff: dict[int, list[int]] = {}  # session -> [steps still skipped, next backoff]
 
     def __len__(self) -> int:
         return len(self._indexes)
@@ -52,11 +57,21 @@ class SuffixProposer:
 
     def propose(self, session: int, tail: Sequence[int], limit: int) -> Draft:
         """What the session should verify this step: the best walk, cut by the policy."""
+        if not self.adaptive:
+            return self.best(session, tail, limit)
+        backoff = self._backoff.get(session)
+        if backoff is not None and backoff[0] > 0:
+            backoff[0] -= 1
+            return NO_DRAFT
         draft = self.best(session, tail, limit)
-        if not self.adaptive or not draft.tokens:
-            return draft
-        count = self.policy.length(session, draft.probs)
-        return Draft(draft.tokens[:count], draft.probs[:count])
+        count = self.policy.length(session, draft.probs) if draft.tokens else 0
+        if count:
+            self._backoff.pop(session, None)
+            return Draft(draft.tokens[:count], draft.probs[:count])
+        if backoff is None:
+            backoff = self._backoff[session] = [0, 1]
+        backoff[0], backoff[1] = backoff[1], min(2 * backoff[1], MAX_BACKOFF)
+        return NO_DRAFT
 
     def verified(self, session: int, probs: Sequence[float], num_accepted: int) -> None:
         self.policy.observe(session, probs, num_accepted)
@@ -67,4 +82,5 @@ class SuffixProposer:
 
     def forget(self, session: int) -> None:
         self._indexes.pop(session, None)
+        self._backoff.pop(session, None)
         self.policy.forget(session)

@@ -18,7 +18,7 @@ from typing import NamedTuple, Sequence
 KEY_LENS = (4, 2)
 # How far back a candidate's match is measured; past the last step, a match counts as that long.
 MATCH_STEPS = (8, 16, 32)
-MAX_CANDIDATES = 12  # most recent occurrences looked at per lookup
+MAX_CANDIDATES = 8  # most recent occurrences looked at per lookup
 
 
 class Candidate(NamedTuple):
@@ -65,24 +65,31 @@ def walk(candidates: list[Candidate], limit: int, min_prob: float) -> Draft:
     cumulative = 1.0
     alive = candidates
     for depth in range(limit):
-        votes: dict[int, float] = {}
-        total = 0.0
-        for candidate in alive:
-            if depth < len(candidate.continuation):
-                token = candidate.continuation[depth]
-                votes[token] = votes.get(token, 0.0) + candidate.match_len
-                total += candidate.match_len
-        if not votes:
+        going = [c for c in alive if depth < len(c.continuation)]
+        if not going:
             break
-        token, weight = max(votes.items(), key=lambda item: item[1])
-        alive = [c for c in alive if depth < len(c.continuation) and c.continuation[depth] == token]
-        longest = max(c.match_len for c in alive) + depth
-        cumulative *= weight / total * confidence(longest)
+        token = going[0].continuation[depth]
+        share = 1.0
+        if any(c.continuation[depth] != token for c in going):
+            votes: dict[int, float] = {}
+            for c in going:
+                votes[c.continuation[depth]] = votes.get(c.continuation[depth], 0.0) + c.match_len
+            token, weight = max(votes.items(), key=lambda item: item[1])
+            share = weight / sum(votes.values())
+            going = [c for c in going if c.continuation[depth] == token]
+        alive = going
+        cumulative *= share * confidence(max(c.match_len for c in alive) + depth)
         if cumulative < min_prob:
             break
         tokens.append(token)
         probs.append(cumulative)
     return Draft(tuple(tokens), tuple(probs))
+
+
+def longest(found: list[Candidate]) -> list[Candidate]:
+    """The occurrences that match furthest back: the deepest node a suffix tree would reach."""
+    best = max(c.match_len for c in found)
+    return [c for c in found if c.match_len == best]
 
 
 class SuffixIndex:
@@ -122,7 +129,7 @@ class SuffixIndex:
             if not positions:
                 continue
             found = []
-            for end in reversed(positions[-MAX_CANDIDATES - 1:]):
+            for end in reversed(positions[-MAX_CANDIDATES - 1:]):  # one more: the newest may be the context
                 if end >= len(seq) and not tail:
                     continue  # the context itself, with nothing after it yet
                 continuation = seq[end:end + limit]
@@ -130,5 +137,5 @@ class SuffixIndex:
                     continuation = continuation + array("l", tail[:limit - len(continuation)])
                 found.append(Candidate(match_len(seq, end, recent, n), continuation))
             if found:
-                return found[:MAX_CANDIDATES]
+                return longest(found)
         return []
