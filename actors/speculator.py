@@ -75,6 +75,10 @@ class Speculator:
             self._proposals[id(job)] = proposal
             return len(proposal)
         if self.suffix is not None:
+            if job.sampling.seed is not None and not job.sampling.is_greedy:
+                # What rejection sampling draws depends on the draft, and suffix drafts depend on
+                # other sessions and on step timing: a seeded stream would not repeat.
+                return 0
             started = time.perf_counter()
             self._close_step()
             draft = self.suffix.propose(job.kv.kv_id, job.inputs[job.num_fed:], limit)
