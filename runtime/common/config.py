@@ -88,14 +88,14 @@ class EngineConfig:
         return self.window_tokens > 0
 
 
-SPECULATIVE_MODES = ("none", "ngram", "draft")
+SPECULATIVE_MODES = ("none", "ngram", "suffix", "draft")
 
 
 @dataclass(frozen=True, slots=True)
 class SpeculativeConfig:
     """Speculative decoding: who proposes draft tokens, and how many per step a session verifies."""
 
-    mode: str = "none"  # none, ngram (prompt lookup in the session's history), draft (a draft model)
+    mode: str = "none"  # none, ngram (prompt lookup), suffix (suffix walks, adaptive), draft (a draft model)
     num_draft_tokens: int = 4
     draft_model: str | None = None  # a model sharing the verifier's vocabulary
     draft_layers: int = 0  # > 0: the draft is the verifier's first N layers (shared weights)

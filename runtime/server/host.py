@@ -86,9 +86,10 @@ class Host:
         self.paths = facts.paths
         self.pool = KVPool(facts.kv_shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
                            facts.kept_window, engine.prefill_chunk_tokens, facts.draft_shape, kv_factory)
-        speculator = Speculator(config.speculative, facts.draft_shape is not None, self.metrics,
-                                engine.prefill_chunk_tokens)
-        self.scheduler = SchedulerActor(self.engine, speculator, self.pool, self.metrics, engine.prefill_chunk_tokens,
+        # The scheduler alone writes it; kept here so its proposer's figures can be read.
+        self.speculator = Speculator(config.speculative, facts.draft_shape is not None, self.metrics,
+                                     engine.prefill_chunk_tokens)
+        self.scheduler = SchedulerActor(self.engine, self.speculator, self.pool, self.metrics, engine.prefill_chunk_tokens,
                                         engine.max_step_tokens, engine.mailbox_size,
                                         engine.consumer_stall_timeout_s, on_crash=self._engine_death)
         self.rules = SessionRules(config.limits, self.loaded.vocab_size, self.loaded.max_context_tokens,
