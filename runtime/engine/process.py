@@ -30,6 +30,12 @@ import structlog
 
 from kakeya.runtime.common.config import RuntimeConfig, cpu_threads
 from kakeya.runtime.common.errors import EngineDead, FailedPrecondition
+from kakeya.runtime.engine.assembly import build_engine
+from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
+from kakeya.runtime.engine.blas_probe import warn_if_row_dependent
+from kakeya.runtime.engine.draft import load_draft
+from kakeya.runtime.engine.loader import load_model
+from kakeya.runtime.engine.service import EngineService
 from kakeya.runtime.engine.wire import EngineReady, LoadFailed, OpsMessage, StepFailed, StepMessage
 
 log = structlog.get_logger(__name__)
@@ -119,14 +125,6 @@ def engine_main(conn: Connection, config: RuntimeConfig, parent_pid: int, pdeath
 
 
 def _load(config: RuntimeConfig):
-    # Imported here: the front process never needs the model's modules for this file.
-    from kakeya.runtime.engine.assembly import build_engine
-    from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
-    from kakeya.runtime.engine.blas_probe import warn_if_row_dependent
-    from kakeya.runtime.engine.draft import load_draft
-    from kakeya.runtime.engine.loader import load_model
-    from kakeya.runtime.engine.service import EngineService
-
     loaded = load_model(config.model, ATTENTION_NAME)
     draft = load_draft(config.speculative, config.model, loaded, ATTENTION_NAME)
     outcomes: Counter[str] = Counter()
