@@ -15,29 +15,8 @@ from kakeya.runtime.engine.draft import DraftRunner
 from kakeya.runtime.engine.engine import Engine
 from kakeya.runtime.engine.runner import ModelRunner
 from kakeya.runtime.engine.session_snapshot import model_fingerprint
-from kakeya.runtime.forward.loaded_model import LoadedModel
+from kakeya.runtime.forward.loaded_model import LoadedModel, ModelFacts
 from kakeya.runtime.forward.session_kv import KVShape, slab_dtype
-
-
-@dataclass(frozen=True, slots=True)
-class ModelFacts:
-    """What the front needs to know about the served model, without the model: the facts
-    GetRuntimeInfo reports and requests are checked against. A LoadedModel has them all too."""
-
-    model_id: str
-    device: torch.device
-    dtype: torch.dtype
-    vocab_size: int
-    eos_token_ids: tuple[int, ...]
-    max_context_tokens: int
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-
-    @classmethod
-    def of(cls, loaded: LoadedModel) -> "ModelFacts":
-        return cls(loaded.model_id, loaded.device, loaded.dtype, loaded.vocab_size, loaded.eos_token_ids,
-                   loaded.max_context_tokens, loaded.num_layers, loaded.num_kv_heads, loaded.head_dim)
 
 
 @dataclass(frozen=True, slots=True)
