@@ -146,9 +146,12 @@ async def test_ngram_greedy_streams_equal_plain_greedy(ngram_server, prompts, pl
 
 
 async def test_draft_model_greedy_streams_equal_plain_greedy(draft_server, prompts, plain):
-    """The same 20 x 128 with an 8-layer truncated copy of the model as the draft."""
-    results = await _run_all(draft_server.stub, prompts)
-    for index, (result, reference) in enumerate(zip(results, plain)):
+    """Half of the same prompts (five agent-style, five chat), 128 tokens each, with an 8-layer
+    truncated copy of the model as the draft: the draft model's slabs and catch-up are the same
+    code for every prompt, and each draft-model step costs eight more layers on the CPU."""
+    picks = list(range(5)) + list(range(10, 15))
+    results = await _run_all(draft_server.stub, [prompts[i] for i in picks])
+    for index, result, reference in zip(picks, results, [plain[i] for i in picks]):
         assert result.tokens == reference, f"prompt {index}"
         assert result.done.draft_token_count > 0
     _check_counts(draft_server, results, 0, 0)

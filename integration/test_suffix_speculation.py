@@ -41,15 +41,19 @@ async def test_every_suffix_proposal_verified_keeps_greedy_streams(suffix_server
     the shared outputs hold every prompt's earlier stream, and they are drafted from."""
     suffix = suffix_server.runtime.speculator.suffix
     suffix.adaptive = False
+    # Five agent-style prompts and three chat ones: two more passes over all twenty would double
+    # this file's time for the same code paths.
+    picks = list(range(5)) + list(range(10, 13))
+    chosen, expected = [prompts[i] for i in picks], [plain[i] for i in picks]
     try:
-        results = await _run_all(suffix_server.stub, prompts)
-        _assert_identical(results, plain)
-        agent = results[:10]
+        results = await _run_all(suffix_server.stub, chosen)
+        _assert_identical(results, expected)
+        agent = results[:5]
         assert sum(r.done.accepted_draft_token_count for r in agent) > 0.3 * MAX_TOKENS * len(agent)
-        again = await _run_all(suffix_server.stub, prompts)
-        _assert_identical(again, plain)
+        again = await _run_all(suffix_server.stub, chosen)
+        _assert_identical(again, expected)
         accepted = sum(r.done.accepted_draft_token_count for r in again)
-        assert accepted > 0.6 * MAX_TOKENS * len(prompts), "the shared outputs should predict a repeated request"
+        assert accepted > 0.6 * MAX_TOKENS * len(chosen), "the shared outputs should predict a repeated request"
     finally:
         suffix.adaptive = True
     assert suffix_server.runtime.pool.used_bytes == 0 and len(suffix) == 0
