@@ -89,3 +89,18 @@ def test_sliding_window_model_loads_with_its_window(tmp_path):
     loaded = load_model(ModelConfig(model=str(tmp_path)), ATTENTION_NAME)
     assert loaded.architecture == "mistral"
     assert [layer.window for layer in loaded.layers] == [24, 24]
+
+
+def test_a_gguf_header_is_parsed_once_per_load_and_the_reader_is_restored_after():
+    import gguf
+
+    from kakeya.runtime.engine.gguf_reading import shared_reading
+
+    path = embedded_model_path()
+    original = gguf.GGUFReader
+    with shared_reading():
+        first, second = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert first is second and isinstance(first, original)
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    assert gguf.GGUFReader is original
+    assert gguf.GGUFReader(path) is not first

@@ -14,6 +14,7 @@ import torch
 from kakeya.runtime.common.config import ModelConfig
 from kakeya.runtime.common.errors import FailedPrecondition
 from kakeya.runtime.engine.attention_probe import probe_layers
+from kakeya.runtime.engine.gguf_reading import shared_reading
 from kakeya.runtime.forward.loaded_model import LoadedModel
 
 log = structlog.get_logger(__name__)
@@ -80,7 +81,9 @@ def load_model(config: ModelConfig, attn_implementation: str) -> LoadedModel:
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise FailedPrecondition(f"no such GGUF file: {path}")
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
+            with shared_reading():
+                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
+                weights_origin = gguf_tensor_types(path)
         elif path.is_dir():
             model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
         else:
@@ -91,7 +94,7 @@ def load_model(config: ModelConfig, attn_implementation: str) -> LoadedModel:
     model = model.to(device).eval()
     loaded = describe(model, model_id=path.name if path.exists() else source, device=device, dtype=dtype)
     if path.suffix == ".gguf":
-        loaded = dataclasses.replace(loaded, weights_origin=gguf_tensor_types(path))
+        loaded = dataclasses.replace(loaded, weights_origin=weights_origin)
     log.info("model_loaded", model=loaded.model_id, seconds=round(time.monotonic() - started, 2),
              layers=loaded.num_layers, vocab_size=loaded.vocab_size)
     return loaded
