@@ -78,12 +78,16 @@ def main() -> None:
                 document = run_suite(checkouts[side], suite_args, pathlib.Path(tmp), f"{side}{round_index}")
                 devices.add(document.get("device_name", document.get("device")))
                 runs[side].append(figures(document))
-    result = {"benchmark": "ab_suite", "a": str(args.a), "b": str(args.b), "rounds": args.rounds,
-              "suite_args": suite_args, "devices": sorted(devices), **summary(runs)}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+                # Written after every run, so a run cut off by a time limit still leaves its rounds.
+                print(json.dumps({"round": round_index, "side": side, "figures": runs[side][-1]}), flush=True)
+                if args.out is not None and runs["a"] and runs["b"]:
+                    args.out.write_text(json.dumps(result(args, suite_args, devices, runs), indent=1) + "\n")
+    print(json.dumps(result(args, suite_args, devices, runs), indent=1))
+
+
+def result(args, suite_args: list[str], devices: set, runs: dict[str, list]) -> dict:
+    return {"benchmark": "ab_suite", "a": str(args.a), "b": str(args.b), "rounds": min(map(len, runs.values())),
+            "suite_args": suite_args, "devices": sorted(devices), **summary(runs)}
 
 
 if __name__ == "__main__":

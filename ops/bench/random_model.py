@@ -13,9 +13,16 @@ import pathlib
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from suite_baselines import QWEN3_0_6B_SHAPE
+
 # The published configs' shapes. The MoE is cut to 12 of its 48 layers (about 7.6B parameters,
-# 15 GB in bf16) so that it, transformers' baselines and the KV fit one 80 GB GPU.
+# 15 GB in bf16) so that it, transformers' baselines and the KV fit one 80 GB GPU. The tiny one holds
+# a 32k context small enough to prefill on a laptop's CPU cores (`session_fork.py` on CPU).
 SHAPES = {
+    "qwen3-0.6b": ("qwen3", QWEN3_0_6B_SHAPE),
+    "tiny-llama-32k": ("llama", dict(
+        vocab_size=49152, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=64, max_position_embeddings=32800, tie_word_embeddings=True)),
     "llama-3.2-1b": ("llama", dict(
         vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
         num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, tie_word_embeddings=True,

@@ -27,6 +27,7 @@ import json
 import pathlib
 import platform
 import statistics
+import sys
 import tempfile
 
 import grpc
@@ -178,6 +179,10 @@ async def main() -> None:
             for mode in (modes if round_ % 2 == 0 else modes[::-1]):
                 result = await bench_once(configs[mode], loaded, drafts[mode], workload, count, turns, chat, args)
                 runs.setdefault((workload, count, mode), []).append(result)
+                # Progress on stderr, so a run cut off by a time limit still shows what it measured.
+                print(json.dumps({"round": round_, "workload": workload, "sessions": count, "mode": mode,
+                                  "tok_s": round(result["generated"] / result["wall_s"], 2)}), file=sys.stderr,
+                      flush=True)
     report = []
     for workload, count in workloads:
         bases = runs[(workload, count, "none")]
