@@ -16,7 +16,7 @@ from kakeya.proto.v1 import runtime_pb2 as pb
 
 from .harness import TIMEOUT_S, append, close, create, generate, info, start_server
 
-MAX_TOKENS = 128
+MAX_TOKENS = 80
 
 CODE = [
     ("merge", "combine", "def merge(a, b):\n    out = []\n    i = j = 0\n    while i < len(a) and j < len(b):\n"
@@ -132,7 +132,7 @@ def _check_counts(handle, results, drafts_before: int, forwards_before: int) -> 
 
 
 async def test_ngram_greedy_streams_equal_plain_greedy(ngram_server, prompts, plain):
-    """20 prompts x 128 tokens, concurrent: identical streams, and drafts accepted on agent traffic."""
+    """20 prompts x 80 tokens, concurrent: identical streams, and drafts accepted on agent traffic."""
     results = await _run_all(ngram_server.stub, prompts)
     for index, (result, reference) in enumerate(zip(results, plain)):
         assert result.tokens == reference, f"prompt {index}"
@@ -146,7 +146,7 @@ async def test_ngram_greedy_streams_equal_plain_greedy(ngram_server, prompts, pl
 
 
 async def test_draft_model_greedy_streams_equal_plain_greedy(draft_server, prompts, plain):
-    """Half of the same prompts (five agent-style, five chat), 128 tokens each, with an 8-layer
+    """Half of the same prompts (five agent-style, five chat), 80 tokens each, with an 8-layer
     truncated copy of the model as the draft: the draft model's slabs and catch-up are the same
     code for every prompt, and each draft-model step costs eight more layers on the CPU."""
     picks = list(range(5)) + list(range(10, 15))

@@ -30,7 +30,7 @@ def _assert_identical(results, plain) -> None:
 
 
 async def test_adaptive_suffix_greedy_streams_equal_plain_greedy(suffix_server, prompts, plain):
-    """20 prompts x 128 tokens, concurrent, drafts cut by the measured row cost."""
+    """20 prompts x 80 tokens, concurrent, drafts cut by the measured row cost."""
     _assert_identical(await _run_all(suffix_server.stub, prompts), plain)
     speculator = suffix_server.runtime.speculator
     assert speculator.stats.steps > 0 and speculator.stats.decode_rows > 0
