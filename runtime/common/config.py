@@ -26,7 +26,7 @@ class ModelConfig:
 
 
 KV_DTYPES = ("auto", "fp8")
-CPU_WEIGHTS = ("float32", "int8")
+CPU_WEIGHTS = ("float32", "int8", "int4")
 ENGINE_PROCESS_MODES = ("auto", "on", "off")
 
 
@@ -45,7 +45,7 @@ class EngineConfig:
     cpu_packed_linears: bool = True  # CPU fp32 with MKL: linears on packed weights (runtime/cpu/linear.py)
     cpu_decoder: bool = True  # CPU, packed linears: the forward without transformers' modules (runtime/cpu/decoder.py)
     kv_dtype: str = "auto"  # auto: the model's dtype; fp8: e4m3 slabs (CUDA), half the KV bytes
-    cpu_weights: str = "float32"  # int8: linears held as int8 (runtime/cpu/int8_linear.py), not exact
+    cpu_weights: str = "float32"  # int8 / int4: linears held quantized (runtime/cpu/int8_linear.py, int4_linear.py), not exact
     sink_tokens: int = 0
     window_tokens: int = 0
     mailbox_size: int = 1024

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from kakeya.runtime.cpu import linear as cpu_linear
 from kakeya.runtime.cpu.attention import attend_cpu
-from kakeya.runtime.cpu.int8_linear import Int8Linear
+from kakeya.runtime.cpu.held_weights import HELD, fuse
 from kakeya.runtime.forward.rows import StepLayout
 from kakeya.runtime.forward.decoder_family import unsupported
 from kakeya.runtime.forward.norms import norm_of, qk_norm_of, rms_norm
@@ -48,7 +48,7 @@ class _Linear:
     packed: torch.Tensor | None
     weight: torch.Tensor | None
     bias: torch.Tensor | None
-    int8: Int8Linear | None = None  # weights held as int8 (cpu/int8_linear.py) instead of packed fp32
+    held: torch.nn.Module | None = None  # weights held quantized (cpu/held_weights.py) instead of packed fp32
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +65,21 @@ class _Layer:
     qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None
     scaling: float
     rope: bool  # False in SmolLM3's NoPE layers
+    # Quantized weights: q/k/v and gate/up as one held matrix each (one kernel call instead of
+    # three or two; the outputs are views of its columns), None where not fused.
+    qkv: _Linear | None = None
+    gate_up: _Linear | None = None
 
 
 def _linear(module) -> _Linear:
-    if isinstance(module, Int8Linear):
-        return _Linear(None, None, module.bias, module)
+    if isinstance(module, HELD):
+        return _Linear(None, None, None, module)
     return _Linear(module.packed, module.weight, module.bias)
+
+
+def _fused(modules: list) -> _Linear | None:
+    held = fuse(modules)
+    return None if held is None else _Linear(None, None, None, held)
 
 
 def _layer(module) -> _Layer:
@@ -78,11 +87,13 @@ def _layer(module) -> _Layer:
     return _Layer(_linear(attn.q_proj), _linear(attn.k_proj), _linear(attn.v_proj), _linear(attn.o_proj),
                   _linear(mlp.gate_proj), _linear(mlp.up_proj), _linear(mlp.down_proj),
                   norm_of(module.input_layernorm), norm_of(module.post_attention_layernorm), qk_norm_of(attn),
-                  float(attn.scaling), bool(getattr(attn, "use_rope", True)))
+                  float(attn.scaling), bool(getattr(attn, "use_rope", True)),
+                  _fused([attn.q_proj, attn.k_proj, attn.v_proj]), _fused([mlp.gate_proj, mlp.up_proj]))
 
 
 class CpuDecoder:
-    """Embedding to logits of a Llama-family model whose linears are packed (cpu_linear.pack_linears)."""
+    """Embedding to logits of a Llama-family model whose linears are packed (cpu_linear.pack_linears)
+    or held quantized (cpu/held_weights.py)."""
 
     def __init__(self, model, mode: cpu_linear.PackedMode) -> None:
         inner = model.model
@@ -104,29 +115,41 @@ class CpuDecoder:
         linears = [model.lm_head]
         for layer in model.model.layers:
             linears += [m for part in (layer.self_attn, layer.mlp) for m in part.children()
-                        if isinstance(m, (torch.nn.Linear, Int8Linear))]
-        if not all(isinstance(m, (cpu_linear.PackedLinear, Int8Linear)) for m in linears):
+                        if isinstance(m, (torch.nn.Linear, *HELD))]
+        if not all(isinstance(m, (cpu_linear.PackedLinear, *HELD)) for m in linears):
             log.info("cpu_decoder_skipped", reason="a linear without packed weights")
             return None
         return cls(model, mode)
 
     def _apply(self, x: torch.Tensor, linear: _Linear) -> torch.Tensor:
-        if linear.int8 is not None:
-            return linear.int8(x)
+        if linear.held is not None:
+            return linear.held(x)
         return cpu_linear.apply(x, linear.packed, linear.weight, linear.bias, self.mode.deterministic)
 
     def _attention(self, index: int, layer: _Layer, x: torch.Tensor, cos, sin, layout: StepLayout):
         shape = (*x.shape[:-1], -1, self.head_dim)  # [1, T, heads, head_dim]
-        q, k = self._apply(x, layer.q).view(shape), self._apply(x, layer.k).view(shape)
+        if layer.qkv is not None:
+            sizes = (layer.q.held.out_features, layer.k.held.out_features, layer.v.held.out_features)
+            q, k, v = self._apply(x, layer.qkv).split(sizes, dim=-1)
+        else:
+            q, k, v = self._apply(x, layer.q), self._apply(x, layer.k), self._apply(x, layer.v)
+        q, k = q.view(shape), k.view(shape)
         if layer.qk_norm is not None:
             q_weight, k_weight, eps = layer.qk_norm
             q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = self._apply(x, layer.v).view(shape).transpose(1, 2)
+        v = v.view(shape).transpose(1, 2)
         if layer.rope:
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         out = attend_cpu(layout, index, q, k, v, layer.scaling)
         return self._apply(out.reshape(*x.shape[:-1], -1).contiguous(), layer.o)
+
+    def _gated(self, x: torch.Tensor, layer: _Layer) -> torch.Tensor:
+        if layer.gate_up is None:
+            gate, up = self._apply(x, layer.gate), self._apply(x, layer.up)
+        else:
+            gate, up = layer.gate_up.held(x).split(layer.gate.held.out_features, dim=-1)
+        return F.silu(gate, inplace=True).mul_(up)
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout,
                  keep_rows: torch.Tensor | None) -> torch.Tensor | None:
@@ -139,8 +162,7 @@ class CpuDecoder:
             attended = self._attention(index, layer, rms_norm(hidden, *layer.input_norm), cos, sin, layout)
             hidden = attended.add_(hidden)
             x = rms_norm(hidden, *layer.post_norm)
-            gate = F.silu(self._apply(x, layer.gate), inplace=True).mul_(self._apply(x, layer.up))
-            hidden = self._apply(gate, layer.down).add_(hidden)
+            hidden = self._apply(self._gated(x, layer), layer.down).add_(hidden)
         if keep_rows is None:
             return None
         return self._apply(rms_norm(hidden, *self.final_norm)[:, keep_rows, :], self.lm_head)

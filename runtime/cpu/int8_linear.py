@@ -1,77 +1,73 @@
-"""CPU linears on int8 weights, for quantized (GGUF Q4/Q8) models whose fp32 copy is the cost.
+"""CPU linears on weight-only int8, for quantized (GGUF) models whose fp32 copy is the cost.
 
 A CPU decode step of a small model reads every weight once per step: in fp32 that is four bytes a
 weight, and the step waits on memory. Held as int8 (one scale per output channel, symmetric), a
-weight is one byte, and fbgemm's u8s8 GEMM (torch's quantized engine, made for this) accumulates
-in int32. Activations are quantized per call; fbgemm takes one scale for the whole call, so each
-row is first divided by its own largest magnitude and a fixed anchor row ([1, -1, 0, ...]) joins
-the call: the call's range is then always [-1, 1], every row is quantized with the same scale
-whatever its neighbours, and integer accumulation is exact, so a row's result does not depend on
-the batch (deterministic mode holds; unit/test_int8_linear.py checks it). Activations use 8 bits
-where the CPU has VNNI; elsewhere 7 (fbgemm's reduce_range), which keeps the 16-bit pair sums of
-its pre-VNNI kernels from saturating.
+weight is one byte. torch's weight-only int8 matmul (`aten._weight_int8pack_mm`) widens the int8
+weights to the activation's dtype inside the kernel; it is fast on bf16 activations (AVX-512 and
+AMX-BF16 where the CPU has them) and slow on fp32 ones, so a row is rounded to bf16 at the
+kernel's input, and the bf16 result is widened back to fp32. Everything outside the linears
+(norms, attention, residuals, the embedding) stays fp32.
 
-Not exact: each weight moves by up to half a step of its channel's int8 grid (the fp32 weights a
-GGUF file dequantizes to are not on that grid), and each activation by half a step of its row's grid.
+Nothing in the kernel mixes rows: each output row is its own dot products over the same weights,
+in the same order at every row count (1 to 300 rows checked, and a row among very different
+neighbours; unit/test_int8_linear.py), so deterministic mode needs no fixed row grouping.
+
+Not exact: each weight moves by up to half a step of its channel's int8 grid (scale rounded to
+bf16 first, so the grid is the one the kernel multiplies by), each activation to bf16 (8 bits of
+mantissa), and each output to bf16.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-
-def _has_vnni() -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = cpuinfo.read()
-    except OSError:
-        return False
-    return " avx512_vnni" in flags or " avx_vnni" in flags
-
-
-REDUCE_RANGE = not _has_vnni()
-ACTIVATION_BITS = 7 if REDUCE_RANGE else 8
+try:  # the overload itself: per-call resolution is a measurable share of a small call
+    _INT8_MM = torch.ops.aten._weight_int8pack_mm.default
+except (AttributeError, RuntimeError):
+    _INT8_MM = None
 
 
 def available() -> bool:
-    return "fbgemm" in torch.backends.quantized.supported_engines or "x86" in torch.backends.quantized.supported_engines
+    return _INT8_MM is not None
+
+
+def int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] fp32 -> int8 [N, K] and bf16 scales [N]: symmetric, one scale per output channel."""
+    weight = weight.detach().float()
+    scales = (weight.abs().amax(1) / 127).to(torch.bfloat16)
+    exact = scales.float()
+    safe = torch.where(exact > 0, exact, torch.ones_like(exact))
+    quantized = torch.round(weight / safe[:, None]).clamp_(-127, 127).to(torch.int8)
+    return quantized.contiguous(), scales
 
 
 class Int8Linear(torch.nn.Module):
-    """Replaces an nn.Linear: its weight as prepacked int8 with per-channel scales, its bias in fp32."""
+    """Replaces an nn.Linear: its weight as int8 with per-channel bf16 scales, its bias in fp32."""
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
+    def __init__(self, linear: torch.nn.Linear | None = None, *,
+                 parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.bias = linear.bias
-        weight = linear.weight.detach().float()
-        scales = (weight.abs().amax(1) / 127).clamp_min(1e-12).double()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # quantized tensors' deprecation notice: the op is what is used
-            qweight = torch.quantize_per_channel(weight, scales, torch.zeros_like(scales, dtype=torch.long), 0,
-                                                 torch.qint8)
-        self.packed_int8 = torch.ops.quantized.linear_prepack(qweight, None)
-        self.anchor = torch.zeros(1, self.in_features)
-        self.anchor[0, :2] = torch.tensor([1.0, -1.0])
+        if linear is not None:
+            weight, scales = int8_per_channel(linear.weight)
+            bias = linear.bias
+        else:
+            weight, scales, bias = parts
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight_int8", weight)
+        self.register_buffer("scales", scales)
+        self.bias = None if bias is None else bias.detach().float()
+
+    @classmethod
+    def fused(cls, modules: list["Int8Linear"]) -> "Int8Linear":
+        """One module whose output is the given modules' outputs side by side (rows bitwise the same)."""
+        biases = [m.bias for m in modules]
+        bias = None if all(b is None for b in biases) else torch.cat(
+            [torch.zeros(m.out_features) if b is None else b for m, b in zip(modules, biases)])
+        return cls(parts=(torch.cat([m.weight_int8 for m in modules]), torch.cat([m.scales for m in modules]), bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        magnitude = flat.abs().amax(1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
-        out = torch.ops.quantized.linear_dynamic(torch.cat((flat / magnitude, self.anchor)), self.packed_int8, REDUCE_RANGE)
-        out = out[:-1].mul_(magnitude)
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        out = _INT8_MM(flat, self.weight_int8, self.scales).float()
         if self.bias is not None:
             out.add_(self.bias)
         return out.view(*x.shape[:-1], self.out_features)
-
-
-def quantize_linears(model: torch.nn.Module) -> int:
-    """Replaces every nn.Linear of the model with an Int8Linear, once; returns how many."""
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear:
-                setattr(parent, name, Int8Linear(child))
-                count += 1
-    return count

@@ -55,7 +55,7 @@ def build_engine(config: RuntimeConfig, loaded: LoadedModel, draft: LoadedModel 
         draft_shape = KVShape(draft.num_layers, draft.num_kv_heads, draft.head_dim, draft.dtype, draft.device)
     runner_options = dict(cuda_graphs=engine.cuda_graphs, cuda_fusion=engine.cuda_fusion,
                           bounded=engine.is_bounded, cpu_packed_linears=engine.cpu_packed_linears,
-                          cpu_decoder=engine.cpu_decoder, cpu_int8_weights=engine.cpu_weights == "int8")
+                          cpu_decoder=engine.cpu_decoder, cpu_weights=engine.cpu_weights)
     # Speculative steps feed drafts, which a launched-ahead plain decode step never matches.
     run_ahead = engine.cuda_run_ahead and not config.speculative.is_enabled
     runner = ModelRunner(loaded, deterministic, executor, run_ahead=run_ahead, kv_dtype=kv_dtype,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from kakeya.runtime.common.errors import FailedPrecondition
-from kakeya.runtime.cpu import int8_linear
+from kakeya.runtime.cpu import held_weights
 from kakeya.runtime.forward.loaded_model import LoadedModel
 
 
@@ -35,7 +35,7 @@ def check_layers(loaded: LoadedModel, bounded: bool, deterministic: bool = False
 
 
 def paths(loaded: LoadedModel, *, cuda: object | None, cuda_decoder: bool, cpu_decoder: bool, packed: bool,
-          deterministic: bool, bounded: bool, int8: bool = False, kept_window: int = 0) -> dict[str, str]:
+          deterministic: bool, bounded: bool, held: str = "", kept_window: int = 0) -> dict[str, str]:
     """GetRuntimeInfo's architecture, forward_path, attention_path and weights_held_as."""
     if cuda is not None:
         forward, attention = ("cuda-decoder" if cuda_decoder else "generic"), "cuda-row-kernels"
@@ -48,26 +48,25 @@ def paths(loaded: LoadedModel, *, cuda: object | None, cuda_decoder: bool, cpu_d
         attention += f"; {len(special)} of {len(loaded.layers)} layers windowed-slab: {'; '.join(kinds)}"
     if kept_window:
         attention += f"; slabs keep the last {kept_window} positions"
-    held = str(loaded.dtype).removeprefix("torch.") + (", MKL-packed" if packed else "")
-    if int8:
-        held = (f"int8 linears (per-channel scales, fbgemm; {int8_linear.ACTIVATION_BITS}-bit activations per row), "
-                "float32 elsewhere")
+    held = held or str(loaded.dtype).removeprefix("torch.") + (", MKL-packed" if packed else "")
     if loaded.weights_origin:
         held += f"; dequantized at load from {loaded.weights_origin}"
     return dict(architecture=loaded.architecture, forward_path=forward, attention_path=attention,
                 weights_held_as=held)
 
 
-def check_int8(loaded: LoadedModel, asked: bool) -> bool:
-    """Whether the linears are held as int8 (cpu/int8_linear.py); FailedPrecondition where they cannot be."""
-    if not asked:
-        return False
+def check_cpu_weights(loaded: LoadedModel, fmt: str) -> str:
+    """The format the linears are held in (cpu/held_weights.py), "float32" where they are not
+    quantized; FailedPrecondition where the asked format cannot be held."""
+    if fmt == "float32":
+        return fmt
     if loaded.device.type != "cpu" or loaded.dtype != torch.float32:
-        raise FailedPrecondition(f"int8 CPU weights need a float32 model on the CPU, not {loaded.dtype} on "
+        raise FailedPrecondition(f"{fmt} CPU weights need a float32 model on the CPU, not {loaded.dtype} on "
                                  f"{loaded.device.type}")
-    if not int8_linear.available():
-        raise FailedPrecondition("int8 CPU weights need torch's fbgemm quantized engine, which this build lacks")
-    return True
+    if not held_weights.available(fmt):
+        raise FailedPrecondition(f"{fmt} CPU weights need torch's weight-only {fmt} CPU matmul, which this "
+                                 "build lacks")
+    return fmt
 
 
 def kept_window(loaded: LoadedModel, draft: LoadedModel | None = None) -> int:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from kakeya.runtime.cpu import int8_linear, linear as cpu_linear
+from kakeya.runtime.cpu import held_weights, linear as cpu_linear
 from kakeya.runtime.engine import attention_hook  # noqa: F401 - registers the attention function every forward calls
 from kakeya.runtime.engine import forward_path
 from kakeya.runtime.engine.run_ahead import RunAhead
@@ -45,7 +45,7 @@ class ModelRunner:
                  cuda_graphs: bool = True, cuda_fusion: bool = True, bounded: bool = False,
                  run_ahead: bool = False, on_run_ahead: Callable[[str], None] | None = None,
                  cpu_packed_linears: bool = True, cpu_decoder: bool = True,
-                 kv_dtype: torch.dtype | None = None, cpu_int8_weights: bool = False) -> None:
+                 kv_dtype: torch.dtype | None = None, cpu_weights: str = "float32") -> None:
         self.loaded = loaded
         self.deterministic = deterministic
         self.executor = executor or model_thread()
@@ -69,8 +69,8 @@ class ModelRunner:
             self.run_ahead = RunAhead(self.cuda, on_run_ahead)
         # CPU: packed on the model thread, at warm-up or the first step (OpenMP teams are per thread).
         self.pack_linears = cpu_packed_linears and cpu_linear.available(loaded.model)
-        # Int8 weights replace the fp32 linears (cpu/int8_linear.py), once, on the model thread.
-        self.int8_weights = forward_path.check_int8(loaded, cpu_int8_weights)
+        # Quantized weights replace the fp32 linears (cpu/held_weights.py), once, on the model thread.
+        self.cpu_weights = forward_path.check_cpu_weights(loaded, cpu_weights)
         self.packed: cpu_linear.PackedMode | None = None
         self.use_cpu_decoder = cpu_decoder
         self.cpu_decoder: CpuDecoder | None = None
@@ -184,9 +184,8 @@ class ModelRunner:
         return out.logits[0].float().cpu()
 
     def _set_packed_mode(self) -> None:
-        if self.int8_weights and not getattr(self.loaded.model, "kakeya_int8", False):
-            int8_linear.quantize_linears(self.loaded.model)
-            self.loaded.model.kakeya_int8 = True
+        if self.cpu_weights != "float32":
+            held_weights.quantize(self.loaded.model, self.cpu_weights)
         if self.pack_linears and self.packed is None:
             self.packed = cpu_linear.pack_linears(self.loaded.model)
             if self.use_cpu_decoder:
@@ -204,7 +203,12 @@ class ModelRunner:
         cuda_decoder = getattr(self.cuda, "decoder", None) is not None
         return forward_path.paths(self.loaded, cuda=self.cuda, cuda_decoder=cuda_decoder, cpu_decoder=cpu_decoder,
                                   packed=self.pack_linears, deterministic=self.deterministic, bounded=self.bounded,
-                                  int8=self.int8_weights, kept_window=kept_window)
+                                  held=self._held_words(), kept_window=kept_window)
+
+    def _held_words(self) -> str:
+        if self.cpu_weights == "float32":
+            return ""
+        return held_weights.describe(self.loaded.model, self.cpu_weights)
 
     def warm_up(self, max_rows: int) -> None:
         """Prepares the fast path for steps of up to max_rows rows: CUDA graphs, or the CPU's packed weights."""

@@ -78,8 +78,9 @@ def _memory_flags(serve: argparse.ArgumentParser) -> None:
           help="KV slab dtype: auto (the model's) or fp8 (e4m3: half the bytes, so twice the tokens "
                "resident and faster long decodes, at some accuracy; CUDA, compute capability 8.9+, full attention)")
     _flag(serve, "cpu-weights", default="float32", choices=CPU_WEIGHTS,
-          help="CPU linears: float32 (exact) or int8 (per-channel int8 weights, 7-bit activations: faster "
-               "decoding of small models, not exact; docs/models.md)")
+          help="CPU linears: float32 (exact), int8 (per-channel int8 weights) or int4 (4-bit groups of 32, "
+               "the lm_head int8), both on bf16 activations: faster decoding of small models, not exact; "
+               "docs/models.md")
     _flag(serve, "session-ttl-s", float, 3600.0, help="evict sessions idle this long")
     _flag(serve, "sink", int, 0, help="bounded mode: tokens kept at the start of every history")
     _flag(serve, "window", int, 0, help="bounded mode: most recent tokens attended (0: full attention)")
