@@ -1,14 +1,14 @@
-"""int8-held linears (runtime/cpu/int8_linear.py) against today's fp32 path, interleaved, same run.
+"""Quantized CPU linears (--cpu-weights int8 / int4) against the fp32 path, interleaved, same run.
 
-Both runners hold the embedded Q4_1 GGUF model: the baseline as loaded (dequantized to fp32, MKL-
-packed, CPU decoder), the other with its linears held as int8 (same decoder). For 1 and for N
-sessions each decodes in turns of S steps, alternating which goes first, for R rounds; medians of
-step time, tokens per second and their ratio are printed as one JSON document. Then the held
-format's effect on greedy output: G prompts decoded T tokens by both, tokens compared position by
-position; and deterministic mode's promise for it: a session's stream alone equals its stream
-among others.
+Every runner holds the embedded Q4_1 GGUF model: the baseline as loaded (dequantized to fp32, MKL-
+packed, CPU decoder), the others with their linears held in each format (same decoder). For 1 and
+for N sessions each decodes in turns of S steps, the order of the runners reversed every round,
+for R rounds; medians of step time, tokens per second and each format's speedup over fp32 are
+printed as one JSON document. Then each format's effect on greedy output: G prompts decoded T
+tokens by it and by fp32, compared position by position; and deterministic mode's promise for it:
+a session's stream alone equals its stream among others.
 
-    python ops/bench/cpu_int8_ab.py --sessions 8 --rounds 8 --agreement-prompts 20 --agreement-tokens 128 [--deterministic]
+    python ops/bench/cpu_weights_ab.py --sessions 8 --rounds 8 --agreement-prompts 20 --agreement-tokens 128 [--deterministic]
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def throughput(runners: dict, pool: KVPool, prompts: list[list[int]], rounds: in
     return {"sessions": len(prompts),
             "tok_s_median": {name: round(len(prompts) / value, 2) for name, value in medians.items()},
             "step_ms_rounds": {name: [round(v * 1000, 1) for v in values] for name, values in times.items()},
-            "int8_speedup": round(medians["fp32"] / medians["int8"], 3)}
+            "speedup_vs_fp32": {name: round(medians["fp32"] / value, 3) for name, value in medians.items()
+                                if name != "fp32"}}
 
 
 def streams(runner: ModelRunner, pool: KVPool, prompts: list[list[int]], tokens: int) -> list[list[int]]:
@@ -73,44 +74,57 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
             "first_divergence_median": statistics.median(firsts)}
 
 
+def alone_equals_batched(loaded, fmt: str, pool: KVPool, prompts: list[list[int]]) -> bool:
+    runner = ModelRunner(loaded, True, cpu_weights=fmt)
+    runner.warm_up(0)
+    together = streams(runner, pool, prompts[:4], 32)
+    same = [streams(runner, pool, [p], 32)[0] for p in prompts[:2]] == together[:2]
+    runner.shutdown()
+    return same
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--formats", default="int8,int4", help="held formats to compare with fp32")
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--agreement-prompts", type=int, default=20)
     parser.add_argument("--agreement-tokens", type=int, default=128)
-    parser.add_argument("--deterministic", action="store_true", help="both runners in deterministic mode")
+    parser.add_argument("--deterministic", action="store_true", help="every runner in deterministic mode")
     args = parser.parse_args()
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     torch.set_num_threads(args.threads)
     fp32 = load_model(ModelConfig(device="cpu", dtype="float32"), ATTENTION_NAME)
-    int8 = dataclasses.replace(fp32, model=copy.deepcopy(fp32.model))
+    formats = args.formats.split(",")
+    models = {"fp32": fp32} | {fmt: dataclasses.replace(fp32, model=copy.deepcopy(fp32.model)) for fmt in formats}
     shape = KVShape(fp32.num_layers, fp32.num_kv_heads, fp32.head_dim, fp32.dtype, fp32.device)
     pool = KVPool(shape, 1 << 40, 256, 0, 0, 512)
     det = args.deterministic
-    runners = {"fp32": ModelRunner(fp32, det), "int8": ModelRunner(int8, det, cpu_int8_weights=True)}
+    runners = {name: ModelRunner(loaded, det, cpu_weights="float32" if name == "fp32" else name)
+               for name, loaded in models.items()}
     for runner in runners.values():
         runner.warm_up(0)
-    result = {"benchmark": "cpu_int8_ab", "model": fp32.model_id, "weights_origin": fp32.weights_origin,
+    result = {"benchmark": "cpu_weights_ab", "model": fp32.model_id, "weights_origin": fp32.weights_origin,
               "held_as": {name: r.paths()["weights_held_as"] for name, r in runners.items()},
               "forward_path": {name: r.paths()["forward_path"] for name, r in runners.items()},
               "prompt_tokens": args.prompt, "threads": args.threads, "rounds": args.rounds,
-              "steps_per_round": args.steps, "machine": os.uname().machine, "deterministic": det}
+              "steps_per_round": args.steps, "machine": os.uname().machine, "deterministic": det,
+              "load_average_before": os.getloadavg()[0]}
     result["throughput"] = [throughput(runners, pool, prompts_of(n, args.prompt, fp32.vocab_size, 1234), args.rounds,
                                        args.steps) for n in (1, args.sessions)]
     prompts = prompts_of(args.agreement_prompts, 32, fp32.vocab_size, 99)
-    result["greedy_agreement_int8_vs_fp32"] = agreement(
-        *(streams(runners[name], pool, prompts, args.agreement_tokens) for name in ("fp32", "int8")))
-    deterministic = ModelRunner(int8, True, cpu_int8_weights=True)
-    together = streams(deterministic, pool, prompts[:4], 32)
-    result["int8_deterministic_alone_equals_batched"] = [streams(deterministic, pool, [p], 32)[0] for p in
-                                                         prompts[:2]] == together[:2]
-    print(json.dumps(result, indent=2))
-    for runner in (*runners.values(), deterministic):
+    baseline = streams(runners["fp32"], pool, prompts, args.agreement_tokens)
+    result["greedy_agreement_vs_fp32"] = {fmt: agreement(baseline, streams(runners[fmt], pool, prompts,
+                                                                           args.agreement_tokens)) for fmt in formats}
+    for runner in runners.values():
         runner.shutdown()
+    result["deterministic_alone_equals_batched"] = {fmt: alone_equals_batched(models[fmt], fmt, pool, prompts)
+                                                    for fmt in formats}
+    result["load_average_after"] = os.getloadavg()[0]
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
