@@ -2,9 +2,10 @@
 the CPU, the weights streamed from memory as in decoding, interleaved rounds, same run.
 
 Formats: fp32 on MKL-packed weights (the default path), int8 per-channel with dynamic activations
-(fbgemm, --cpu-weights int8), fp16 weights (fbgemm), bf16 (oneDNN), int8 weight-only
-(_weight_int8pack_mm) and int4 group-32 with scales and zero points (_weight_int4pack_mm_for_cpu,
-the form that holds GGUF Q4_1 exactly). Prints medians in ms and each format's ratio to fp32.
+(fbgemm), fp16 weights (fbgemm), bf16 (oneDNN), int8 weight-only (_weight_int8pack_mm) and int4
+group-32 with scales and zero points (_weight_int4pack_mm_for_cpu, the form that holds GGUF Q4_1),
+the last two on fp32 activations and on bf16 ones (as --cpu-weights int8 / int4 run them, the
+conversions of input and output included). Prints medians in ms and each format's ratio to fp32.
 
     python ops/bench/cpu_weight_formats.py --rounds 4
 """
@@ -41,6 +42,7 @@ def formats(weight: torch.Tensor) -> dict:
     q4 = torch.round((groups - low[..., None]) / step[..., None]).clamp(0, 15).to(torch.int32).reshape(n, k)
     q4_packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4, 1)
     scale_zero = torch.stack([step.t(), (low + 8 * step).t()], -1).contiguous()
+    scales_bf16, scale_zero_bf16 = scales.to(torch.bfloat16), scale_zero.to(torch.bfloat16)
     return {
         "fp32_mkl_packed": lambda x: torch.ops.mkl._mkl_linear(x, packed, weight, None, x.shape[0]),
         "int8_fbgemm_dynamic": lambda x: torch.ops.quantized.linear_dynamic(x, int8, False),
@@ -48,6 +50,10 @@ def formats(weight: torch.Tensor) -> dict:
         "bf16_onednn": lambda x: torch.nn.functional.linear(x.to(torch.bfloat16), bf16),
         "int8_weight_only": lambda x: torch.ops.aten._weight_int8pack_mm(x, w8, scales.float()),
         "int4_group32": lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, q4_packed, 32, scale_zero),
+        "int8_weight_only_bf16_activations": lambda x: torch.ops.aten._weight_int8pack_mm(
+            x.to(torch.bfloat16), w8, scales_bf16).float(),
+        "int4_group32_bf16_activations": lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.to(torch.bfloat16), q4_packed, 32, scale_zero_bf16).float(),
     }
 
 
