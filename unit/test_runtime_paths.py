@@ -50,3 +50,12 @@ def test_bounded_mode_attends_on_plain_slab_sdpa():
 
 def test_the_embedded_gguf_names_its_quantization():
     assert gguf_tensor_types(embedded_model_path()).startswith("GGUF Q4_1 (210 tensors)")
+
+
+@pytest.mark.parametrize(("fmt", "held"), [
+    ("int4", "int4 groups of 32 (bf16 scales and zeros; bf16 activations) for 14 linears, int8 per-channel (bf16 "
+             "scales; bf16 activations) for 1 linear, float32 elsewhere"),
+    ("int8", "int8 per-channel (bf16 scales; bf16 activations) for 15 linears, float32 elsewhere")])
+def test_quantized_cpu_weights_say_which_linears_are_held_how(fmt, held):
+    loaded, _ = load_tiny("llama")
+    assert _paths(loaded, deterministic=True, cpu_weights=fmt)[1:] == ("cpu-decoder", "bucketed-sdpa-slab", held)
