@@ -80,8 +80,7 @@ class Int4Linear(torch.nn.Module):
         return cls(parts=(torch.cat([m.packed for m in modules]), scales_and_zeros, bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        out = _INT4_MM(flat, self.packed, GROUP, self.scales_and_zeros).float()
+        out = _INT4_MM(x.reshape(-1, self.in_features).bfloat16(), self.packed, GROUP, self.scales_and_zeros).float()
         if self.bias is not None:
             out.add_(self.bias)
         return out.view(*x.shape[:-1], self.out_features)

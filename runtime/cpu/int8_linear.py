@@ -66,8 +66,7 @@ class Int8Linear(torch.nn.Module):
         return cls(parts=(torch.cat([m.weight_int8 for m in modules]), torch.cat([m.scales for m in modules]), bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        out = _INT8_MM(flat, self.weight_int8, self.scales).float()
+        out = _INT8_MM(x.reshape(-1, self.in_features).bfloat16(), self.weight_int8, self.scales).float()
         if self.bias is not None:
             out.add_(self.bias)
         return out.view(*x.shape[:-1], self.out_features)
