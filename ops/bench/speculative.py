@@ -89,10 +89,8 @@ async def bench_once(config: RuntimeConfig, loaded, draft, workload: str, count:
         address = await server.start()
         runtime = Host(config, loaded, executor=model_thread(), draft=draft)
         # As Host.load does: on CUDA, capture the step graphs before anything is timed.
-        for runner in (runtime.runner, runtime.draft_runner):
-            if runner is not None:
-                await asyncio.get_running_loop().run_in_executor(runtime.runner.executor, runner.warm_up,
-                                                                 config.engine.max_step_tokens)
+        await asyncio.get_running_loop().run_in_executor(runtime.runner.executor, runtime.engine.warm_up,
+                                                         config.engine.max_step_tokens)
         await server.attach(runtime)
         try:
             async with grpc.aio.insecure_channel(address) as channel:
