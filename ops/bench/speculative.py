@@ -134,7 +134,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--agent-new", type=int, default=160, help="most tokens generated per agent turn")
     parser.add_argument("--chat-new", type=int, default=64, help="tokens generated per chat session")
     parser.add_argument("--rounds", type=int, default=2, help="repetitions, modes in alternating order")
-    parser.add_argument("--num-draft-tokens", type=int, default=4)
+    parser.add_argument("--num-draft-tokens", type=int, default=None, help="default: the mode's own")
     parser.add_argument("--draft-layers", type=int, default=8, help="truncated-verifier draft (without --draft-model)")
     parser.add_argument("--draft-model", default=None, help="a draft model sharing the verifier's vocabulary")
     parser.add_argument("--modes", nargs="+", default=["none", "suffix", "ngram"],
@@ -193,7 +193,7 @@ async def main() -> None:
         "model": loaded.model_id, "device": str(loaded.device),
         "dtype": str(loaded.dtype).removeprefix("torch."), "deterministic": args.deterministic,
         "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "rounds": args.rounds,
-        "agent_new": args.agent_new, "chat_new": args.chat_new, "num_draft_tokens": args.num_draft_tokens,
+        "agent_new": args.agent_new, "chat_new": args.chat_new, "num_draft_tokens": {m: c.speculative.num_draft_tokens for m, c in configs.items() if m != "none"},
         "note": ("tok_s: generated tokens over wall time (prefill included) of all sessions, concurrent, greedy; "
                  "ratio: against no speculation in the same round (fresh runtime per run, modes in alternating "
                  "order); acceptance: accepted / drafted tokens; tokens_per_decode_row: tokens a session emits per "
