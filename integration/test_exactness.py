@@ -31,7 +31,7 @@ def prompts(tokenizer):
 @pytest.fixture(scope="module")
 def references(loaded_model, prompts):
     model = reference_model(loaded_model)
-    return [reference_greedy(model, prompt, 64) for prompt in prompts]
+    return [reference_greedy(model, prompt, 40) for prompt in prompts]
 
 
 async def _run(stub, prompt: list[int], max_tokens: int) -> list[int]:
@@ -44,10 +44,10 @@ async def _run(stub, prompt: list[int], max_tokens: int) -> list[int]:
 
 
 async def test_greedy_equals_transformers_generate(stub, server, prompts, references):
-    """10 prompts x 64 tokens, all generated concurrently (batched), vs `generate` one at a time."""
+    """10 prompts x 40 tokens, all generated concurrently (batched), vs `generate` one at a time."""
     stats = server.runtime.scheduler.stats
     forwards, sessions = stats.num_forwards, stats.total_sessions
-    streams = await asyncio.gather(*(_run(stub, prompt, 64) for prompt in prompts))
+    streams = await asyncio.gather(*(_run(stub, prompt, 40) for prompt in prompts))
     for question, stream, reference in zip(QUESTIONS, streams, references):
         assert stream == reference, question
     assert (stats.total_sessions - sessions) / (stats.num_forwards - forwards) > 5
@@ -55,10 +55,10 @@ async def test_greedy_equals_transformers_generate(stub, server, prompts, refere
 
 async def test_batched_sessions_get_their_solo_tokens(stub, server, prompts):
     """8 sessions at once produce exactly what each produces alone, and forwards really carry several."""
-    solo = [await _run(stub, prompt, 32) for prompt in prompts[:8]]
+    solo = [await _run(stub, prompt, 24) for prompt in prompts[:8]]
     stats = server.runtime.scheduler.stats
     forwards, sessions = stats.num_forwards, stats.total_sessions
-    together = await asyncio.gather(*(_run(stub, prompt, 32) for prompt in prompts[:8]))
+    together = await asyncio.gather(*(_run(stub, prompt, 24) for prompt in prompts[:8]))
     assert together == solo
     mean = (stats.total_sessions - sessions) / (stats.num_forwards - forwards)
     assert mean > 4 and stats.max_sessions_per_forward >= 8

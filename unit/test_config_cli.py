@@ -179,6 +179,15 @@ def test_speculative_flags_and_env(monkeypatch):
     assert config.speculative.is_enabled and not SpeculativeConfig().is_enabled
 
 
+def test_each_speculative_mode_has_its_own_draft_reach_unless_one_is_given():
+    parse = lambda *extra: cli.config_from_args(cli.build_parser().parse_args(["serve", *extra])).speculative
+    assert parse("--speculative", "suffix").num_draft_tokens == 8
+    assert parse("--speculative", "ngram").num_draft_tokens == 4
+    assert parse("--speculative", "suffix", "--num-draft-tokens", "3").num_draft_tokens == 3
+    with pytest.raises(ValueError, match="num_draft_tokens must be in 1..64"):
+        SpeculativeConfig(mode="suffix", num_draft_tokens=0)
+
+
 def test_verification_rows_must_fit_a_prefill_chunk(capsys):
     """K draft tokens make K + 1 rows of one session in one step; bounded slabs keep one chunk spare."""
     with pytest.raises(ValueError, match="num_draft_tokens"):

@@ -108,7 +108,7 @@ def test_appending_is_incremental():
         gc.enable()
 
 
-def test_row_cost_interpolates_and_extrapolates_pessimistically():
+def test_row_cost_interpolates_and_extrapolates_along_the_measured_line():
     cost = RowCost()
     assert cost.seconds(4) is None
     cost.observe(4, 0.040)
@@ -116,6 +116,10 @@ def test_row_cost_interpolates_and_extrapolates_pessimistically():
     cost.observe(20, 0.050)
     assert abs(cost.seconds(12) - 0.045) < 1e-9
     assert abs(cost.marginal(4, 16) - 0.010 / 16) < 1e-9
+    # Past the largest size, along the line through all of them, not proportionally.
+    cost.observe(100, 0.130)
+    per_row = (cost.seconds(200) - cost.seconds(150)) / 50
+    assert 0.0008 < per_row < 0.0011 and cost.seconds(200) < 0.130 * 200 / 100
 
 
 def test_policy_drafts_nothing_where_rows_are_dear_and_everything_where_free():

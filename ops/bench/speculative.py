@@ -89,10 +89,8 @@ async def bench_once(config: RuntimeConfig, loaded, draft, workload: str, count:
         address = await server.start()
         runtime = Host(config, loaded, executor=model_thread(), draft=draft)
         # As Host.load does: on CUDA, capture the step graphs before anything is timed.
-        for runner in (runtime.runner, runtime.draft_runner):
-            if runner is not None:
-                await asyncio.get_running_loop().run_in_executor(runtime.runner.executor, runner.warm_up,
-                                                                 config.engine.max_step_tokens)
+        await asyncio.get_running_loop().run_in_executor(runtime.runner.executor, runtime.engine.warm_up,
+                                                         config.engine.max_step_tokens)
         await server.attach(runtime)
         try:
             async with grpc.aio.insecure_channel(address) as channel:
@@ -136,7 +134,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--agent-new", type=int, default=160, help="most tokens generated per agent turn")
     parser.add_argument("--chat-new", type=int, default=64, help="tokens generated per chat session")
     parser.add_argument("--rounds", type=int, default=2, help="repetitions, modes in alternating order")
-    parser.add_argument("--num-draft-tokens", type=int, default=4)
+    parser.add_argument("--num-draft-tokens", type=int, default=None, help="default: the mode's own")
     parser.add_argument("--draft-layers", type=int, default=8, help="truncated-verifier draft (without --draft-model)")
     parser.add_argument("--draft-model", default=None, help="a draft model sharing the verifier's vocabulary")
     parser.add_argument("--modes", nargs="+", default=["none", "suffix", "ngram"],
@@ -195,7 +193,7 @@ async def main() -> None:
         "model": loaded.model_id, "device": str(loaded.device),
         "dtype": str(loaded.dtype).removeprefix("torch."), "deterministic": args.deterministic,
         "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "rounds": args.rounds,
-        "agent_new": args.agent_new, "chat_new": args.chat_new, "num_draft_tokens": args.num_draft_tokens,
+        "agent_new": args.agent_new, "chat_new": args.chat_new, "num_draft_tokens": {m: c.speculative.num_draft_tokens for m, c in configs.items() if m != "none"},
         "note": ("tok_s: generated tokens over wall time (prefill included) of all sessions, concurrent, greedy; "
                  "ratio: against no speculation in the same round (fresh runtime per run, modes in alternating "
                  "order); acceptance: accepted / drafted tokens; tokens_per_decode_row: tokens a session emits per "

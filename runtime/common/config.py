@@ -89,6 +89,10 @@ class EngineConfig:
 
 
 SPECULATIVE_MODES = ("none", "ngram", "suffix", "draft")
+# Without --num-draft-tokens: suffix walks are cut by the cost model (speculative/adaptive.py), so
+# a long match may run on; the other proposers draft every step and keep a short reach.
+DRAFT_TOKENS_BY_MODE = {"suffix": 8}
+DRAFT_TOKENS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +100,15 @@ class SpeculativeConfig:
     """Speculative decoding: who proposes draft tokens, and how many per step a session verifies."""
 
     mode: str = "none"  # none, ngram (prompt lookup), suffix (suffix walks, adaptive), draft (a draft model)
-    num_draft_tokens: int = 4
+    num_draft_tokens: int | None = None  # None: the mode's default (DRAFT_TOKENS_BY_MODE)
     draft_model: str | None = None  # a model sharing the verifier's vocabulary
     draft_layers: int = 0  # > 0: the draft is the verifier's first N layers (shared weights)
 
     def __post_init__(self) -> None:
         if self.mode not in SPECULATIVE_MODES:
             raise ValueError(f"speculative mode must be one of {', '.join(SPECULATIVE_MODES)}, not {self.mode!r}")
+        if self.num_draft_tokens is None:
+            object.__setattr__(self, "num_draft_tokens", DRAFT_TOKENS_BY_MODE.get(self.mode, DRAFT_TOKENS))
         if not 1 <= self.num_draft_tokens <= 64:
             raise ValueError(f"num_draft_tokens must be in 1..64, got {self.num_draft_tokens}")
         if self.draft_layers < 0:

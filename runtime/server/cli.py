@@ -91,7 +91,8 @@ def _speculative_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "speculative", default="none", help="speculative decoding: none, ngram (prompt lookup in the "
           "session's history), suffix (the session's history and recent outputs, drafting only where it pays) "
           "or draft (a draft model)", choices=SPECULATIVE_MODES)
-    _flag(serve, "num-draft-tokens", int, 4, help="draft tokens a session verifies per step")
+    _flag(serve, "num-draft-tokens", int, help="most draft tokens a session verifies per step (none: 8 for suffix, "
+          "4 for ngram and draft)")
     _flag(serve, "draft-model", help="--speculative draft: a model with the verifier's vocabulary (same forms as --model)")
     _flag(serve, "draft-layers", int, 0, help="--speculative draft: use the verifier's first N layers as the draft "
           "(shares its weights)")

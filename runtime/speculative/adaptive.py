@@ -28,6 +28,19 @@ def _bucket(rows: int) -> int:
     return rows if rows <= 32 else 32 + int(4 * math.log2(rows / 32))
 
 
+def _slope(points: list[list[float]]) -> float | None:
+    """Seconds per row of the least-squares line through (rows, seconds); None without a rising one."""
+    if len(points) < 2:
+        return None
+    mean_rows = sum(r for r, _ in points) / len(points)
+    mean_seconds = sum(t for _, t in points) / len(points)
+    spread = sum((r - mean_rows) ** 2 for r, _ in points)
+    if spread <= 0:
+        return None
+    slope = sum((r - mean_rows) * (t - mean_seconds) for r, t in points) / spread
+    return slope if slope > 0 else None
+
+
 class RowCost:
     """Step seconds by rows per step, as measured: one smoothed (rows, seconds) point per bucket."""
 
@@ -45,8 +58,11 @@ class RowCost:
             point[1] += SMOOTHING * (seconds - point[1])
 
     def seconds(self, rows: float) -> float | None:
-        """Interpolated between measured sizes; past the largest, as if every row cost the same
-        (the pessimistic extrapolation: a draft never looks cheaper than measured)."""
+        """Interpolated between measured sizes. Past the largest, along the least-squares line of
+        all of them: its slope is what a row cost across the sizes seen, prefill steps included,
+        which is no less than a decode row's cost where a small step waits on reading weights.
+        With one size only, as if every row cost the same (a draft never looks cheaper than
+        measured; the first drafted steps then measure more sizes)."""
         if not self._points:
             return None
         points = sorted(self._points.values())
@@ -56,7 +72,8 @@ class RowCost:
             if rows <= r1:
                 return t0 + (t1 - t0) * (rows - r0) / (r1 - r0) if r1 > r0 else t1
         r, t = points[-1]
-        return t * rows / r
+        slope = _slope(points)
+        return t * rows / r if slope is None else t + slope * (rows - r)
 
     def marginal(self, rows: int, extra: int) -> float | None:
         """Seconds per row of `extra` more rows than `rows`."""
