@@ -33,6 +33,10 @@ from suite_report import build_document, check_document, long_section, memory_se
 
 SECTIONS = ("multi", "long", "memory")
 RUN_AHEAD_COUNTER = "kakeya_run_ahead_steps_total"
+# Where a step's time goes: the scheduler's step, and with an engine process both sides of the boundary.
+STEP_TIME_SERIES = tuple(f"kakeya_{name}_seconds_{part}" for name in (
+    "scheduler_step_duration", "engine_step_duration", "engine_front_wait", "front_engine_wait")
+    for part in ("sum", "count"))
 CUDA_KV_BUDGET_BYTES = 16 * 1024**3  # room for 64 sessions of 256 tokens and one 19k-token session of Qwen3-0.6B
 
 
@@ -100,12 +104,16 @@ def run_multi(args, server, sampler, model, vocab: int, rng: random.Random) -> d
         print(f"[suite] multi N={n}: kakeya", file=sys.stderr, flush=True)
         sampler.phase = f"multi_kakeya_n{n}"
         before = kakeya.counter_values(server, RUN_AHEAD_COUNTER)
+        times_before = step_times(server)
         measured = baselines.guarded(lambda: kakeya.multi_session(server.address, prompts, args.new,
                                                                   min(args.new, 8), args.tokens_per_message,
                                                                   args.min_tokens_per_message))
         after = kakeya.counter_values(server, RUN_AHEAD_COUNTER)
         if after:  # CUDA fast mode: launched-ahead decode steps the scheduler claimed or dropped
             measured["run_ahead_steps"] = {key: after[key] - before.get(key, 0.0) for key in after}
+        measured["step_time_totals"] = {key: round(value - times_before.get(key, 0.0), 6)
+                                        for key, value in step_times(server).items()}
+        measured["gpu_busy_pct_mean"] = mean_gpu_busy(sampler.samples, f"multi_kakeya_n{n}")
         rows_by_name = {}
         for name, run in (
                 ("generate_dynamic", lambda: baselines.generate_baseline(model, prompts, args.new, static=False,
@@ -121,6 +129,22 @@ def run_multi(args, server, sampler, model, vocab: int, rng: random.Random) -> d
                 torch.cuda.empty_cache()
         rows.append(multi_row(n, measured, rows_by_name))
     return {"prompt_tokens": args.prompt, "new_tokens": args.new, "results": rows}
+
+
+def step_times(server) -> dict[str, float]:
+    """Sums and counts of the step-time histograms, unlabelled series only."""
+    totals = {}
+    for name in STEP_TIME_SERIES:
+        value = kakeya.counter_values(server, name).get("")
+        if value is not None:
+            totals[name] = value
+    return totals
+
+
+def mean_gpu_busy(samples: list[dict], phase: str) -> float | None:
+    """Mean of nvidia-smi's utilization.gpu (share of time a kernel ran) over a phase's samples."""
+    values = [row["gpu_busy_pct"] for row in samples if row.get("phase") == phase and row.get("gpu_busy_pct") is not None]
+    return round(sum(values) / len(values), 1) if values else None
 
 
 def run_long(args, server, sampler, model, vocab: int, rng: random.Random) -> dict:

@@ -171,7 +171,19 @@ class MemorySampler:
             import torch
 
             row["bench_cuda_allocated_bytes"] = torch.cuda.memory_allocated(self._cuda_device)
+            row["gpu_busy_pct"] = gpu_busy_pct(self._cuda_device.index or 0)
         self.samples.append(row)
+
+
+def gpu_busy_pct(index: int) -> float | None:
+    """nvidia-smi's utilization.gpu: the share of its last sample period in which a kernel ran; None
+    where nvidia-smi is missing or fails."""
+    try:
+        done = subprocess.run(["nvidia-smi", "-i", str(index), "--query-gpu=utilization.gpu",
+                               "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+        return float(done.stdout.strip().splitlines()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
 
 
 async def _concurrent_streams(address: str, prompts: list[list[int]], new_tokens: int, per_message: int,
