@@ -1,12 +1,15 @@
 """Bucketed deterministic CPU attention: a row's output is bitwise that of the row attended alone,
-and a whole step's (step_views/attend_step) that of each group written and attended on its own."""
+and a whole step's (step_views/attend_step) that of each group written and attended on its own.
+A decode step's views (decode_views) give what attention.py's per-session calls give."""
 
 from __future__ import annotations
 
 import torch
 
-from kakeya.runtime.forward.rows import RowGroup, cut_slab
-from kakeya.runtime.cpu.plan import BUCKET_TOKENS, attend, attend_step, num_keys, plan_group, step_views
+from kakeya.runtime.forward.rows import RowGroup, StepLayout, cut_slab
+from kakeya.runtime.cpu.attention import attend_cpu
+from kakeya.runtime.cpu.plan import (BUCKET_TOKENS, attend, attend_step, decode_views, num_keys, plan_group,
+                                    step_views)
 from kakeya.runtime.engine.kv_pool import KVPool
 from kakeya.runtime.forward.session_kv import KVShape
 
@@ -129,3 +132,32 @@ def test_rows_appended_one_per_step_equal_rows_of_one_step():
         one = slice(row, row + 1)
         assert torch.equal(_step([kv], [1], query[:, :, one], key[:, :, one], value[:, :, one])[:, 0],
                            whole[:, row]), row
+
+
+def test_a_decode_step_through_views_equals_the_per_session_calls():
+    histories = (40, 1, 95, 7)
+    g = torch.Generator().manual_seed(8)
+    query = torch.randn(1, HEADS, len(histories), HEAD_DIM, generator=g)
+    key, value = (torch.randn(1, KV_HEADS, len(histories), HEAD_DIM, generator=g) for _ in range(2))
+    pool = _pool()
+    results = []
+    for use_views in (True, False):
+        kvs = [_session(pool, h, seed) for seed, h in enumerate(histories)]
+        groups = tuple(RowGroup(kv, row, 1, kv.num_positions) for row, kv in enumerate(kvs))
+        cuts = tuple(cut_slab(group, None) for group in groups)
+        views = decode_views(groups, cuts, len(groups)) if use_views else None
+        assert (views is not None) == use_views
+        layout = StepLayout(groups, len(groups), False, cpu_cuts=cuts, cpu_views=views)
+        outs = torch.stack([attend_cpu(layout, layer, query, key, value, 0.125) for layer in range(LAYERS)])
+        results.append((outs, [kv.slab[:, :, :, :h + 1].clone() for kv, h in zip(kvs, histories)]))
+    (got, got_kv), (want, want_kv) = results
+    assert torch.equal(got, want)
+    assert all(torch.equal(a, b) for a, b in zip(got_kv, want_kv))
+    assert not got.isnan().any()
+
+
+def test_decode_views_leave_prompts_and_appends_to_the_general_path():
+    pool = _pool()
+    kvs = [_session(pool, 10, 0), _session(pool, 20, 1)]
+    groups = (RowGroup(kvs[0], 0, 1, 10), RowGroup(kvs[1], 1, 3, 20))
+    assert decode_views(groups, tuple(cut_slab(g, None) for g in groups), 4) is None

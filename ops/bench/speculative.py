@@ -179,7 +179,8 @@ async def main() -> None:
                 runs.setdefault((workload, count, mode), []).append(result)
                 # Progress on stderr, so a run cut off by a time limit still shows what it measured.
                 print(json.dumps({"round": round_, "workload": workload, "sessions": count, "mode": mode,
-                                  "tok_s": round(result["generated"] / result["wall_s"], 2)}), file=sys.stderr,
+                                  "tok_s": round(result["generated"] / result["wall_s"], 2),
+                                  "drafted": result["drafted"], "accepted": result["accepted"]}), file=sys.stderr,
                       flush=True)
     report = []
     for workload, count in workloads:

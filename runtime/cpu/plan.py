@@ -105,7 +105,8 @@ def attend(plan: GroupPlan, slab: torch.Tensor, layer: int, query: torch.Tensor,
 
 @dataclass(frozen=True, slots=True)
 class StepViews:
-    """A whole deterministic step's calls, with every slab view they use cut once for all layers.
+    """A whole step's calls, with every slab view they use cut once for all layers: a deterministic
+    step's bucketed calls (step_views), or a decode step's one exact call per session (decode_views).
 
     Per session and layer, attend() and its caller cost ~25 small torch calls (slicing, expanding,
     copying into the output) around the one SDPA call that does the work: an 8-session decode step
@@ -117,8 +118,9 @@ class StepViews:
     group_rows: list[int]
     call_rows: list[int]
     new_kv: list[list[torch.Tensor]]  # per layer: each group's new-key slab view, then new-value
-    # per call: its mask and its [rows, kv_heads, num_keys, head_dim] key and value views, per layer
-    calls: list[tuple[torch.Tensor, Sequence[torch.Tensor], Sequence[torch.Tensor]]]
+    # per call: its mask (None: every key visible) and its [rows, kv_heads, num_keys, head_dim] key
+    # and value views, per layer
+    calls: list[tuple[torch.Tensor | None, Sequence[torch.Tensor], Sequence[torch.Tensor]]]
 
 
 def step_views(groups, plans, cuts, num_rows: int) -> StepViews | None:
@@ -146,6 +148,25 @@ def step_views(groups, plans, cuts, num_rows: int) -> StepViews | None:
             keys, values = (part[:, None, :, :n] for part in (cut.keys, cut.values))
             shape = (keys.shape[0], rows, *keys.shape[2:])
             calls.append((call.mask, keys.expand(shape).unbind(0), values.expand(shape).unbind(0)))
+    return _views(groups, new_keys, new_values, calls)
+
+
+def decode_views(groups, cuts, num_rows: int) -> StepViews | None:
+    """Outside deterministic mode, a step of one row per session (a decode step) attends each row
+    over exactly the keys it sees, which is the whole cut: no mask, no bucket. The same SDPA call
+    attention.py makes for such a row, without its per-session indexing around it. None where a
+    group has more rows or is bounded (no cut)."""
+    if len(groups) != num_rows or any(g.num_rows != 1 or cut is None for g, cut in zip(groups, cuts)):
+        return None
+    if any(g.row_start != row for row, g in enumerate(groups)):
+        return None
+    new_keys = [cut.new_keys.unbind(0) for cut in cuts]
+    new_values = [cut.new_values.unbind(0) for cut in cuts]
+    calls = [(None, cut.keys[:, None].unbind(0), cut.values[:, None].unbind(0)) for cut in cuts]
+    return _views(groups, new_keys, new_values, calls)
+
+
+def _views(groups, new_keys, new_values, calls) -> StepViews:
     new_kv = [[k[layer] for k in new_keys] + [v[layer] for v in new_values] for layer in range(len(new_keys[0]))]
     return StepViews([g.num_rows for g in groups], [c[1][0].shape[0] for c in calls], new_kv, calls)
 

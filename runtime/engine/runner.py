@@ -17,7 +17,7 @@ from kakeya.runtime.engine import attention_hook  # noqa: F401 - registers the a
 from kakeya.runtime.engine import forward_path
 from kakeya.runtime.engine.run_ahead import RunAhead
 from kakeya.runtime.forward.rows import RowGroup, StepLayout, cut_slab
-from kakeya.runtime.cpu.plan import plan_group, step_views
+from kakeya.runtime.cpu.plan import decode_views, plan_group, step_views
 from kakeya.runtime.cpu.decoder import CpuDecoder
 from kakeya.runtime.forward.decoder_family import of_family, unsupported
 from kakeya.runtime.forward.loaded_model import LoadedModel
@@ -71,6 +71,7 @@ class ModelRunner:
         self.pack_linears = cpu_packed_linears and cpu_linear.available(loaded.model)
         # Quantized weights replace the fp32 linears (cpu/held_weights.py), once, on the model thread.
         self.cpu_weights = forward_path.check_cpu_weights(loaded, cpu_weights)
+        self._held = False
         self.packed: cpu_linear.PackedMode | None = None
         self.use_cpu_decoder = cpu_decoder
         self.cpu_decoder: CpuDecoder | None = None
@@ -147,9 +148,9 @@ class ModelRunner:
         if self.cuda is None:
             plans = layout.cpu_plans or (None,) * len(groups)
             layout = dataclasses.replace(layout, cpu_cuts=tuple(cut_slab(g, p) for g, p in zip(groups, plans)))
-            if layout.cpu_plans is not None:
-                layout = dataclasses.replace(layout, cpu_views=step_views(
-                    layout.groups, layout.cpu_plans, layout.cpu_cuts, layout.num_rows))
+            views = (decode_views(groups, layout.cpu_cuts, layout.num_rows) if layout.cpu_plans is None
+                     else step_views(groups, layout.cpu_plans, layout.cpu_cuts, layout.num_rows))
+            layout = dataclasses.replace(layout, cpu_views=views)
         logits = self._forward(ids, positions, layout, keep_rows)
         for group in groups:
             group.kv.num_positions = group.first_position + group.num_rows
@@ -184,8 +185,9 @@ class ModelRunner:
         return out.logits[0].float().cpu()
 
     def _set_packed_mode(self) -> None:
-        if self.cpu_weights != "float32":
-            held_weights.quantize(self.loaded.model, self.cpu_weights)
+        if self.cpu_weights != "float32" and not self._held:
+            held_weights.quantize(self.loaded.model, self.cpu_weights)  # a walk of every module: once
+            self._held = True
         if self.pack_linears and self.packed is None:
             self.packed = cpu_linear.pack_linears(self.loaded.model)
             if self.use_cpu_decoder:

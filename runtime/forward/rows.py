@@ -56,4 +56,4 @@ class StepLayout:
     # bounded-mode group, which attends row by row.
     cpu_plans: tuple[Any, ...] | None = None
     cpu_cuts: tuple[SlabCut | None, ...] | None = None  # CPU steps: per group, cut_slab(group)
-    cpu_views: Any = None  # deterministic CPU steps: cpu/plan.py step_views
+    cpu_views: Any = None  # CPU steps: cpu/plan.py step_views (deterministic) or decode_views
