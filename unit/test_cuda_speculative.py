@@ -106,6 +106,39 @@ def test_ngram_proposals_keep_the_plain_greedy_stream(deterministic, dtype):
     runner.shutdown()
 
 
+def test_drafted_steps_among_run_ahead_steps_keep_the_plain_greedy_stream():
+    """Host-side proposals keep run-ahead on: a step that verifies drafts drops the launched step,
+    the steps between claim theirs, and the streams are plain greedy's (fast mode, fp32)."""
+    loaded, _ = build(torch.float32)
+    pool = pool_for(loaded)
+    prompts = [prompt(6 + 7 * i, seed=60 + i) for i in range(4)]
+    plain = ModelRunner(loaded, deterministic=False, run_ahead=False)
+    reference, _, _ = decode_all(plain, sessions(pool, prompts), prompts, lambda i, s: ())
+    plain.shutdown()
+    runner = ModelRunner(loaded, deterministic=False, run_ahead=True)
+    kvs = sessions(pool, prompts)
+    streams = [[e[-1]] for e in runner.run([StepRow(kv, tuple(p), greedy()) for kv, p in zip(kvs, prompts)])]
+    step = drafted = accepted = 0
+    while any(len(s) < COUNT for s in streams):
+        step += 1
+        live = [i for i, s in enumerate(streams) if len(s) < COUNT]
+        drafts = [()] * len(live)
+        if step % 5 == 0:  # every session drafts true tokens, the second one wrong
+            drafts = [tuple(t if k != 1 else (t + 1) % 500 + 3 for k, t in
+                            enumerate(reference[i][len(streams[i]):len(streams[i]) + 3]))[:COUNT - len(streams[i]) - 1]
+                      for i in live]
+        items = [StepRow(kvs[i], (streams[i][-1],), greedy(), d) for i, d in zip(live, drafts)]
+        for i, draft, emitted in zip(live, drafts, runner.run(items)):
+            drafted += len(draft)
+            accepted += len(emitted) - 1
+            streams[i].extend(emitted)
+    assert streams == reference
+    assert 0 < accepted < drafted
+    assert runner.run_ahead.num_claimed >= 10, "steps without drafts should claim launched steps"
+    assert runner.run_ahead.num_dropped >= 2, "steps with drafts should drop them"
+    runner.shutdown()
+
+
 def test_truncated_draft_proposes_its_own_greedy_tokens_on_cuda():
     loaded, reference = build(torch.float32)
     verifier = ModelRunner(loaded, deterministic=False)

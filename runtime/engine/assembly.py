@@ -56,8 +56,12 @@ def build_engine(config: RuntimeConfig, loaded: LoadedModel, draft: LoadedModel 
     runner_options = dict(cuda_graphs=engine.cuda_graphs, cuda_fusion=engine.cuda_fusion,
                           bounded=engine.is_bounded, cpu_packed_linears=engine.cpu_packed_linears,
                           cpu_decoder=engine.cpu_decoder, cpu_weights=engine.cpu_weights)
-    # Speculative steps feed drafts, which a launched-ahead plain decode step never matches.
-    run_ahead = engine.cuda_run_ahead and not config.speculative.is_enabled
+    # A step whose rows feed drafts never matches a launched-ahead plain decode step, which is then
+    # dropped; with host-side proposals (n-gram, suffix) most steps of traffic that does not echo
+    # draft nothing, and without run-ahead those steps wait on the host round trip. A draft
+    # model's proposals are made on the model thread inside the step, after a claim would have
+    # answered it: no run-ahead there.
+    run_ahead = engine.cuda_run_ahead and config.speculative.mode in ("none", "ngram", "suffix")
     runner = ModelRunner(loaded, deterministic, executor, run_ahead=run_ahead, kv_dtype=kv_dtype,
                          on_run_ahead=on_run_ahead, **runner_options)
     draft_runner = None
