@@ -99,6 +99,9 @@ def model_source(args: argparse.Namespace, scratch: pathlib.Path) -> tuple[str, 
 def run_multi(args, server, sampler, model, vocab: int, rng: random.Random) -> dict:
     static_warmups = 2 if args.device == "cuda" else 1  # compile, then graph capture, before timing
     rows = []
+    # A baseline cut by its time limit goes on running in its thread with the model in its own
+    # attention mode (continuous batching's paged one): every later baseline would measure that.
+    stuck = False
     for n in args.sessions:
         prompts = random_ids(rng, n, args.prompt, vocab)
         print(f"[suite] multi N={n}: kakeya", file=sys.stderr, flush=True)
@@ -122,9 +125,14 @@ def run_multi(args, server, sampler, model, vocab: int, rng: random.Random) -> d
                  lambda: baselines.generate_baseline(model, prompts, args.new, static=True, warmups=static_warmups)),
                 ("generate_batch", lambda: baselines.with_timeout(
                     lambda: baselines.generate_batch_baseline(model, prompts, args.new), args.baseline_timeout_s))):
-            print(f"[suite] multi N={n}: {name}{' skipped' if run is None else ''}", file=sys.stderr, flush=True)
+            print(f"[suite] multi N={n}: {name}{' skipped' if run is None or stuck else ''}", file=sys.stderr,
+                  flush=True)
             sampler.phase = f"multi_{name}_n{n}"
+            if stuck:
+                rows_by_name[name] = {"skipped": "an earlier baseline timed out and still runs on the model"}
+                continue
             rows_by_name[name] = {"skipped": "--skip-static"} if run is None else baselines.guarded(run)
+            stuck = str(rows_by_name[name].get("error", "")).startswith("TimeoutError")
             if args.device == "cuda":
                 torch.cuda.empty_cache()
         rows.append(multi_row(n, measured, rows_by_name))
