@@ -10,7 +10,7 @@ import time
 from kakeya.runtime.speculative.adaptive import MIN_PROB, DraftPolicy, RowCost
 from kakeya.runtime.speculative.shared_outputs import SharedOutputs
 from kakeya.runtime.speculative.suffix import SuffixProposer
-from kakeya.runtime.speculative.suffix_index import SuffixIndex
+from kakeya.runtime.speculative.suffix_index import Candidate, SuffixIndex, confidence, walk
 
 
 def proposer(adaptive: bool = False) -> SuffixProposer:
@@ -42,6 +42,21 @@ def test_the_more_frequent_continuation_wins_the_branch():
     draft = p.propose(1, (4,), 2)
     assert draft.tokens == (50, 51)
     assert draft.probs[0] < 0.9  # a contested branch is less certain than a unanimous one
+
+
+def test_candidates_that_agree_walk_as_their_longest_match_would():
+    same = [10, 11, 12, 13, 14, 15]
+    agreeing = walk([Candidate(8, same), Candidate(16, list(same)), Candidate(8, same)], 6, MIN_PROB)
+    assert agreeing == walk([Candidate(16, same)], 6, MIN_PROB)
+    expected, cumulative = [], 1.0
+    for depth in range(6):
+        cumulative *= confidence(16 + depth)
+        expected.append(cumulative)
+    assert agreeing.tokens == tuple(same) and list(agreeing.probs) == expected
+    # Once a vote splits them, the winners go on alone: [20, 21] twice against [30, 31] once.
+    split = walk([Candidate(8, [20, 21]), Candidate(8, [20, 21]), Candidate(8, [30, 31])], 2, MIN_PROB)
+    assert split.tokens == (20, 21)
+    assert split.probs[0] == 2 / 3 * confidence(8) and split.probs[1] == split.probs[0] * confidence(9)
 
 
 def test_a_longer_match_is_more_confident():

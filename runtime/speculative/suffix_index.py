@@ -64,7 +64,8 @@ def walk(candidates: list[Candidate], limit: int, min_prob: float) -> Draft:
     probs: list[float] = []
     cumulative = 1.0
     alive = candidates
-    for depth in range(limit):
+    depth = 0
+    while depth < limit and alive and not _agree(alive):
         going = [c for c in alive if depth < len(c.continuation)]
         if not going:
             break
@@ -80,10 +81,27 @@ def walk(candidates: list[Candidate], limit: int, min_prob: float) -> Draft:
         alive = going
         cumulative *= share * confidence(max(c.match_len for c in alive) + depth)
         if cumulative < min_prob:
-            break
+            return Draft(tuple(tokens), tuple(probs))
         tokens.append(token)
         probs.append(cumulative)
+        depth += 1
+    if alive and depth < limit:
+        # The continuations left are one and the same (the common case): no vote splits them, each
+        # token is as sure as the longest match grown by the depth, until the estimate drops below
+        # min_prob. The same figures as the loop above, without its per-token lists.
+        continuation, match = alive[0].continuation, max(c.match_len for c in alive)
+        for depth in range(depth, min(limit, len(continuation))):
+            cumulative *= confidence(match + depth)
+            if cumulative < min_prob:
+                break
+            tokens.append(continuation[depth])
+            probs.append(cumulative)
     return Draft(tuple(tokens), tuple(probs))
+
+
+def _agree(candidates: list[Candidate]) -> bool:
+    first = candidates[0].continuation
+    return all(c.continuation == first for c in candidates[1:])
 
 
 def longest(found: list[Candidate]) -> list[Candidate]:
@@ -108,14 +126,23 @@ class SuffixIndex:
         for token in tokens:
             seq.append(token)
             end = len(seq)
-            for n in KEY_LENS:
-                if end >= n:
-                    key = tuple(seq[end - n:end])
-                    positions = at.get(key)
-                    if positions is None:
-                        at[key] = [end]
-                    else:
-                        positions.append(end)
+            if end < 2:
+                continue
+            # The keys of KEY_LENS (4 and 2 tokens), built by indexing: a slice and a tuple() per key
+            # cost twice as much.
+            pair = (seq[-2], token)
+            positions = at.get(pair)
+            if positions is None:
+                at[pair] = [end]
+            else:
+                positions.append(end)
+            if end >= 4:
+                quad = (seq[-4], seq[-3], *pair)
+                positions = at.get(quad)
+                if positions is None:
+                    at[quad] = [end]
+                else:
+                    positions.append(end)
 
     def candidates(self, tail: Sequence[int], limit: int) -> list[Candidate]:
         """Earlier occurrences of the suffix of (fed tokens + tail) and what followed each, for the
