@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 
 from kakeya.proto.v1 import runtime_pb2 as pb
 
@@ -106,12 +107,37 @@ class Turns:
         return close + self.tokenizer("\n" + text + start, add_special_tokens=False)["input_ids"]
 
 
-async def agent_session(stub, turns: Turns, messages: list[tuple[str, str]], max_tokens: int
-                        ) -> tuple[list[int], object]:
-    """One session through all its turns; returns every generated token and the summed counts."""
+@dataclass
+class Outcome:
+    """What one session did: its generated tokens, its whole history (prompts and replies, each
+    token marked as generated or not) and the draft counts its Generates reported."""
+
+    tokens: list[int] = field(default_factory=list)
+    history: list[int] = field(default_factory=list)
+    generated: list[bool] = field(default_factory=list)
+    drafted: int = 0
+    accepted: int = 0
+    ended: float = 0.0
+
+    def appended(self, ids: list[int]) -> None:
+        self.history += ids
+        self.generated += [False] * len(ids)
+
+    def take(self, response, reply: list[int]) -> None:
+        if response.WhichOneof("payload") == "token_id":
+            reply.append(response.token_id)
+            self.tokens.append(response.token_id)
+            self.history.append(response.token_id)
+            self.generated.append(True)
+        elif response.WhichOneof("payload") == "done":
+            self.drafted += response.done.draft_token_count
+            self.accepted += response.done.accepted_draft_token_count
+
+
+async def agent_session(stub, turns: Turns, messages: list[tuple[str, str]], max_tokens: int) -> Outcome:
+    """One session through all its turns."""
     sid = (await stub.CreateSession(pb.CreateSessionRequest())).session_id
-    tokens: list[int] = []
-    drafted = accepted = 0
+    outcome = Outcome()
     reply: list[int] = []
     replies: list[list[int]] = []
     for i, (message, start) in enumerate(messages):
@@ -119,37 +145,33 @@ async def agent_session(stub, turns: Turns, messages: list[tuple[str, str]], max
             message = message.replace("{reply0}", turns.quote(replies[0]))
         ids = turns.first(message, start) if i == 0 else turns.next(message, reply, start)
         await stub.AppendTokens(pb.AppendTokensRequest(session_id=sid, token_ids=ids))
+        outcome.appended(ids)
         reply = []
         async for response in stub.Generate(pb.GenerateRequest(session_id=sid, max_tokens=max_tokens)):
-            if response.WhichOneof("payload") == "token_id":
-                reply.append(response.token_id)
-            elif response.WhichOneof("payload") == "done":
-                drafted += response.done.draft_token_count
-                accepted += response.done.accepted_draft_token_count
-        tokens += reply
+            outcome.take(response, reply)
         replies.append(reply)
     await stub.CloseSession(pb.CloseSessionRequest(session_id=sid))
-    return tokens, (drafted, accepted, time.perf_counter())
+    outcome.ended = time.perf_counter()
+    return outcome
 
 
-async def chat_session(stub, prompt: list[int], max_tokens: int) -> tuple[list[int], object]:
+async def chat_session(stub, prompt: list[int], max_tokens: int) -> Outcome:
     sid = (await stub.CreateSession(pb.CreateSessionRequest(no_default_eos=True))).session_id
     await stub.AppendTokens(pb.AppendTokensRequest(session_id=sid, token_ids=prompt))
-    tokens, drafted, accepted = [], 0, 0
+    outcome = Outcome()
+    outcome.appended(prompt)
     async for response in stub.Generate(pb.GenerateRequest(session_id=sid, max_tokens=max_tokens)):
-        if response.WhichOneof("payload") == "token_id":
-            tokens.append(response.token_id)
-        elif response.WhichOneof("payload") == "done":
-            drafted, accepted = response.done.draft_token_count, response.done.accepted_draft_token_count
+        outcome.take(response, [])
     await stub.CloseSession(pb.CloseSessionRequest(session_id=sid))
-    return tokens, (drafted, accepted, time.perf_counter())
+    outcome.ended = time.perf_counter()
+    return outcome
 
 
 async def run_sessions(sessions) -> dict:
     """All sessions at once (coroutines from agent_session or chat_session); wall time to the last token."""
     started = time.perf_counter()
-    results = await asyncio.gather(*sessions)
-    return {"streams": [tokens for tokens, _ in results],
-            "wall_s": max(ended for _, (_, _, ended) in results) - started,
-            "generated": sum(len(tokens) for tokens, _ in results),
-            "drafted": sum(d for _, (d, _, _) in results), "accepted": sum(a for _, (_, a, _) in results)}
+    outcomes: list[Outcome] = await asyncio.gather(*sessions)
+    return {"streams": [o.tokens for o in outcomes], "histories": [(o.history, o.generated) for o in outcomes],
+            "wall_s": max(o.ended for o in outcomes) - started,
+            "generated": sum(len(o.tokens) for o in outcomes),
+            "drafted": sum(o.drafted for o in outcomes), "accepted": sum(o.accepted for o in outcomes)}

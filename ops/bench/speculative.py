@@ -7,8 +7,10 @@ model is loaded once and shared. Workloads (greedy, concurrent sessions, `agent_
 with a fixed JSON schema and quote the tool's output; (b) free chat at each of --chat-sessions.
 Rounds run the modes in alternating order, so drift on a shared machine falls on both sides.
 Reports tok/s, the ratio to no speculation per round and its median, acceptance, tokens per decode
-row (the acceptance length per step), the host microseconds spent proposing per step, and whether
-each stream equals the one without speculation. Prints one JSON document (`--save` also writes it
+row (the acceptance length per step), the host microseconds spent proposing per step, whether
+each stream equals the one without speculation, and the echo bound of each workload's plain
+streams (`echo_bound.py`: the tokens per step that drafting from a session's own history could
+reach at best). Prints one JSON document (`--save` also writes it
 to ops/bench/results/).
 
     python ops/bench/speculative.py                                          # CPU, embedded SmolLM2
@@ -34,6 +36,7 @@ import grpc
 import torch
 
 from agent_traffic import CHAT, Turns, agent_session, agent_turns, chat_session, run_sessions
+from echo_bound import echo_bound
 from kakeya.proto.v1 import runtime_pb2_grpc
 from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
 from kakeya.runtime.common.config import (EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
@@ -188,6 +191,9 @@ async def main() -> None:
         row = {"workload": workload, "sessions": count, "generated_per_run": bases[0]["generated"],
                "none_tok_s": [round(b["generated"] / b["wall_s"], 2) for b in bases]}
         row.update({mode: summary(runs[(workload, count, mode)], bases) for mode in modes[1:]})
+        limit = configs["suffix"].speculative.num_draft_tokens if "suffix" in configs else 8
+        totals = [echo_bound(history, generated, limit) for history, generated in bases[0]["histories"]]
+        row["echo_bound_tokens_per_step"] = round(sum(t for t, _ in totals) / max(sum(s for _, s in totals), 1), 3)
         report.append(row)
     document = {
         "benchmark": "speculative",
@@ -199,7 +205,9 @@ async def main() -> None:
                  "ratio: against no speculation in the same round (fresh runtime per run, modes in alternating "
                  "order); acceptance: accepted / drafted tokens; tokens_per_decode_row: tokens a session emits per "
                  "decode row (1 + accepted drafts); host_us_per_step: proposing, indexing and timing on the event "
-                 "loop per planned step"),
+                 "loop per planned step; echo_bound_tokens_per_step: tokens per decode step that drafting from each "
+                 "session's own history could reach at best on the plain greedy streams, drafts capped as suffix's "
+                 "(ops/bench/echo_bound.py)"),
         "results": report,
     }
     text = json.dumps(document, indent=2)
