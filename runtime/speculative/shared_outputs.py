@@ -79,6 +79,8 @@ class SharedOutputs:
 
     def candidates(self, recent: Sequence[int], limit: int, exclude_owner: int) -> list[Candidate]:
         """Occurrences of recent's suffix in other sessions' outputs, newest first, and what followed."""
+        if not self._at or not any(len(recent) >= n and tuple(recent[len(recent) - n:]) in self._at for n in KEY_LENS):
+            return []
         recent = array("l", recent[-MATCH_STEPS[-1]:])
         for n in KEY_LENS:
             if len(recent) < n:

@@ -51,6 +51,8 @@ class SuffixProposer:
             return NO_DRAFT
         index = self._indexes.get(session)
         own = walk(index.candidates(tail, limit), limit, MIN_PROB) if index is not None else NO_DRAFT
+        if not self.shared.num_docs:
+            return own
         recent = [*(index.tokens[-MATCH_STEPS[-1]:] if index is not None else ()), *tail]
         other = walk(self.shared.candidates(recent, limit, session), limit, MIN_PROB)
         return other if other.expected > own.expected else own

@@ -148,6 +148,9 @@ class SuffixIndex:
         """Earlier occurrences of the suffix of (fed tokens + tail) and what followed each, for the
         longest key length that has any; continuations run on into the tail."""
         seq = self.tokens
+        last = (*seq[-KEY_LENS[0]:], *tail)
+        if not any(len(last) >= n and tuple(last[len(last) - n:]) in self._at for n in KEY_LENS):
+            return []  # no key occurred before (most lookups on text that does not echo)
         recent = seq[-MATCH_STEPS[-1]:] + array("l", tail)
         for n in KEY_LENS:
             if len(recent) < n:
