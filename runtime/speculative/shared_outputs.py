@@ -14,7 +14,7 @@ from array import array
 from collections import OrderedDict, deque
 from typing import Callable, Sequence
 
-from .suffix_index import KEY_LENS, MATCH_STEPS, MAX_CANDIDATES, Candidate, longest, match_len
+from .suffix_index import KEY_LENS, MATCH_STEPS, MAX_CANDIDATES, Candidate, last_pair, longest, match_len
 
 
 class SharedOutputs:
@@ -77,9 +77,13 @@ class SharedOutputs:
                 if end >= n:
                     yield tuple(seq[end - n:end]), end
 
+    def has(self, pair: tuple[int, int]) -> bool:
+        return pair in self._at
+
     def candidates(self, recent: Sequence[int], limit: int, exclude_owner: int) -> list[Candidate]:
         """Occurrences of recent's suffix in other sessions' outputs, newest first, and what followed."""
-        if not self._at or not any(len(recent) >= n and tuple(recent[len(recent) - n:]) in self._at for n in KEY_LENS):
+        pair = last_pair(recent, ())
+        if pair is None or pair not in self._at:
             return []
         recent = array("l", recent[-MATCH_STEPS[-1]:])
         for n in KEY_LENS:

@@ -13,10 +13,11 @@ from typing import Sequence
 
 from .adaptive import MIN_PROB, DraftPolicy
 from .shared_outputs import SharedOutputs
-from .suffix_index import MATCH_STEPS, NO_DRAFT, Draft, SuffixIndex, walk
+from .suffix_index import MATCH_STEPS, NO_DRAFT, Draft, SuffixIndex, last_pair, walk
 
-# A session whose lookups keep drafting nothing skips the next 1, 2, 4 ... up to this many steps'
-# lookups: on traffic that never echoes, proposing costs the host a fraction of a lookup per step.
+# A session whose walks keep being cut to nothing (drafting does not pay for it here) skips the next
+# 1, 2, 4 ... up to this many steps' lookups: a walk costs tens of microseconds. A lookup that finds
+# no match costs a few and skips nothing, so a session coming back to an echo drafts at once.
 MAX_BACKOFF = 16
 
 
@@ -50,8 +51,11 @@ class SuffixProposer:
         if limit <= 0:
             return NO_DRAFT
         index = self._indexes.get(session)
-        own = walk(index.candidates(tail, limit), limit, MIN_PROB) if index is not None else NO_DRAFT
-        if not self.shared.num_docs:
+        pair = last_pair(index.tokens if index is not None else (), tail)
+        if pair is None:
+            return NO_DRAFT
+        own = walk(index.candidates(tail, limit), limit, MIN_PROB) if index is not None and index.has(pair) else NO_DRAFT
+        if not self.shared.has(pair):
             return own
         recent = [*(index.tokens[-MATCH_STEPS[-1]:] if index is not None else ()), *tail]
         other = walk(self.shared.candidates(recent, limit, session), limit, MIN_PROB)
@@ -66,7 +70,9 @@ class SuffixProposer:
             backoff[0] -= 1
             return NO_DRAFT
         draft = self.best(session, tail, limit)
-        count = self.policy.length(session, draft.probs) if draft.tokens else 0
+        if not draft.tokens:
+            return NO_DRAFT  # nothing matched: a cheap lookup, and the next one may find an echo
+        count = self.policy.length(session, draft.probs)
         if count:
             self._backoff.pop(session, None)
             return Draft(draft.tokens[:count], draft.probs[:count])

@@ -104,6 +104,19 @@ def _agree(candidates: list[Candidate]) -> bool:
     return all(c.continuation == first for c in candidates[1:])
 
 
+def last_pair(fed: Sequence[int], tail: Sequence[int]) -> tuple[int, int] | None:
+    """The last two tokens of fed + tail: the shortest key. Where it never occurred, no longer key
+    ending in it did either (every occurrence indexes each key length's key), so one dictionary
+    probe tells a lookup that finds nothing."""
+    if len(tail) >= 2:
+        return tail[-2], tail[-1]
+    if tail and fed:
+        return fed[-1], tail[0]
+    if not tail and len(fed) >= 2:
+        return fed[-2], fed[-1]
+    return None
+
+
 def longest(found: list[Candidate]) -> list[Candidate]:
     """The occurrences that match furthest back: the deepest node a suffix tree would reach."""
     best = max(c.match_len for c in found)
@@ -144,12 +157,15 @@ class SuffixIndex:
                 else:
                     positions.append(end)
 
+    def has(self, pair: tuple[int, int]) -> bool:
+        return pair in self._at
+
     def candidates(self, tail: Sequence[int], limit: int) -> list[Candidate]:
         """Earlier occurrences of the suffix of (fed tokens + tail) and what followed each, for the
         longest key length that has any; continuations run on into the tail."""
         seq = self.tokens
-        last = (*seq[-KEY_LENS[0]:], *tail)
-        if not any(len(last) >= n and tuple(last[len(last) - n:]) in self._at for n in KEY_LENS):
+        pair = last_pair(seq, tail)
+        if pair is None or pair not in self._at:
             return []  # no key occurred before (most lookups on text that does not echo)
         recent = seq[-MATCH_STEPS[-1]:] + array("l", tail)
         for n in KEY_LENS:
