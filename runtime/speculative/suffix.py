@@ -31,6 +31,7 @@ class SuffixProposer:
         self.adaptive = adaptive
         self._indexes: dict[int, SuffixIndex] = {}
         self._backoff: dict[int, list[int]] = {}  # session -> [steps still skipped, next backoff]
+        self._matches: dict[int, int] = {}  # session -> match length of its last proposal
 
     def __len__(self) -> int:
         return len(self._indexes)
@@ -72,17 +73,18 @@ class SuffixProposer:
         draft = self.best(session, tail, limit)
         if not draft.tokens:
             return NO_DRAFT  # nothing matched: a cheap lookup, and the next one may find an echo
-        count = self.policy.length(session, draft.probs)
+        count = self.policy.length(session, draft.probs, draft.match)
         if count:
             self._backoff.pop(session, None)
-            return Draft(draft.tokens[:count], draft.probs[:count])
+            self._matches[session] = draft.match
+            return Draft(draft.tokens[:count], draft.probs[:count], draft.match)
         if backoff is None:
             backoff = self._backoff[session] = [0, 1]
         backoff[0], backoff[1] = backoff[1], min(2 * backoff[1], MAX_BACKOFF)
         return NO_DRAFT
 
     def verified(self, session: int, probs: Sequence[float], num_accepted: int) -> None:
-        self.policy.observe(session, probs, num_accepted)
+        self.policy.observe(session, probs, num_accepted, self._matches.get(session, 0))
 
     def finished(self, session: int, output: Sequence[int]) -> None:
         """A Generate's output, offered to every other session."""
@@ -91,4 +93,5 @@ class SuffixProposer:
     def forget(self, session: int) -> None:
         self._indexes.pop(session, None)
         self._backoff.pop(session, None)
+        self._matches.pop(session, None)
         self.policy.forget(session)
