@@ -138,7 +138,7 @@ class SchedulerActor(Actor):
             return message.reject(FailedPrecondition(
                 "fork, export and import need the engine in the server's process: serve with --engine-process off"))
         try:
-            result = message.apply(self.pool)
+            result = self.pool.on_model_thread(lambda: message.apply(self.pool))
         except Exception as exc:  # noqa: BLE001 - the asker's request fails; the pool is as it was
             if not isinstance(exc, KakeyaError):
                 log.exception("slab_op_failed")

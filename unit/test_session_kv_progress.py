@@ -4,6 +4,7 @@ unused is given back when the request ends, and the snapshot reports the running
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -12,6 +13,7 @@ from actor_fixtures import (BYTES_PER_TOKEN, TIMEOUT_S, CancelAfter, assert_clea
 from kakeya.actors.messages import Generate, GenerateParams
 from kakeya.actors.token_stream import StopReason
 from kakeya.runtime.engine.sampler import SamplingParams
+from kakeya.runtime.forward.session_kv import SessionKV
 
 BLOCK = 16  # the fixture's kv_block_tokens
 
@@ -81,3 +83,25 @@ async def test_the_snapshot_reports_a_running_generates_progress(tiny, speculati
         await asyncio.wait_for(stack.registry.close(session.session_id), TIMEOUT_S)
         assert_clean(stack)
 
+
+
+async def test_slab_copies_run_on_the_model_thread(tiny, monkeypatch):
+    # On a CPU a slab copy is an OpenMP loop: run from the event loop's thread it would leave a
+    # second OpenMP thread team that slows every later step (kv_pool.KVPool).
+    copies: list[str] = []
+    resize = SessionKV.resize
+
+    def recorded(kv, capacity):
+        if kv.num_resident:
+            copies.append(threading.current_thread().name)
+        return resize(kv, capacity)
+
+    monkeypatch.setattr(SessionKV, "resize", recorded)
+    async with started(tiny) as stack:
+        session = await open_session(stack, prompt(20, 30))
+        for _ in range(2):  # a trimmed reservation, then a slab grown again with its history in it
+            stream = CancelAfter(3)
+            session.send(Generate(GenerateParams(200, SamplingParams()), stream))
+            await collect(stream)
+    assert len(copies) >= 2
+    assert all(name.startswith("kakeya-model") for name in copies), copies

@@ -8,7 +8,7 @@ applies before its next step (runtime/engine/remote_kv.py).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from kakeya.runtime.common.errors import KVExhausted
 from kakeya.runtime.forward.session_kv import KVShape, SessionKV
@@ -23,12 +23,22 @@ def local_kv(shape: KVShape, sink_tokens: int, window_tokens: int, owner: Sessio
     return SessionKV(shape, sink_tokens, window_tokens)
 
 
+def inline(work: Callable[[], Any]) -> Any:
+    return work()
+
+
 class KVPool:
 
     def __init__(self, shape: KVShape, budget_bytes: int, block_tokens: int,
                  sink_tokens: int, window_tokens: int, max_chunk_tokens: int,
-                 draft_shape: KVShape | None = None, kv_factory: KVFactory = local_kv) -> None:
+                 draft_shape: KVShape | None = None, kv_factory: KVFactory = local_kv,
+                 on_model_thread: Callable[[Callable[[], Any]], Any] = inline) -> None:
         self.shape = shape
+        # Runs slab copies (a growing or trimmed slab, a fork, an import) where the forwards run.
+        # On a CPU the copy is an OpenMP parallel loop, and OpenMP keeps a thread team per calling
+        # thread: one copy from the event loop's thread leaves a second team, and every later
+        # step's small kernels run slower while the two share the cores (runner.model_thread).
+        self.on_model_thread = on_model_thread
         self._new_kv = kv_factory
         self.draft_shape = draft_shape
         self.budget_bytes = budget_bytes
@@ -87,9 +97,7 @@ class KVPool:
                 extra)
         before = kv.lease_bytes
         target = self._target_capacity(total_positions)
-        for slab in self._lease(kv):
-            if slab.capacity < target:
-                slab.resize(target)
+        self._resize([slab for slab in self._lease(kv) if slab.capacity < target], target)
         self.used_bytes += kv.lease_bytes - before
 
     def trim(self, kv: SessionKV, keep_positions: int) -> None:
@@ -108,10 +116,15 @@ class KVPool:
         if kv.capacity <= 2 * target:
             return
         before = kv.lease_bytes
-        for slab in slabs:
-            if slab.capacity > target:
-                slab.resize(target)
+        self._resize([slab for slab in slabs if slab.capacity > target], target)
         self.used_bytes += kv.lease_bytes - before
+
+    def _resize(self, slabs: list[SessionKV], capacity: int) -> None:
+        if any(slab.num_resident for slab in slabs):  # a copy, not only an allocation
+            self.on_model_thread(lambda: [slab.resize(capacity) for slab in slabs])
+        else:
+            for slab in slabs:
+                slab.resize(capacity)
 
     def used_positions_bytes(self) -> int:
         """Bytes of the positions every slab stores (the rest of used_bytes is reserved room)."""

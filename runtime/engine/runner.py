@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
@@ -38,6 +38,29 @@ def model_thread() -> ThreadPoolExecutor:
     OpenMP keeps a thread team per calling thread, and a second team left spinning from another
     thread slows decoding on a machine with few cores."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="kakeya-model")
+
+
+T = TypeVar("T")
+
+
+def run_on(executor: ThreadPoolExecutor) -> Callable[[Callable[[], T]], T]:
+    """Runs work on the executor's thread and waits for it; work already on that thread (a slab
+    operation that reserves a slab) runs in place rather than waiting on itself."""
+    inside = threading.local()
+
+    def marked(work: Callable[[], T]) -> T:
+        inside.active = True
+        try:
+            return work()
+        finally:
+            inside.active = False
+
+    def run(work: Callable[[], T]) -> T:
+        if getattr(inside, "active", False):
+            return work()
+        return executor.submit(marked, work).result()
+
+    return run
 
 
 class ModelRunner:

@@ -7,7 +7,7 @@ import importlib.metadata
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
 import structlog
 
@@ -24,14 +24,14 @@ from kakeya.runtime.common.errors import FailedPrecondition
 from kakeya.runtime.engine.assembly import build_engine
 from kakeya.runtime.engine.client import EngineClient
 from kakeya.runtime.engine.draft import load_draft
-from kakeya.runtime.engine.kv_pool import KVPool, local_kv
+from kakeya.runtime.engine.kv_pool import KVPool, inline, local_kv
 from kakeya.runtime.engine.process import EngineProcess
 from kakeya.runtime.engine.remote_kv import KVOps, remote_kv_factory
 from kakeya.runtime.common.metrics import Metrics
 from kakeya.runtime.engine.loader import load_model
 from kakeya.runtime.forward.loaded_model import LoadedModel
 from kakeya.runtime.forward.session_kv import KVShape
-from kakeya.runtime.engine.runner import ModelRunner, model_thread
+from kakeya.runtime.engine.runner import ModelRunner, model_thread, run_on
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +85,8 @@ class Host:
         self.fingerprint = facts.fingerprint  # what exported and durable sessions are bound to
         self.paths = facts.paths
         self.pool = KVPool(facts.kv_shape, engine.kv_budget_bytes, engine.kv_block_tokens, engine.sink_tokens,
-                           facts.kept_window, engine.prefill_chunk_tokens, facts.draft_shape, kv_factory)
+                           facts.kept_window, engine.prefill_chunk_tokens, facts.draft_shape, kv_factory,
+                           self._model_thread_work(facts.kv_shape))
         # The scheduler alone writes it; kept here so its proposer's figures can be read.
         self.speculator = Speculator(config.speculative, facts.draft_shape is not None, self.metrics,
                                      engine.prefill_chunk_tokens)
@@ -95,6 +96,14 @@ class Host:
         self.rules = SessionRules(config.limits, self.loaded.vocab_size, self.loaded.max_context_tokens,
                                   engine.sink_tokens, engine.window_tokens)
         self.registry = SessionRegistry(self.rules, self.scheduler, self.metrics, self._store(facts.kv_shape))
+
+    def _model_thread_work(self, shape: KVShape) -> Callable[[Callable[[], Any]], Any]:
+        """How the pool runs its slab copies: on the model thread where slabs are in CPU memory
+        (kv_pool.KVPool), between steps, while that thread is idle; in place elsewhere (device
+        copies, or the engine process's handles, whose copies the engine makes)."""
+        if self.runner is None or shape.device.type != "cpu":
+            return inline
+        return run_on(self.runner.executor)
 
     def _store(self, shape: KVShape) -> SessionStore | None:
         """The durable session directory's store, bound to this model and KV layout."""
