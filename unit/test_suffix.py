@@ -185,12 +185,3 @@ def test_a_session_that_drafts_nothing_backs_off_its_lookups():
     assert 1 <= waited <= 16  # it was skipping lookups, and comes back within one backoff
     assert p.propose(1, (10,), 4).tokens == (11, 12, 13, 14)  # and looks every step once it pays
 
-
-def test_lookups_that_find_nothing_skip_nothing():
-    p = SuffixProposer()
-    p.feed(1, list(range(10, 40)))
-    for token in range(100, 140):  # new text: no key occurred before
-        assert p.propose(1, (token,), 4).tokens == ()
-        p.feed(1, [token])
-    p.feed(1, [10, 11, 12])  # an echo starts: the next lookup drafts it
-    assert p.propose(1, (13,), 4).tokens == (14, 15, 16, 17)

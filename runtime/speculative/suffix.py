@@ -15,9 +15,11 @@ from .adaptive import MIN_PROB, DraftPolicy
 from .shared_outputs import SharedOutputs
 from .suffix_index import MATCH_STEPS, NO_DRAFT, Draft, SuffixIndex, last_pair, walk
 
-# A session whose walks keep being cut to nothing (drafting does not pay for it here) skips the next
-# 1, 2, 4 ... up to this many steps' lookups: a walk costs tens of microseconds. A lookup that finds
-# no match costs a few and skips nothing, so a session coming back to an echo drafts at once.
+# A session whose lookups keep drafting nothing skips the next 1, 2, 4 ... up to this many steps'
+# lookups. Where nothing echoes, fewer lookups also mean fewer weak matches verified: on a 2-core
+# CPU, looking up every step after a miss drafted more 2-token matches on free chat and cost 16
+# sessions 5-11% (docs/speculative.md), against a session coming back to an echo drafting up to
+# this many steps late.
 MAX_BACKOFF = 16
 
 
@@ -71,9 +73,7 @@ class SuffixProposer:
             backoff[0] -= 1
             return NO_DRAFT
         draft = self.best(session, tail, limit)
-        if not draft.tokens:
-            return NO_DRAFT  # nothing matched: a cheap lookup, and the next one may find an echo
-        count = self.policy.length(session, draft.probs, draft.match)
+        count = self.policy.length(session, draft.probs, draft.match) if draft.tokens else 0
         if count:
             self._backoff.pop(session, None)
             self._matches[session] = draft.match
