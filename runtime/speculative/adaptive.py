@@ -21,8 +21,6 @@ MARGIN = 1.15  # a draft must beat the break-even point by this factor: noise co
 MIN_PROB = 0.05  # never verify a token less likely than this, even on a free row
 DECAY = 0.8  # per observed draft: how fast a session's calibration follows its acceptance
 RECOVERY = 0.98  # per step without drafts: how fast a session's calibration drifts back to the prior
-MATCH_DECAY = 0.99  # per observed draft: the calibration of a match length, shared by every session
-MATCH_RECOVERY = 0.995  # per draft of that match length cut to nothing: its drift back to the prior
 
 
 def _bucket(rows: int) -> int:
@@ -93,49 +91,34 @@ class DraftPolicy:
         self.threshold = MIN_PROB
         # session -> [accepted, expected]: decayed sums over its verified drafts.
         self._calibration: dict[int, list[float]] = {}
-        # match length -> [accepted, expected]: decayed sums over every session's drafts from
-        # occurrences that matched that far. A 2-token match in free text is accepted far less
-        # often than its prior says, and one session sees too few of them to learn it alone.
-        self._by_match: dict[int, list[float]] = {}
 
-    def length(self, session: int, probs: Sequence[float], match: int = 0) -> int:
-        """How many of a draft's tokens (with cumulative probability estimates `probs`, from
-        occurrences matching `match` tokens back) to verify."""
-        scale = self.scale(session) * self.match_scale(match)
+    def length(self, session: int, probs: Sequence[float]) -> int:
+        """How many of a draft's tokens (with cumulative probability estimates `probs`) to verify."""
+        scale = self.scale(session)
         count = 0
         for prob in probs:
             if min(prob * scale, 1.0) < self.threshold:
                 break
             count += 1
         if count == 0:
-            self._recover(session, match)
+            self._recover(session)
         return count
 
     def scale(self, session: int) -> float:
         accepted, expected = self._calibration.get(session, (0.0, 0.0))
         return (accepted + 1.0) / (expected + 1.0)  # one expected token's worth of prior trust
 
-    def match_scale(self, match: int) -> float:
-        accepted, expected = self._by_match.get(match, (0.0, 0.0))
-        return (accepted + 1.0) / (expected + 1.0)
-
-    def observe(self, session: int, probs: Sequence[float], num_accepted: int, match: int = 0) -> None:
-        """A verified draft: its estimates (as verified) against how many were accepted. The
-        session's calibration is of what is left once its match length's is applied."""
-        expected = sum(probs)
-        sums = self._by_match.setdefault(match, [0.0, 0.0])
-        scaled = expected * self.match_scale(match)
-        sums[0] = sums[0] * MATCH_DECAY + num_accepted
-        sums[1] = sums[1] * MATCH_DECAY + expected
+    def observe(self, session: int, probs: Sequence[float], num_accepted: int) -> None:
+        """A verified draft: its estimates (as verified) against how many were accepted."""
         sums = self._calibration.setdefault(session, [0.0, 0.0])
         sums[0] = sums[0] * DECAY + num_accepted
-        sums[1] = sums[1] * DECAY + scaled
+        sums[1] = sums[1] * DECAY + sum(probs)
 
-    def _recover(self, session: int, match: int) -> None:
-        for sums, factor in ((self._calibration.get(session), RECOVERY), (self._by_match.get(match), MATCH_RECOVERY)):
-            if sums is not None:
-                sums[0] *= factor
-                sums[1] *= factor
+    def _recover(self, session: int) -> None:
+        sums = self._calibration.get(session)
+        if sums is not None:
+            sums[0] *= RECOVERY
+            sums[1] *= RECOVERY
 
     def step_done(self, rows: int, drafted: int, seconds: float, tokens: int) -> None:
         """A verifying step of `rows` rows (`drafted` of them drafts) took `seconds` and emitted

@@ -33,7 +33,6 @@ class SuffixProposer:
         self.adaptive = adaptive
         self._indexes: dict[int, SuffixIndex] = {}
         self._backoff: dict[int, list[int]] = {}  # session -> [steps still skipped, next backoff]
-        self._matches: dict[int, int] = {}  # session -> match length of its last proposal
 
     def __len__(self) -> int:
         return len(self._indexes)
@@ -73,18 +72,17 @@ class SuffixProposer:
             backoff[0] -= 1
             return NO_DRAFT
         draft = self.best(session, tail, limit)
-        count = self.policy.length(session, draft.probs, draft.match) if draft.tokens else 0
+        count = self.policy.length(session, draft.probs) if draft.tokens else 0
         if count:
             self._backoff.pop(session, None)
-            self._matches[session] = draft.match
-            return Draft(draft.tokens[:count], draft.probs[:count], draft.match)
+            return Draft(draft.tokens[:count], draft.probs[:count])
         if backoff is None:
             backoff = self._backoff[session] = [0, 1]
         backoff[0], backoff[1] = backoff[1], min(2 * backoff[1], MAX_BACKOFF)
         return NO_DRAFT
 
     def verified(self, session: int, probs: Sequence[float], num_accepted: int) -> None:
-        self.policy.observe(session, probs, num_accepted, self._matches.get(session, 0))
+        self.policy.observe(session, probs, num_accepted)
 
     def finished(self, session: int, output: Sequence[int]) -> None:
         """A Generate's output, offered to every other session."""
@@ -93,5 +91,4 @@ class SuffixProposer:
     def forget(self, session: int) -> None:
         self._indexes.pop(session, None)
         self._backoff.pop(session, None)
-        self._matches.pop(session, None)
         self.policy.forget(session)

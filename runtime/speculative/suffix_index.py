@@ -31,7 +31,6 @@ class Draft(NamedTuple):
 
     tokens: tuple[int, ...]
     probs: tuple[float, ...]
-    match: int = 0  # how far back the drafted occurrences matched the context (0: no walk)
 
     @property
     def expected(self) -> float:
@@ -66,7 +65,6 @@ def walk(candidates: list[Candidate], limit: int, min_prob: float) -> Draft:
     cumulative = 1.0
     alive = candidates
     depth = 0
-    first = max((c.match_len for c in candidates), default=0)
     while depth < limit and alive and not _agree(alive):
         going = [c for c in alive if depth < len(c.continuation)]
         if not going:
@@ -83,7 +81,7 @@ def walk(candidates: list[Candidate], limit: int, min_prob: float) -> Draft:
         alive = going
         cumulative *= share * confidence(max(c.match_len for c in alive) + depth)
         if cumulative < min_prob:
-            return Draft(tuple(tokens), tuple(probs), first)
+            return Draft(tuple(tokens), tuple(probs))
         tokens.append(token)
         probs.append(cumulative)
         depth += 1
@@ -98,7 +96,7 @@ def walk(candidates: list[Candidate], limit: int, min_prob: float) -> Draft:
                 break
             tokens.append(continuation[depth])
             probs.append(cumulative)
-    return Draft(tuple(tokens), tuple(probs), first)
+    return Draft(tuple(tokens), tuple(probs))
 
 
 def _agree(candidates: list[Candidate]) -> bool:
