@@ -18,7 +18,7 @@ from typing import Callable
 
 import structlog
 
-from kakeya.runtime.common.errors import EngineDead, FailedPrecondition, KakeyaError, KVExhausted
+from kakeya.runtime.common.errors import EngineDead, KakeyaError, KVExhausted
 from kakeya.runtime.common.metrics import Metrics
 from kakeya.runtime.engine.engine import Engine
 from kakeya.runtime.engine.kv_pool import KVPool
@@ -134,9 +134,6 @@ class SchedulerActor(Actor):
 
     def _slab_op(self, message: SlabOp) -> None:
         """A fork, import or read-out of a session's slab, between steps like every slab change."""
-        if not self.pool.holds_slabs:
-            return message.reject(FailedPrecondition(
-                "fork, export and import need the engine in the server's process: serve with --engine-process off"))
         try:
             result = self.pool.on_model_thread(lambda: message.apply(self.pool))
         except Exception as exc:  # noqa: BLE001 - the asker's request fails; the pool is as it was

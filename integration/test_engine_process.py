@@ -30,8 +30,9 @@ from .harness import (TIMEOUT_S, ServerHandle, append, close, create, eventually
 LOAD_TIMEOUT_S = 600
 
 
-async def _start(deaths: list[BaseException], speculative: dict | None = None) -> ServerHandle:
-    config = runtime_config(speculative=speculative)
+async def _start(deaths: list[BaseException], speculative: dict | None = None,
+                 limits: dict | None = None) -> ServerHandle:
+    config = runtime_config(speculative=speculative, limits=limits)
     server = RuntimeServer(config)
     address = await server.start()
     process = EngineProcess(config)  # on the event loop's thread, as `kakeya serve` starts it
@@ -97,23 +98,60 @@ async def test_speculative_streams_match_the_in_process_engine(loaded_model, spe
         await local.stop()
 
 
-async def test_fork_and_export_are_refused_while_slabs_live_in_the_engine_process(remote):
-    """Slab copies run in the server's process; across the boundary they are refused, cleanly."""
-    session_id = await create(remote.stub)
-    await append(remote.stub, session_id, [5, 6, 7])
-    await generate(remote.stub, session_id, 2)
-    with pytest.raises(grpc.aio.AioRpcError) as fork:
-        await remote.stub.ForkSession(pb.ForkSessionRequest(session_id=session_id), timeout=TIMEOUT_S)
-    assert fork.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "--engine-process off" in fork.value.details()
-    with pytest.raises(grpc.aio.AioRpcError) as export:
-        call = remote.stub.ExportSession(pb.ExportSessionRequest(session_id=session_id), timeout=TIMEOUT_S)
-        await asyncio.wait_for(call.read(), TIMEOUT_S)
-    assert export.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    listed = await remote.stub.ListSessions(pb.ListSessionsRequest(), timeout=TIMEOUT_S)
-    assert [s.session_id for s in listed.sessions] == [session_id]  # the fork left nothing behind
-    assert (await generate(remote.stub, session_id, 2)).tokens  # and the session goes on
-    await close(remote.stub, session_id)
+async def _fork_export_import(stub) -> tuple[list[int], ...]:
+    """A session's turn, then a fork and an export/import of it taken mid-conversation, each
+    continued; returns every stream."""
+    session_id = await create(stub)
+    await append(stub, session_id, list(range(5, 45)))
+    first = (await generate(stub, session_id, 6)).tokens
+    fork = (await stub.ForkSession(pb.ForkSessionRequest(session_id=session_id), timeout=TIMEOUT_S)).session_id
+    call = stub.ExportSession(pb.ExportSessionRequest(session_id=session_id), timeout=TIMEOUT_S)
+    chunks = await asyncio.wait_for(_read_all(call), TIMEOUT_S)
+    moved = (await stub.ImportSession(iter(chunks), timeout=TIMEOUT_S)).session_id
+    streams = [first]
+    for sid in (session_id, fork, moved):
+        await append(stub, sid, [9, 10, 11])
+        streams.append((await generate(stub, sid, 8)).tokens)
+        await close(stub, sid)
+    return tuple(streams)
+
+
+async def _read_all(call) -> list:
+    return [chunk async for chunk in call]
+
+
+async def test_fork_export_and_import_cross_the_boundary(server, remote):
+    """A fork's copy and an import's rows are KV operations the engine applies before its next
+    step, and an export reads the slab in the engine: the same streams as in the server's process."""
+    streams = await _fork_export_import(remote.stub)
+    assert streams == await _fork_export_import(server.stub)
+    assert streams[1] == streams[2] == streams[3]  # the fork and the import continue as the original does
+    await eventually(lambda: remote.runtime.pool.num_slabs == 0, TIMEOUT_S, "the KV to be freed")
+    assert remote.runtime.registry.violations("inv1") == 0
+
+
+async def test_durable_sessions_are_written_and_reloaded_through_the_engine_process(tmp_path):
+    """--session-dir with the engine in its own process: each turn's K/V is read out of the engine
+    to disk, and a restarted server writes it back into a new engine's slab."""
+    first = await _start([], limits={"session_dir": str(tmp_path)})
+    try:
+        session_id = await create(first.stub)
+        await append(first.stub, session_id, list(range(5, 45)))
+        await generate(first.stub, session_id, 6)
+        fork = (await first.stub.ForkSession(pb.ForkSessionRequest(session_id=session_id),
+                                             timeout=TIMEOUT_S)).session_id
+        expected = (await generate(first.stub, fork, 8)).tokens
+        await close(first.stub, fork)
+        was = await info(first.stub, session_id)
+    finally:
+        await first.stop()
+    second = await _start([], limits={"session_dir": str(tmp_path)})
+    try:
+        assert (await info(second.stub, session_id)).kv_resident_tokens == was.kv_resident_tokens > 0
+        assert (await generate(second.stub, session_id, 8)).tokens == expected
+        assert second.runtime.counter("kakeya_session_store_errors_total") == 0
+    finally:
+        await second.stop()
 
 
 async def test_a_cancelled_generate_keeps_exactly_the_tokens_the_session_committed(server, remote):

@@ -203,12 +203,11 @@ def test_verification_rows_must_fit_a_prefill_chunk(capsys):
         cli.build_parser().parse_args(["serve", "--speculative", "eagle"])
 
 
-def test_session_dir_with_the_engine_process_forced_on_is_a_usage_error(capsys, tmp_path):
-    """Durable sessions copy slabs in the server's process; the split engine would refuse them."""
-    with pytest.raises(SystemExit) as info:
-        cli.main(["serve", "--session-dir", str(tmp_path), "--engine-process", "on"])
-    assert info.value.code == 2
-    assert "--session-dir needs the engine in the server's process" in capsys.readouterr().err
-    args = cli.build_parser().parse_args(["serve", "--session-dir", str(tmp_path)])
-    config = cli.config_from_args(args)  # auto keeps the engine in the server's process
-    assert not config.engine.uses_engine_process("cuda") and not config.engine.uses_engine_process("cpu")
+
+
+def test_the_engine_process_is_on_by_default_on_cuda_only():
+    config = cli.config_from_args(cli.build_parser().parse_args(["serve"]))
+    assert config.engine.uses_engine_process("cuda")
+    assert not config.engine.uses_engine_process("cpu") and not config.engine.uses_engine_process("mps")
+    forced = cli.config_from_args(cli.build_parser().parse_args(["serve", "--engine-process", "off"]))
+    assert not forced.engine.uses_engine_process("cuda")

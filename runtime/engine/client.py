@@ -4,7 +4,8 @@ It stands where the in-process Engine stands for the scheduler: `step(request)` 
 (`executor`), one StepRequest in and one StepResult out. A step becomes one StepMessage, with the
 KV operations the pool queued since the last one, and its reply sets each session's KV handle to
 the engine's positions. When the engine ran the request's step ahead on its own, its reply is
-taken instead of a round trip. A step in flight when the engine dies ends at once with EngineDead (EOF
+taken instead of a round trip. An export's read-out is a round trip of its own, between steps. A
+step in flight when the engine dies ends at once with EngineDead (EOF
 on the pipe); a death between steps is seen through the process sentinel on the event loop.
 """
 
@@ -21,8 +22,9 @@ from kakeya.runtime.common.metrics import Metrics
 from kakeya.runtime.engine.process import EngineProcess
 from kakeya.runtime.engine.remote_kv import KVOps
 from kakeya.runtime.engine.sampler import Sampler
+from kakeya.runtime.engine.session_snapshot import KVImage, image_from_bytes
 from kakeya.runtime.engine.step import RowResult, StepRequest, StepResult, StepRow
-from kakeya.runtime.engine.wire import (OpsMessage, StepFailed, StepMessage, WireDraftRequest, WireRow,
+from kakeya.runtime.engine.wire import (OpsMessage, ReadKV, StepFailed, StepMessage, WireDraftRequest, WireRow,
                                         continuation)
 
 
@@ -33,6 +35,7 @@ class EngineClient:
         self._metrics = metrics
         self.ops = ops
         ops.on_free = self._flush_soon
+        ops.read = self.read
         # One thread: steps and flushes go out in order, and the event loop never blocks on the pipe.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kakeya-engine-client")
         self._samplers: dict[int, weakref.finalize] = {}  # id(sampler) -> its release, for those the engine holds
@@ -61,10 +64,7 @@ class EngineClient:
                 reply = self._take_ahead()
             else:
                 self._conn.send(StepMessage(self.ops.drain() + tuple(created), rows))
-                reply = self._conn.recv()
-                while getattr(reply, "ahead", False):
-                    self._undone.inc()  # run ahead of a step the front did not take: undone there
-                    reply = self._conn.recv()
+                reply = self._skip_ahead(self._conn.recv())
         except (EOFError, OSError) as exc:
             raise EngineDead(f"the engine process died (exit code {self._exit_code()})") from exc
         if isinstance(reply, StepFailed):
@@ -78,6 +78,30 @@ class EngineClient:
                 row.kv.draft.set_state(out.draft_positions, out.draft_window_start)
             results.append(RowResult(out.tokens, out.num_drafted, out.num_accepted, out.stop, out.num_positions))
         return StepResult(tuple(results))
+
+    def read(self, kv_id: int, first_row: int) -> KVImage:
+        """A slab's stored rows, read in the engine after the queued KV operations. Called by the
+        scheduler between steps (as a local slab's copy waits for the model thread), it waits for
+        the client's thread, which keeps the pipe's messages in order."""
+        return self.executor.submit(self._read, kv_id, first_row).result()
+
+    def _read(self, kv_id: int, first_row: int) -> KVImage:
+        self._next = None  # the engine undoes what it ran ahead before it reads
+        try:
+            self._conn.send(ReadKV(self.ops.drain(), kv_id, first_row))
+            reply = self._skip_ahead(self._conn.recv())
+        except (EOFError, OSError) as exc:
+            raise EngineDead(f"the engine process died (exit code {self._exit_code()})") from exc
+        if isinstance(reply, StepFailed):
+            raise EngineDead(f"the engine failed: {reply.error}")
+        return image_from_bytes(*reply)
+
+    def _skip_ahead(self, reply):
+        """Replies to steps the engine ran on its own that the front did not take: undone there."""
+        while getattr(reply, "ahead", False):
+            self._undone.inc()
+            reply = self._conn.recv()
+        return reply
 
     def _take_ahead(self):
         """The reply to the step the engine ran on its own; the engine learns it was taken with the

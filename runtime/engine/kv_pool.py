@@ -142,11 +142,6 @@ class KVPool:
         return list(self._slabs.values())
 
     @property
-    def holds_slabs(self) -> bool:
-        """The slabs are in this process (not handles on an engine process's)."""
-        return self._new_kv is local_kv
-
-    @property
     def num_slabs(self) -> int:
         return len(self._slabs)
 

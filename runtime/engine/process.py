@@ -36,7 +36,7 @@ from kakeya.runtime.engine.blas_probe import warn_if_row_dependent
 from kakeya.runtime.engine.draft import load_draft
 from kakeya.runtime.engine.loader import load_model
 from kakeya.runtime.engine.service import EngineService
-from kakeya.runtime.engine.wire import EngineReady, LoadFailed, OpsMessage, StepFailed, StepMessage
+from kakeya.runtime.engine.wire import EngineReady, LoadFailed, OpsMessage, ReadKV, StepFailed, StepMessage
 
 log = structlog.get_logger(__name__)
 
@@ -164,6 +164,10 @@ def _serve(conn: Connection, service) -> int:
                     service.ahead.rewind()  # the front plans again after KV operations
                     if _step(conn, lambda: service.apply(message.ops), reply=False) is None:
                         return 70
+                continue
+            if isinstance(message, ReadKV):
+                if _step(conn, lambda: service.read(message)) is None:
+                    return 70
                 continue
             if not isinstance(message, StepMessage):
                 raise TypeError(f"the engine got an unknown message {type(message).__name__}")

@@ -4,17 +4,20 @@ The slab lives in the engine process; the front keeps a handle with the same boo
 SessionKV (kv_id, positions, window start, capacity), so the KV pool, the scheduler and the
 session actors account for it exactly as for a local slab. The engine's reply to each step sets
 the handle's positions; each resize or free the pool makes is queued as a KV operation, which
-the engine applies before the next step (or at once, through a flush, for a free).
+the engine applies before the next step (or at once, through a flush, for a free). A fork's copy
+and an import's rows go the same way; an export's read-out is a round trip (`KVOps.read`), made
+between steps like every slab change.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from typing import Any, Callable
 
 from kakeya.runtime.forward.session_kv import KVShape, SessionKV
 
-# ("resize", kv_id, is_draft, capacity) | ("free", kv_id) | ("sampler", key, params) | ("forget_sampler", key)
+# ("resize", kv_id, is_draft, capacity) | ("free", kv_id) | ("copy", source_id, kv_id)
+# | ("write", kv_id, num_positions, window_start, rows, data) | ("sampler", key, params) | ("forget_sampler", key)
 KVOp = tuple
 
 
@@ -25,6 +28,9 @@ class KVOps:
     def __init__(self) -> None:
         self._queue: deque[KVOp] = deque()
         self.on_free: Callable[[], None] | None = None  # asks the client to send the queue now
+        # (kv_id, first_row) -> the slab's stored rows from first_row on, read in the engine after
+        # the queue is applied (session_snapshot.KVImage); set by the engine client.
+        self.read: Callable[[int, int], Any] | None = None
 
     def append(self, op: KVOp) -> None:
         self._queue.append(op)
@@ -70,6 +76,24 @@ class RemoteKV(SessionKV):
             self._ops.append(("free", self.kv_id))
             if self._ops.on_free is not None:
                 self._ops.on_free()
+
+    def copy_from(self, source: "RemoteKV") -> None:
+        """A fork: the engine copies source's stored rows (and its draft slab's) into this slab."""
+        self._ops.append(("copy", source.kv_id, self.kv_id))
+        self.set_state(source.num_positions, source.window_start)
+        if self.draft is not None and source.draft is not None:
+            self.draft.set_state(source.draft.num_positions, source.draft.window_start)
+
+    def write_rows(self, num_positions: int, window_start: int, rows: int, data: bytes) -> None:
+        """An import: the engine writes these stored rows (the slab's layout, as bytes) into this slab."""
+        self._ops.append(("write", self.kv_id, num_positions, window_start, rows, data))
+        self.set_state(num_positions, window_start)
+
+    def read_rows(self, first_row: int) -> Any:
+        """An export: the stored rows from first_row on (a session_snapshot.KVImage), read in the engine."""
+        if self._ops.read is None:
+            raise RuntimeError("no engine client reads this handle's slab")
+        return self._ops.read(self.kv_id, first_row)
 
     def compact_for(self, num_new: int) -> None:
         raise RuntimeError("a KV handle is compacted by the engine that holds its slab")

@@ -1,9 +1,9 @@
 """The engine process's side of the boundary: session slabs by id, samplers by key, and the step.
 
 Between steps it applies the KV operations the front queued, in order: resizes (which allocate a
-session's slab on first use) and frees, and sampler creation and release. This is the one place
-where the engine changes KV memory between steps; operations on a slab's contents (a copy, an
-export) belong here too. Then it turns the wire rows into StepRows over its own SessionKVs and
+session's slab on first use) and frees, a fork's copy and an import's rows, and sampler creation
+and release. This is the one place where the engine changes KV memory between steps; an export
+reads a slab here too, after the operations queued before it. Then it turns the wire rows into StepRows over its own SessionKVs and
 runs the engine's step. Between plans it steps greedy decode rows on its own (step_ahead.py).
 """
 
@@ -16,9 +16,10 @@ from kakeya.runtime.engine.assembly import EngineFacts
 from kakeya.runtime.engine.draft import DraftRequest
 from kakeya.runtime.engine.engine import Engine
 from kakeya.runtime.engine.sampler import Sampler
+from kakeya.runtime.engine.session_snapshot import copy_rows, image_from_bytes, read_kv, write_rows
 from kakeya.runtime.engine.step import StepRequest, StepRow
 from kakeya.runtime.engine.step_ahead import StepAhead
-from kakeya.runtime.engine.wire import StepMessage, StepReply, WireResult, WireRow
+from kakeya.runtime.engine.wire import KVRows, ReadKV, StepMessage, StepReply, WireResult, WireRow
 from kakeya.runtime.forward.session_kv import SessionKV
 
 
@@ -58,12 +59,27 @@ class EngineService:
                         kv.release()
                         if kv.draft is not None:
                             kv.draft.release()
+                case ("copy", source_id, kv_id):
+                    copy_rows(self._kvs[kv_id], self._kvs[source_id])
+                case ("write", kv_id, num_positions, window_start, rows, data):
+                    write_rows(self._kvs[kv_id], image_from_bytes(num_positions, window_start, 0, rows, data))
                 case ("sampler", key, params):
                     self._samplers[key] = Sampler(params)
                 case ("forget_sampler", key):
                     self._samplers.pop(key, None)
                 case _:
                     raise ValueError(f"unknown KV operation {op!r}")
+
+    def read(self, message: ReadKV) -> KVRows:
+        """An export's read-out, after the operations queued before it."""
+        self.ahead.rewind()
+        self.apply(message.ops)
+        kv = self._kvs.get(message.kv_id)
+        if kv is None:  # a slab never allocated: it stores nothing
+            return KVRows(0, 0, message.first_row, 0, b"")
+        image = read_kv(kv, message.first_row)
+        return KVRows(image.num_positions, image.window_start, image.first_row, image.rows,
+                      image.data.numpy().tobytes())
 
     def _new_kv(self, kv_id: int) -> SessionKV:
         kv = SessionKV(self._facts.kv_shape, self._sink_tokens, self._window_tokens)

@@ -15,6 +15,7 @@ import torch
 
 from kakeya.runtime.common.errors import InvalidRequest
 from kakeya.runtime.engine.kv_pool import KVPool
+from kakeya.runtime.engine.remote_kv import RemoteKV
 from kakeya.runtime.forward.loaded_model import LoadedModel
 from kakeya.runtime.forward.session_kv import SessionKV
 
@@ -36,25 +37,37 @@ class KVImage:
 
 
 def fork_kv(pool: KVPool, source: SessionKV) -> SessionKV:
-    """A new slab in the pool with source's positions (and its draft slab's) copied on the device."""
+    """A new slab in the pool with source's positions (and its draft slab's) copied on the device,
+    here or, for a handle, in the engine process before its next step."""
     kv = pool.allocate()
     try:
         pool.reserve(kv, source.num_positions)
-        for dst, src in ((kv, source), (kv.draft, source.draft)):
-            if dst is None or src is None:
-                continue
-            rows = src.num_resident
-            if rows:
-                dst.slab[:, :, :, :rows].copy_(src.slab[:, :, :, :rows])
-            dst.num_positions, dst.window_start = src.num_positions, src.window_start
+        if isinstance(kv, RemoteKV):
+            kv.copy_from(source)
+        else:
+            copy_rows(kv, source)
     except BaseException:
         pool.free(kv)
         raise
     return kv
 
 
+def copy_rows(kv: SessionKV, source: SessionKV) -> None:
+    """Both slabs here: kv (and its draft slab) takes source's stored rows and positions."""
+    for dst, src in ((kv, source), (kv.draft, source.draft)):
+        if dst is None or src is None:
+            continue
+        rows = src.num_resident
+        if rows:
+            dst.slab[:, :, :, :rows].copy_(src.slab[:, :, :, :rows])
+        dst.num_positions, dst.window_start = src.num_positions, src.window_start
+
+
 def read_kv(kv: SessionKV, first_row: int = 0) -> KVImage:
-    """The slab's stored rows from first_row on, copied to host memory."""
+    """The slab's stored rows from first_row on, copied to host memory (for a handle, read in the
+    engine process, a round trip)."""
+    if isinstance(kv, RemoteKV):
+        return kv.read_rows(first_row)
     rows = max(kv.num_resident - first_row, 0)
     if kv.slab is None or not rows:
         data = torch.empty(0, dtype=torch.uint8)
@@ -81,15 +94,29 @@ def write_kv(pool: KVPool, image: KVImage) -> SessionKV:
     kv = pool.allocate()
     try:
         pool.reserve(kv, image.num_positions)
-        if resident:
-            rows = image.data.view(shape.dtype).view(shape.num_layers, 2, shape.num_kv_heads, resident,
-                                                     shape.head_dim)
-            kv.slab[:, :, :, :resident].copy_(rows)
+        if isinstance(kv, RemoteKV):
+            kv.write_rows(image.num_positions, image.window_start, resident, image.data.numpy().tobytes())
+        else:
+            write_rows(kv, image)
     except BaseException:
         pool.free(kv)
         raise
-    kv.num_positions, kv.window_start = image.num_positions, image.window_start
     return kv
+
+
+def write_rows(kv: SessionKV, image: KVImage) -> None:
+    """The slab here takes the image's rows (from row 0) and positions."""
+    shape = kv.shape
+    if image.rows:
+        rows = image.data.view(shape.dtype).view(shape.num_layers, 2, shape.num_kv_heads, image.rows, shape.head_dim)
+        kv.slab[:, :, :, :image.rows].copy_(rows)
+    kv.num_positions, kv.window_start = image.num_positions, image.window_start
+
+
+def image_from_bytes(num_positions: int, window_start: int, first_row: int, rows: int, data: bytes) -> KVImage:
+    """A KVImage of stored rows that crossed the engine boundary as bytes."""
+    tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+    return KVImage(num_positions, window_start, first_row, rows, tensor)
 
 
 def model_fingerprint(loaded: LoadedModel, kv_dtype: torch.dtype) -> str:

@@ -48,6 +48,25 @@ class OpsMessage(NamedTuple):
     taken: int = 0
 
 
+class ReadKV(NamedTuple):
+    """An export's read-out, between steps: the engine applies `ops`, then answers with the slab's
+    stored rows from first_row on (KVRows)."""
+
+    ops: tuple[tuple, ...]
+    kv_id: int
+    first_row: int
+
+
+class KVRows(NamedTuple):
+    """A slab's stored rows as bytes in the slab's layout (session_snapshot.KVImage's fields)."""
+
+    num_positions: int
+    window_start: int
+    first_row: int
+    rows: int
+    data: bytes
+
+
 class WireResult(NamedTuple):
     """A RowResult and the row's KV positions (and its draft slab's) once the step is committed."""
 

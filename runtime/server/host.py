@@ -20,7 +20,6 @@ from kakeya.actors.speculator import Speculator
 from kakeya.runtime.engine.attention_hook import ATTENTION_NAME
 from kakeya.runtime.engine.blas_probe import warn_if_row_dependent
 from kakeya.runtime.common.config import RuntimeConfig
-from kakeya.runtime.common.errors import FailedPrecondition
 from kakeya.runtime.engine.assembly import build_engine
 from kakeya.runtime.engine.client import EngineClient
 from kakeya.runtime.engine.draft import load_draft
@@ -109,9 +108,6 @@ class Host:
         """The durable session directory's store, bound to this model and KV layout."""
         if self.config.limits.session_dir is None:
             return None
-        if self.client is not None:
-            raise FailedPrecondition("--session-dir needs the engine in the server's process: serve with "
-                                     "--engine-process off")
         lanes = shape.num_layers * 2 * shape.num_kv_heads
         settings = dict(kv_dtype=str(shape.dtype).removeprefix("torch."), sink_tokens=self.pool.sink_tokens,
                         window_tokens=self.pool.window_tokens, lanes=lanes,
