@@ -3,6 +3,8 @@ steps, and steps run ahead of the front's plans and undone when the front plans 
 
 from __future__ import annotations
 
+import torch
+
 from kakeya.runtime.common.config import RuntimeConfig
 from kakeya.runtime.engine.assembly import build_engine
 from kakeya.runtime.engine.sampler import SamplingParams
@@ -116,7 +118,7 @@ def test_the_front_pool_queues_each_resize_and_free_as_a_kv_operation():
     facts = service._facts
     ops = KVOps()
     flushes = []
-    ops.on_free = lambda: flushes.append(len(ops))
+    ops.send_now = lambda: flushes.append(len(ops))
     pool = KVPool(facts.kv_shape, 1 << 30, 16, 0, 0, 64, facts.draft_shape, remote_kv_factory(ops))
     kv = pool.allocate()
     pool.reserve(kv, 40)
@@ -132,3 +134,42 @@ def test_the_front_pool_queues_each_resize_and_free_as_a_kv_operation():
     assert pool.used_bytes == 0 and flushes == [1]
     service.apply(ops.drain())
     assert service.num_slabs == 0
+
+
+def test_a_fork_an_export_and_an_import_of_a_handle_are_made_in_the_engine():
+    """Over handles, fork_kv queues a copy, write_kv queues the rows (sent at once), and read_kv asks
+    the engine: the engine's slabs then hold exactly the source's rows, and a continued step
+    samples the same token from each."""
+    from kakeya.runtime.engine.kv_pool import KVPool
+    from kakeya.runtime.engine.remote_kv import KVOps, remote_kv_factory
+    from kakeya.runtime.engine.session_snapshot import fork_kv, image_from_bytes, read_kv, write_kv
+    from kakeya.runtime.engine.wire import KVRows, ReadKV
+
+    service = _service(step_ahead=False)
+    facts = service._facts
+    ops = KVOps()
+    sent = []
+    ops.send_now = lambda: sent.append(len(ops))
+    ops.read = lambda kv_id, first_row: image_from_bytes(*service.read(ReadKV(ops.drain(), kv_id, first_row)))
+    pool = KVPool(facts.kv_shape, 1 << 30, 16, 0, 0, 64, facts.draft_shape, remote_kv_factory(ops))
+    source = pool.allocate()
+    pool.reserve(source, 20)
+    service.apply(ops.drain() + (("sampler", 3, SamplingParams()),))
+    reply = service.step(StepMessage((), (WireRow(source.kv_id, tuple(range(5, 17)), 3),)), -1.0)
+    source.set_state(reply.rows[0].num_positions, reply.rows[0].window_start)
+
+    fork = fork_kv(pool, source)
+    assert fork.num_positions == source.num_positions == 12
+    assert ops._queue[-1] == ("copy", source.kv_id, fork.kv_id)
+    image = read_kv(source)  # the queued copy is applied first, then the source read
+    assert (image.num_positions, image.rows) == (12, 12)
+    assert image.data.numel() == 12 * facts.kv_shape.bytes_per_token
+    moved = write_kv(pool, image)
+    assert sent == [2] and moved.num_positions == 12  # its resize and its rows, sent at once
+    service.apply(ops.drain())
+    for kv in (fork, moved):
+        assert torch.equal(read_kv(kv).data, image.data)
+    tokens = {kv.kv_id: service.step(StepMessage((), (WireRow(kv.kv_id, (17,), 3),)), -1.0).rows[0].tokens
+              for kv in (source, fork, moved)}
+    assert len(set(tokens.values())) == 1
+    assert service.read(ReadKV((), 999, 0)) == KVRows(0, 0, 0, 0, b"")  # a slab the engine never made

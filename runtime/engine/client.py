@@ -34,7 +34,7 @@ class EngineClient:
         self._conn = process.conn
         self._metrics = metrics
         self.ops = ops
-        ops.on_free = self._flush_soon
+        ops.send_now = self._flush_soon
         ops.read = self.read
         # One thread: steps and flushes go out in order, and the event loop never blocks on the pipe.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kakeya-engine-client")
@@ -150,7 +150,7 @@ class EngineClient:
             m.run_ahead_steps.labels(outcome=outcome).inc(count)
 
     def _flush_soon(self) -> None:
-        """A free is sent at once rather than with the next step, which may be long in coming."""
+        """Frees and imported rows are sent at once rather than with the next step, which may be long in coming."""
         if not self._process.stopping:
             self.executor.submit(self._flush)
 

@@ -27,7 +27,9 @@ class KVOps:
 
     def __init__(self) -> None:
         self._queue: deque[KVOp] = deque()
-        self.on_free: Callable[[], None] | None = None  # asks the client to send the queue now
+        # Asks the client to send the queue now, not with the next step, which may be long in coming:
+        # a free gives memory back, and an import's rows are best not held here until then.
+        self.send_now: Callable[[], None] | None = None
         # (kv_id, first_row) -> the slab's stored rows from first_row on, read in the engine after
         # the queue is applied (session_snapshot.KVImage); set by the engine client.
         self.read: Callable[[int, int], Any] | None = None
@@ -74,8 +76,8 @@ class RemoteKV(SessionKV):
         self._capacity = 0
         if self._owner_id is None:  # the engine frees a session's draft slab with it
             self._ops.append(("free", self.kv_id))
-            if self._ops.on_free is not None:
-                self._ops.on_free()
+            if self._ops.send_now is not None:
+                self._ops.send_now()
 
     def copy_from(self, source: "RemoteKV") -> None:
         """A fork: the engine copies source's stored rows (and its draft slab's) into this slab."""
@@ -88,6 +90,8 @@ class RemoteKV(SessionKV):
         """An import: the engine writes these stored rows (the slab's layout, as bytes) into this slab."""
         self._ops.append(("write", self.kv_id, num_positions, window_start, rows, data))
         self.set_state(num_positions, window_start)
+        if self._ops.send_now is not None:
+            self._ops.send_now()
 
     def read_rows(self, first_row: int) -> Any:
         """An export: the stored rows from first_row on (a session_snapshot.KVImage), read in the engine."""
