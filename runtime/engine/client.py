@@ -5,8 +5,8 @@ It stands where the in-process Engine stands for the scheduler: `step(request)` 
 KV operations the pool queued since the last one, and its reply sets each session's KV handle to
 the engine's positions. When the engine ran the request's step ahead on its own, its reply is
 taken instead of a round trip. An export's read-out is a round trip of its own, between steps. A
-step in flight when the engine dies ends at once with EngineDead (EOF
-on the pipe); a death between steps is seen through the process sentinel on the event loop.
+step in flight when the engine dies ends at once with EngineDead (EOF on the pipe); a death
+between steps is seen through the process sentinel on the event loop.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class EngineClient:
             m.run_ahead_steps.labels(outcome=outcome).inc(count)
 
     def _flush_soon(self) -> None:
-        """Frees and imported rows are sent at once rather than with the next step, which may be long in coming."""
+        """Frees and imported rows go at once rather than with the next step, which may be long in coming."""
         if not self._process.stopping:
             self.executor.submit(self._flush)
 

@@ -3,8 +3,9 @@
 Between steps it applies the KV operations the front queued, in order: resizes (which allocate a
 session's slab on first use) and frees, a fork's copy and an import's rows, and sampler creation
 and release. This is the one place where the engine changes KV memory between steps; an export
-reads a slab here too, after the operations queued before it. Then it turns the wire rows into StepRows over its own SessionKVs and
-runs the engine's step. Between plans it steps greedy decode rows on its own (step_ahead.py).
+reads a slab here too, after the operations queued before it. Then it turns the wire rows into
+StepRows over its own SessionKVs and runs the engine's step. Between plans it steps greedy decode
+rows on its own (step_ahead.py).
 """
 
 from __future__ import annotations
