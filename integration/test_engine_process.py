@@ -31,8 +31,8 @@ LOAD_TIMEOUT_S = 600
 
 
 async def _start(deaths: list[BaseException], speculative: dict | None = None,
-                 limits: dict | None = None) -> ServerHandle:
-    config = runtime_config(speculative=speculative, limits=limits)
+                 limits: dict | None = None, engine: dict | None = None) -> ServerHandle:
+    config = runtime_config(engine=engine, speculative=speculative, limits=limits)
     server = RuntimeServer(config)
     address = await server.start()
     process = EngineProcess(config)  # on the event loop's thread, as `kakeya serve` starts it
@@ -98,11 +98,11 @@ async def test_speculative_streams_match_the_in_process_engine(loaded_model, spe
         await local.stop()
 
 
-async def _fork_export_import(stub) -> tuple[list[int], ...]:
+async def _fork_export_import(stub, prompt: int = 40) -> tuple[list[int], ...]:
     """A session's turn, then a fork and an export/import of it taken mid-conversation, each
     continued; returns every stream."""
     session_id = await create(stub)
-    await append(stub, session_id, list(range(5, 45)))
+    await append(stub, session_id, list(range(5, 5 + prompt)))
     first = (await generate(stub, session_id, 6)).tokens
     fork = (await stub.ForkSession(pb.ForkSessionRequest(session_id=session_id), timeout=TIMEOUT_S)).session_id
     call = stub.ExportSession(pb.ExportSessionRequest(session_id=session_id), timeout=TIMEOUT_S)
@@ -128,6 +128,21 @@ async def test_fork_export_and_import_cross_the_boundary(server, remote):
     assert streams[1] == streams[2] == streams[3]  # the fork and the import continue as the original does
     await eventually(lambda: remote.runtime.pool.num_slabs == 0, TIMEOUT_S, "the KV to be freed")
     assert remote.runtime.registry.violations("inv1") == 0
+
+
+async def test_a_bounded_session_past_its_window_forks_and_moves_across_the_boundary(loaded_model):
+    """Bounded slabs compact in the engine: a copy, a read-out and a write carry the rows kept and
+    the window's start, and the streams match the in-process engine's."""
+    engine = {"sink_tokens": 4, "window_tokens": 48, "prefill_chunk_tokens": 16}
+    local = await start_server(loaded_model, engine=engine)
+    remote = await _start([], engine=engine)
+    try:
+        streams = await _fork_export_import(remote.stub, prompt=90)
+        assert streams == await _fork_export_import(local.stub, prompt=90)
+        assert streams[1] == streams[2] == streams[3]
+    finally:
+        await remote.stop()
+        await local.stop()
 
 
 async def test_durable_sessions_are_written_and_reloaded_through_the_engine_process(tmp_path):
