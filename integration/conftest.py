@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -11,6 +15,12 @@ from kakeya.runtime.common.config import ModelConfig
 from kakeya.runtime.engine.loader import embedded_model_path, load_model
 
 from .harness import TIMEOUT_S, eventually, start_server
+
+# One converted-weights cache for this run, shared by every runtime, engine process and `kakeya
+# serve` the tests start: the embedded model is converted once, then loaded from the cache.
+_MODEL_CACHE = tempfile.mkdtemp(prefix="kakeya-model-cache-")
+os.environ["KAKEYA_MODEL_CACHE_DIR"] = _MODEL_CACHE
+atexit.register(shutil.rmtree, _MODEL_CACHE, True)
 
 
 def pytest_collection_modifyitems(items):

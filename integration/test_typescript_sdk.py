@@ -24,7 +24,9 @@ TEST_TIMEOUT_S = 1200
 
 
 def _run(command: list[str], timeout_s: float) -> tuple[int, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("KAKEYA_")}
+    # The runtime's settings stay out of the Node suite, save the run's converted-model cache.
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("KAKEYA_") or name == "KAKEYA_MODEL_CACHE_DIR"}
     env["KAKEYA_PYTHON"] = sys.executable
     process = subprocess.Popen(command, cwd=PACKAGE, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -211,3 +211,14 @@ def test_the_engine_process_is_on_by_default_on_cuda_only():
     assert not config.engine.uses_engine_process("cpu") and not config.engine.uses_engine_process("mps")
     forced = cli.config_from_args(cli.build_parser().parse_args(["serve", "--engine-process", "off"]))
     assert not forced.engine.uses_engine_process("cuda")
+
+
+def test_the_model_cache_dir_comes_from_the_flag_or_env_and_none_turns_it_off(monkeypatch):
+    monkeypatch.setenv("KAKEYA_MODEL_CACHE_DIR", "/srv/kakeya-models")
+    assert cli.config_from_args(cli.build_parser().parse_args(["serve"])).model.cache_dir == "/srv/kakeya-models"
+    args = cli.build_parser().parse_args(["serve", "--model-cache-dir", "none"])
+    assert cli.config_from_args(args).model.cache_dir is None
+    monkeypatch.setenv("KAKEYA_MODEL_CACHE_DIR", "none")
+    assert cli.config_from_args(cli.build_parser().parse_args(["serve"])).model.cache_dir is None
+    args = cli.build_parser().parse_args(["serve", "--model-cache-dir", "/var/cache/k"])
+    assert cli.config_from_args(args).model.cache_dir == "/var/cache/k"

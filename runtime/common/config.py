@@ -17,6 +17,9 @@ class ModelConfig:
     model: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    # Where a GGUF model's converted weights are kept for the next start (runtime/engine/converted_cache.py);
+    # None: nowhere.
+    cache_dir: str | None = field(default_factory=lambda: default_model_cache_dir())
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
@@ -257,6 +260,22 @@ def env_default(name: str, default: str | None = None, environ: Mapping[str, str
     """The KAKEYA_<NAME> environment variable, the fallback for a command-line flag."""
     env = os.environ if environ is None else environ
     return env.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def default_model_cache_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """KAKEYA_MODEL_CACHE_DIR ("none" or empty: no cache), else $XDG_CACHE_HOME/kakeya/models, else
+    ~/.cache/kakeya/models."""
+    env = os.environ if environ is None else environ
+    value = env_default("model-cache-dir", environ=env)
+    if value is not None:
+        return model_cache_dir(value)
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "kakeya", "models")
+
+
+def model_cache_dir(value: str | None) -> str | None:
+    """A --model-cache-dir value: "none" (or nothing) means no cache."""
+    return None if value is None or value.strip().lower() in ("", "none") else value
 
 
 def cpu_threads() -> int | None:

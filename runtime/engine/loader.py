@@ -13,6 +13,7 @@ import torch
 
 from kakeya.runtime.common.config import ModelConfig
 from kakeya.runtime.common.errors import FailedPrecondition
+from kakeya.runtime.engine import converted_cache
 from kakeya.runtime.engine.attention_probe import probe_layers
 from kakeya.runtime.engine.gguf_reading import shared_reading
 from kakeya.runtime.forward.loaded_model import LoadedModel
@@ -81,9 +82,7 @@ def load_model(config: ModelConfig, attn_implementation: str) -> LoadedModel:
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise FailedPrecondition(f"no such GGUF file: {path}")
-            with shared_reading():
-                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
-                weights_origin = gguf_tensor_types(path)
+            model, weights_origin = _load_gguf(path, config.cache_dir, dtype, attn_implementation)
         elif path.is_dir():
             model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
         else:
@@ -98,6 +97,24 @@ def load_model(config: ModelConfig, attn_implementation: str) -> LoadedModel:
     log.info("model_loaded", model=loaded.model_id, seconds=round(time.monotonic() - started, 2),
              layers=loaded.num_layers, vocab_size=loaded.vocab_size)
     return loaded
+
+
+def _load_gguf(path: pathlib.Path, cache_dir: str | None, dtype: torch.dtype, attn_implementation: str):
+    """(model, weights_origin): from the converted cache where it holds the file, else converted by
+    transformers and then kept there."""
+    from transformers import AutoModelForCausalLM
+
+    cached = converted_cache.load(cache_dir, path, dtype, attn_implementation) if cache_dir else None
+    if cached is not None:
+        log.info("model_cache_hit", cache_dir=cache_dir)
+        return cached[0], cached[1].get("weights_origin", "GGUF")
+    with shared_reading():
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                     attn_implementation=attn_implementation)
+        weights_origin = gguf_tensor_types(path)
+    if cache_dir:
+        converted_cache.store(cache_dir, path, dtype, model, {"weights_origin": weights_origin})
+    return model, weights_origin
 
 
 def describe(model: torch.nn.Module, model_id: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:

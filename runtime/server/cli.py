@@ -8,7 +8,7 @@ import asyncio
 import sys
 
 from kakeya.runtime.common.config import (CPU_WEIGHTS, ENGINE_PROCESS_MODES, KV_DTYPES, SPECULATIVE_MODES, EngineConfig, ModelConfig, RuntimeConfig, ServerConfig, SessionLimits,
-                     SpeculativeConfig, cpu_threads, env_default, read_api_keys)
+                     SpeculativeConfig, cpu_threads, default_model_cache_dir, env_default, model_cache_dir, read_api_keys)
 from kakeya.runtime.common.config import HttpConfig
 
 # Top-level modules of the `[runtime]` extra's packages (pyproject.toml): `pip install kakeya`
@@ -69,6 +69,10 @@ def _model_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "model", help="a .gguf file, a local model directory or a cached hub id; default: embedded SmolLM2-135M-Instruct")
     _flag(serve, "device", default="auto", help="auto, cpu, cuda[:N] or mps")
     _flag(serve, "dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    serve.add_argument("--model-cache-dir", default=default_model_cache_dir(),
+                       help="keep a GGUF model's converted weights here, so the next start skips the conversion "
+                            "('none': do not) [env KAKEYA_MODEL_CACHE_DIR; default $XDG_CACHE_HOME/kakeya/models "
+                            "or ~/.cache/kakeya/models]")
 
 
 def _memory_flags(serve: argparse.ArgumentParser) -> None:
@@ -110,7 +114,7 @@ def _operation_flags(serve: argparse.ArgumentParser) -> None:
     _flag(serve, "metrics-host", default="127.0.0.1", help="address of the Prometheus /metrics endpoint")
     _flag(serve, "metrics-port", int, 9400, help="port of the /metrics endpoint (-1: none)")
     _flag(serve, "engine-process", default="auto", choices=ENGINE_PROCESS_MODES,
-          help="run the model and its KV memory in a process of their own (auto: off on every device for now)")
+          help="run the model and its KV memory in a process of their own (auto: on for CUDA, off on CPUs and MPS)")
     _flag(serve, "session-dir", help="keep every session in a file here, so it survives restarts and crashes")
 
 
@@ -163,7 +167,8 @@ def http_config_from_args(args: argparse.Namespace) -> HttpConfig:
 
 def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
     return RuntimeConfig(
-        model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype),
+        model=ModelConfig(model=args.model, device=args.device, dtype=args.dtype,
+                          cache_dir=model_cache_dir(args.model_cache_dir)),
         engine=EngineConfig(kv_budget_bytes=args.kv_budget_bytes, prefill_chunk_tokens=args.prefill_chunk,
                             max_step_tokens=max(1024, args.prefill_chunk), deterministic=args.deterministic,
                             cuda_graphs=args.cuda_graphs, cuda_fusion=args.cuda_fusion,
