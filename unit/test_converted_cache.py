@@ -82,3 +82,14 @@ def test_the_cache_directory_comes_from_the_environment_or_the_user_cache():
     assert default_model_cache_dir({"KAKEYA_MODEL_CACHE_DIR": "/srv/models"}) == "/srv/models"
     assert default_model_cache_dir({"KAKEYA_MODEL_CACHE_DIR": "none"}) is None
     assert default_model_cache_dir({"XDG_CACHE_HOME": "/x"}) == "/x/kakeya/models"
+
+
+def test_an_entry_that_would_leave_its_disk_short_is_not_written(cached, tmp_path, monkeypatch):
+    """The reserve is set past this disk's real free space: nothing is written, and a warning says why."""
+    _, converted, *_ = cached
+    monkeypatch.setattr(converted_cache, "FREE_RESERVE_BYTES", 1 << 62)
+    with structlog.testing.capture_logs() as logs:
+        assert not converted_cache.store(str(tmp_path / "cache"), embedded_model_path(), torch.float32,
+                                         converted.model, {})
+    assert [e["error"] for e in logs if e["event"] == "model_cache_not_written"][0].endswith("kept free")
+    assert not (tmp_path / "cache").exists()

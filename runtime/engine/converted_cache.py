@@ -11,8 +11,9 @@ and the transformers version that converted it; a changed file or a new transfor
 entry. Entries are written to a temporary directory and renamed into place, so a reader never sees
 half an entry, and two processes converting at once both succeed. A cache that cannot be read or
 written costs only the time it would have saved: the model loads from the GGUF file and a
-warning says why. The cache keeps the KEEP_ENTRIES entries used last, and skips models whose
-converted weights exceed MAX_ENTRY_BYTES.
+warning says why. The cache keeps the KEEP_ENTRIES entries used last, skips models whose
+converted weights exceed MAX_ENTRY_BYTES, and writes nothing that would leave its disk with less
+than FREE_RESERVE_BYTES free (durable sessions may share that disk).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = structlog.get_logger(__name__)
 FORMAT = 1
 KEEP_ENTRIES = 4
 MAX_ENTRY_BYTES = 4 << 30
+FREE_RESERVE_BYTES = 2 << 30  # an entry is not written where it would leave less free than this
 _FACTS = "kakeya.json"
 _WEIGHTS = "model.safetensors"
 
@@ -77,6 +79,11 @@ def store(cache_dir: str, path: pathlib.Path, dtype: torch.dtype, model: torch.n
     entry = entry_dir(cache_dir, path, dtype)
     staging = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
     try:
+        free = shutil.disk_usage(_existing(entry.parent)).free
+        if free < size + FREE_RESERVE_BYTES:
+            log.warning("model_cache_not_written", cache_dir=cache_dir,
+                        error=f"{free} bytes free, {size} needed plus {FREE_RESERVE_BYTES} kept free")
+            return False
         _write(staging, model, facts)
         try:
             os.rename(staging, entry)
@@ -90,6 +97,12 @@ def store(cache_dir: str, path: pathlib.Path, dtype: torch.dtype, model: torch.n
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return True
+
+
+def _existing(directory: pathlib.Path) -> pathlib.Path:
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    return directory
 
 
 def _write(staging: pathlib.Path, model: torch.nn.Module, facts: dict) -> None:
