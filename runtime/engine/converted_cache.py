@@ -28,6 +28,9 @@ import time
 
 import structlog
 import torch
+import transformers
+from safetensors.torch import save_model
+from transformers import AutoModelForCausalLM
 
 log = structlog.get_logger(__name__)
 
@@ -40,8 +43,6 @@ _WEIGHTS = "model.safetensors"
 
 
 def entry_dir(cache_dir: str, path: pathlib.Path, dtype: torch.dtype) -> pathlib.Path:
-    import transformers
-
     stat = path.stat()
     key = json.dumps([FORMAT, os.path.realpath(path), stat.st_size, stat.st_mtime_ns, str(dtype),
                       transformers.__version__])
@@ -54,8 +55,6 @@ def load(cache_dir: str, path: pathlib.Path, dtype: torch.dtype, attn_implementa
     entry = entry_dir(cache_dir, path, dtype)
     if not (entry / _FACTS).is_file():
         return None
-    from transformers import AutoModelForCausalLM
-
     try:
         facts = json.loads((entry / _FACTS).read_text())
         model = AutoModelForCausalLM.from_pretrained(str(entry), dtype=dtype, attn_implementation=attn_implementation)
@@ -106,8 +105,6 @@ def _existing(directory: pathlib.Path) -> pathlib.Path:
 
 
 def _write(staging: pathlib.Path, model: torch.nn.Module, facts: dict) -> None:
-    from safetensors.torch import save_model
-
     staging.mkdir(parents=True)
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):  # the GGUF marker: the entry holds plain tensors

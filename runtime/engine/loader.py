@@ -10,6 +10,7 @@ import time
 
 import structlog
 import torch
+from transformers import AutoModelForCausalLM
 
 from kakeya.runtime.common.config import ModelConfig
 from kakeya.runtime.common.errors import FailedPrecondition
@@ -69,8 +70,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_model(config: ModelConfig, attn_implementation: str) -> LoadedModel:
-    from transformers import AutoModelForCausalLM
-
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     source = config.model or str(embedded_model_path())
@@ -102,8 +101,6 @@ def load_model(config: ModelConfig, attn_implementation: str) -> LoadedModel:
 def _load_gguf(path: pathlib.Path, cache_dir: str | None, dtype: torch.dtype, attn_implementation: str):
     """(model, weights_origin): from the converted cache where it holds the file, else converted by
     transformers and then kept there."""
-    from transformers import AutoModelForCausalLM
-
     cached = converted_cache.load(cache_dir, path, dtype, attn_implementation) if cache_dir else None
     if cached is not None:
         log.info("model_cache_hit", cache_dir=cache_dir)
