@@ -117,10 +117,18 @@ def _write(staging: pathlib.Path, model: torch.nn.Module, facts: dict) -> None:
 
 
 def _evict(cache_dir: pathlib.Path) -> None:
+    """Other processes may evict at the same time: an entry gone meanwhile is simply skipped."""
     entries = [e for e in cache_dir.iterdir() if (e / _FACTS).is_file()]
-    entries.sort(key=lambda e: (e / _FACTS).stat().st_mtime, reverse=True)
+    entries.sort(key=lambda e: _mtime(e / _FACTS), reverse=True)
     for stale in entries[KEEP_ENTRIES:]:
         shutil.rmtree(stale, ignore_errors=True)
     for leftover in cache_dir.glob(".*.tmp"):  # a writer that died mid-entry, an hour ago or more
-        if time.time() - leftover.stat().st_mtime > 3600:
+        if time.time() - _mtime(leftover) > 3600:
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _mtime(path: pathlib.Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
