@@ -97,3 +97,12 @@ def test_an_entry_that_would_leave_its_disk_short_is_not_written(cached, tmp_pat
                                          converted.model, {})
     assert [e["error"] for e in logs if e["event"] == "model_cache_not_written"][0].endswith("kept free")
     assert not (tmp_path / "cache").exists()
+
+
+def test_only_the_entries_used_last_are_kept(cached, tmp_path, monkeypatch):
+    _, converted, *_ = cached
+    monkeypatch.setattr(converted_cache, "KEEP_ENTRIES", 1)
+    path = embedded_model_path()
+    for dtype in (torch.float32, torch.bfloat16):  # two keys; the weights written are the same
+        assert converted_cache.store(str(tmp_path), path, dtype, converted.model, {})
+    assert [p.name for p in tmp_path.iterdir()] == [converted_cache.entry_dir(str(tmp_path), path, torch.bfloat16).name]
