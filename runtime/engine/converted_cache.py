@@ -71,7 +71,8 @@ def load(cache_dir: str, path: pathlib.Path, dtype: torch.dtype, attn_implementa
 
 def store(cache_dir: str, path: pathlib.Path, dtype: torch.dtype, model: torch.nn.Module, facts: dict) -> bool:
     """Writes the entry for this file and dtype; False (with a warning) where it cannot."""
-    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    tensors = {t.data_ptr(): t for t in model.state_dict().values()}  # tied weights count once
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
     if size > MAX_ENTRY_BYTES:
         log.info("model_cache_skipped", reason=f"converted weights of {size} bytes exceed {MAX_ENTRY_BYTES}")
         return False
